@@ -1,0 +1,70 @@
+"""Hasher: turns a file event into a stored signature. The decoding runs in a process pool
+(``sign``) so the event loop stays free."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from shared.bus import Reject
+from shared.config import Settings
+from shared.messages import FileEvent, ImageSigned
+from shared.safety import Unsafe, confine, root_of
+from shared.signature import Analysis, ImageError, words
+from shared.store import ImageRecord, Store
+from services.watcher.handler import wanted
+
+Sign = Callable[[str], Awaitable[Analysis]]
+
+
+@dataclass(frozen=True, slots=True)
+class HashOutcome:
+    path: str
+    status: Literal["signed", "unchanged", "forgotten"]
+
+
+async def handle_file_event(
+    event: FileEvent, *, store: Store, settings: Settings, sign: Sign, publish: Callable[[ImageSigned], Awaitable[None]]
+) -> HashOutcome:
+    """Sign a new or changed image into the store and announce it.
+
+    Raises Reject for what can never succeed (a path outside the roots, a bad image): the bad
+    image is also recorded in the store, so it is not decoded again until it changes.
+    """
+    if event.change == "deleted":
+        await store.delete(event.path)
+        return HashOutcome(event.path, "forgotten")
+    try:
+        path = str(confine(event.path, settings.source_directories))
+    except Unsafe as exc:
+        if not os.path.lexists(event.path):
+            await store.delete(event.path)
+            return HashOutcome(event.path, "forgotten")
+        raise Reject(str(exc)) from None
+    if not wanted(path, settings):
+        raise Reject(f"{path} is excluded by the configuration")
+    st = os.stat(path)
+    known = await store.get(path)
+    if known is not None and known.unchanged(st.st_size, st.st_mtime_ns):
+        if known.error:
+            raise Reject(known.error)
+        return HashOutcome(path, "unchanged")
+    root = str(root_of(path, settings.source_directories))
+    try:
+        analysis = await sign(path)
+    except ImageError as exc:
+        await store.upsert(ImageRecord(path, root, st.st_size, st.st_mtime_ns, error=str(exc)))
+        raise Reject(str(exc)) from None
+    await store.upsert(
+        ImageRecord(
+            path=path, root=root, size=st.st_size, mtime_ns=st.st_mtime_ns, format=analysis.format,
+            width=analysis.width, height=analysis.height,
+            exif_tags=analysis.exif_tags if settings.use_exif_data else 0,
+            exif_date=analysis.exif_date if settings.use_exif_data else None,
+            signature=analysis.signature, words=words(analysis.signature),
+        )
+    )
+    await publish(ImageSigned(path=path))
+    return HashOutcome(path, "signed")

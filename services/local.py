@@ -1,0 +1,174 @@
+"""Local mode: the four handlers wired in one process over the in-process bus and the SQLite
+store, run as the six phases of a de-duplication."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from services.actuator.handler import ActionOutcome, handle_decision
+from services.hasher.handler import HashOutcome, handle_file_event
+from services.matcher.handler import plan, to_decision
+from services.watcher.handler import FoundFile, clean_up, walk
+from shared.actions import Journal, remove_empty_folders
+from shared.bus import InProcessBus
+from shared.config import Settings
+from shared.messages import Decision, FileEvent, Message
+from shared.signature import analyze
+from shared.sqlite_store import SQLiteStore
+
+
+@dataclass
+class Summary:
+    files: int = 0
+    signed: int = 0
+    unchanged: int = 0
+    forgotten: int = 0
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason)
+    decisions: list[Decision] = field(default_factory=list)
+    outcomes: list[ActionOutcome] = field(default_factory=list)
+    removed_folders: list[Path] = field(default_factory=list)
+    journal: Path | None = None
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+    def report(self) -> dict:
+        """The report format of the benchmark kit, with distances and outcomes added."""
+        by_path = {o.path: o for o in self.outcomes}
+        return {
+            "groups": [
+                {
+                    "keep": d.keep.path,
+                    "remove": [r.path for r in d.remove],
+                    "distances": {r.path: r.distance for r in d.remove},
+                    "outcomes": {
+                        r.path: {"status": by_path[r.path].status, "reason": by_path[r.path].reason}
+                        for r in d.remove if r.path in by_path
+                    },
+                }
+                for d in self.decisions
+            ],
+            "problems": [{"path": p, "reason": r} for p, r in self.problems],
+        }
+
+
+class Phases:
+    """Progress bars per phase (rich); silent when quiet or not on a terminal."""
+
+    def __init__(self, console: Console, quiet: bool):
+        self.progress = Progress(
+            TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+            TimeRemainingColumn(), console=console, disable=quiet or not console.is_terminal,
+        )
+
+    @contextmanager
+    def phase(self, name: str, total: int | None) -> Iterator[callable]:
+        task = self.progress.add_task(name, total=total, rate="")
+
+        def advance(n: int = 1) -> None:
+            self.progress.advance(task, n)
+            speed = self.progress.tasks[task].speed
+            self.progress.update(task, rate=f"{speed:.0f}/s" if speed else "")
+
+        try:
+            yield advance
+        finally:
+            self.progress.update(task, completed=self.progress.tasks[task].completed, total=self.progress.tasks[task].completed)
+
+
+async def deduplicate(settings: Settings, console: Console | None = None, quiet: bool = False) -> Summary:
+    console = console or Console(stderr=True)
+    summary = Summary()
+    store = SQLiteStore(settings.store_path)
+    bus = InProcessBus()
+    phases = Phases(console, quiet)
+    pool = ProcessPoolExecutor(settings.threads, mp_context=multiprocessing.get_context("forkserver"))
+    loop = asyncio.get_running_loop()
+    journal: Journal | None = None
+    try:
+        with phases.progress:
+            # 1. forget what vanished
+            summary.forgotten = len(await clean_up(store, settings))
+            await store.release_claims()
+
+            # 2. count
+            found: list[FoundFile] = []
+            with phases.phase("count", None) as advance:
+                for f in walk(settings, on_error=lambda p, r: summary.problems.append((p, r))):
+                    found.append(f)
+                    advance()
+            summary.files = len(found)
+
+            # 3. analyse (incremental: the hasher skips files whose size and mtime are unchanged)
+            with phases.phase("analyse", len(found)) as advance:
+                async def sign(path: str):
+                    return await loop.run_in_executor(pool, analyze, path)
+
+                async def hash_one(message: Message) -> None:
+                    try:
+                        outcome: HashOutcome = await handle_file_event(
+                            message, store=store, settings=settings, sign=sign, publish=bus.publish
+                        )
+                        if outcome.status == "signed":
+                            summary.signed += 1
+                        elif outcome.status == "unchanged":
+                            summary.unchanged += 1
+                    finally:
+                        advance()
+
+                await bus.subscribe("file.event", hash_one, concurrency=settings.threads * 2)
+                for f in found:
+                    await bus.publish(FileEvent(path=f.path))
+                await bus.join("file.event")
+            summary.problems += [(d.message.path, d.reason) for d in bus.dead]
+            bus.dead.clear()
+
+            # 4. match every file of the library, not only the ones signed in this run
+            with phases.phase("match", len(found)) as advance:
+                groups = await plan([f.path for f in found], store=store, settings=settings, on_progress=advance)
+            summary.decisions = [to_decision(g) for g in groups]
+
+            # 5. act (or, in a dry run, check and say what would be done)
+            if not settings.dry_run:
+                journal = Journal.new(settings.journal_directory)
+                summary.journal = journal.path
+            with phases.phase("act", sum(len(d.remove) for d in summary.decisions)) as advance:
+                async def act(decision: Message) -> None:
+                    outcomes = await handle_decision(
+                        decision, store=store, settings=settings, journal=journal, publish=bus.publish
+                    )
+                    summary.outcomes += outcomes
+                    advance(len(outcomes))
+
+                await bus.subscribe("group.decision", act, concurrency=1)
+                for decision in summary.decisions:
+                    await bus.publish(decision)
+                await bus.join("group.decision")
+            summary.problems += [(d.message.keep.path, d.reason) for d in bus.dead]
+
+            # 6. remove the folders this run emptied
+            if settings.remove_empty_folders and not settings.dry_run:
+                emptied = [Path(o.path).parent for o in summary.outcomes if o.status == "done" and o.action != "hardlink"]
+                summary.removed_folders = remove_empty_folders(emptied, settings.source_directories)
+    finally:
+        await bus.close()
+        pool.shutdown(cancel_futures=True)
+        if journal is not None:
+            journal.close()
+        await store.close()
+    return summary
+
+
+def write_report(summary: Summary, path: Path) -> None:
+    path.write_text(json.dumps(summary.report(), indent=1, ensure_ascii=False), encoding="utf-8")

@@ -1,0 +1,113 @@
+"""Watcher: finds the files under the roots and tells the hasher about new, changed and vanished
+ones. Walking and clean-up are plain functions so local mode can run them as phases."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.bus import Reject
+from shared.config import Settings
+from shared.messages import FileEvent, Rescan
+from shared.safety import Unsafe, confine, root_of
+from shared.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class FoundFile:
+    path: str
+    root: str
+    size: int
+    mtime_ns: int
+
+
+def wanted(path: str, settings: Settings) -> bool:
+    """Does the configuration ask for this file (extension, exclusions, roots, recursion)?"""
+    root = root_of(path, settings.source_directories)
+    if root is None or os.path.splitext(path)[1].lower() not in settings.file_extensions:
+        return False
+    if not settings.recursive and Path(path).parent != root:
+        return False
+    return not settings.is_excluded(path)
+
+
+def walk(
+    settings: Settings, start: Path | None = None, on_error: Callable[[str, str], None] = lambda p, r: None
+) -> Iterator[FoundFile]:
+    """Yield every wanted regular file below the roots (or below ``start``), in a stable order.
+
+    Symbolic links are never followed, so nothing outside a root is reached; unreadable
+    folders are reported through ``on_error`` and skipped.
+    """
+    for root in settings.source_directories:
+        if start is not None and root_of(start, [root]) is None:
+            continue
+        stack = [start if start is not None else root]
+        while stack:
+            folder = stack.pop()
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name, reverse=True)
+            except OSError as exc:
+                on_error(str(folder), f"cannot read folder: {exc.strerror}")
+                continue
+            for entry in entries:
+                try:
+                    if entry.is_symlink():
+                        continue
+                    if entry.is_dir():
+                        if settings.recursive and not settings.is_excluded(entry.path + os.sep):
+                            stack.append(Path(entry.path))
+                    elif entry.is_file() and wanted(entry.path, settings):
+                        st = entry.stat()
+                        yield FoundFile(entry.path, str(root), st.st_size, st.st_mtime_ns)
+                except OSError as exc:
+                    on_error(entry.path, f"cannot read: {exc.strerror}")
+
+
+async def clean_up(store: Store, settings: Settings) -> list[str]:
+    """Phase 1: forget store entries whose file vanished or is no longer wanted."""
+    stale = []
+    async for path in store.iter_paths():
+        try:
+            confine(path, settings.source_directories)
+            keep = wanted(path, settings)
+        except Unsafe:
+            keep = False
+        if not keep:
+            stale.append(path)
+    for path in stale:
+        await store.delete(path)
+    return stale
+
+
+async def handle_rescan(command: Rescan, *, store: Store, settings: Settings, publish) -> int:
+    """Clean up, walk the roots (or the folder in the command) and publish one event per new
+    or changed file. Returns how many events were published."""
+    start = None
+    if command.path is not None:
+        start = Path(os.path.abspath(command.path))
+        if root_of(start, settings.source_directories) is None:
+            raise Reject(f"rescan path {command.path} is not below a configured root")
+    await clean_up(store, settings)
+    published = 0
+    batch: list[FoundFile] = []
+
+    async def flush() -> None:
+        nonlocal published
+        known = await store.get_many([f.path for f in batch])
+        for found in batch:
+            record = known.get(found.path)
+            if record is None or not record.unchanged(found.size, found.mtime_ns):
+                await publish(FileEvent(path=found.path))
+                published += 1
+        batch.clear()
+
+    for found in walk(settings, start):
+        batch.append(found)
+        if len(batch) >= 500:
+            await flush()
+    await flush()
+    return published

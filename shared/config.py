@@ -1,0 +1,249 @@
+"""All configuration in one model: defaults < YAML file < ``IMAGE_DEDUP_*`` env < CLI flags.
+
+``image-dedup config reference`` prints a commented YAML generated from this model, so the
+descriptions below are the user-facing documentation of every option.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+RuleName = Literal[
+    "more_pixels",
+    "more_exif_data",
+    "bigger_file",
+    "newer_mtime",
+    "smaller_distance",
+    "name_without_copy",
+    "longer_file_name",
+    "shorter_folder_path",
+    "higher_score",
+]
+DEFAULT_RULES: list[RuleName] = list(RuleName.__args__)  # type: ignore[attr-defined]
+DEFAULT_EXTENSIONS = [".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"]
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "image-dedup"
+
+
+def default_config_file() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "image-dedup" / "config.yaml"
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the user in one line."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMAGE_DEDUP_", extra="forbid", validate_default=True)
+
+    source_directories: list[Path] = Field(default_factory=list, description="Folders (roots) to scan for photos.")
+    recursive: bool = Field(True, description="Also scan the sub-folders of each root.")
+    file_extensions: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_EXTENSIONS), description="File name endings to analyse (case-insensitive)."
+    )
+    exclusions: list[str] = Field(
+        default_factory=list, description="Regular expressions; a path matching any of them is ignored."
+    )
+    threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="Parallel decoders (processes); default: cores."
+    )
+    use_exif_data: bool = Field(True, description="Read EXIF data and let it count in the ranking.")
+    max_dist: float = Field(
+        0.25, gt=0, le=1, description="Largest normalised signature distance that still counts as a duplicate."
+    )
+    prioritization_rules: list[RuleName] = Field(
+        default_factory=lambda: list(DEFAULT_RULES),
+        description="How the copy to keep is chosen, first rule first; the path breaks the last tie.",
+    )
+    across_dirs: bool = Field(False, description="May a duplicate lie in another root than the copy it matches?")
+    max_file_modification_time_diff: float | None = Field(
+        None, ge=0, description="If set, files whose mtimes differ by more seconds are never duplicates."
+    )
+    match_orientations: bool = Field(
+        False, description="Also match copies that were rotated by 90/180/270 degrees or mirrored."
+    )
+    duplicates_target_directory: Path | None = Field(
+        None, description="Move duplicates here (keeping their path below their root); unset: delete them."
+    )
+    action: Literal["move", "delete", "hardlink"] | None = Field(
+        None,
+        description="What to do with a duplicate; unset: move if a target directory is set, else delete. "
+        "hardlink replaces it by a hard link to the kept file (same filesystem only).",
+    )
+    remove_empty_folders: bool = Field(False, description="Remove folders that this run emptied (never a root).")
+    dry_run: bool = Field(True, description="Only report what would be done; change nothing on disk.")
+    store_path: Path = Field(
+        default_factory=lambda: data_dir() / "store.sqlite", description="The SQLite store (signatures, metadata)."
+    )
+    journal_directory: Path = Field(
+        default_factory=lambda: data_dir() / "journals", description="Where each run's journal of actions is written."
+    )
+    elasticsearch_url: str | None = Field(
+        None, description="Use this Elasticsearch server as the store instead of SQLite (services mode)."
+    )
+    elasticsearch_index: str = Field("image-dedup", description="Elasticsearch index name.")
+    broker_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL (services mode).")
+    broker_prefix: str = Field("image-dedup", description="Prefix of the exchange and queue names on the broker.")
+    metrics_port: int = Field(9100, ge=0, le=65535, description="Port of /metrics, /healthz and /readyz (services).")
+    concurrency: int = Field(4, ge=1, description="Messages a service works on at once (and its broker prefetch).")
+    max_retries: int = Field(3, ge=0, description="Deliveries of a failing message before it is dead-lettered.")
+    match_delay: float = Field(
+        2.0, ge=0, description="Matcher waits for this many quiet seconds so a whole import is matched at once."
+    )
+    watch_debounce: float = Field(
+        2.0, ge=0, description="Watcher publishes a file once it has not changed for this many seconds."
+    )
+
+    @field_validator("file_extensions")
+    @classmethod
+    def _dotted_lowercase(cls, value: list[str]) -> list[str]:
+        return [(e if e.startswith(".") else "." + e).lower() for e in value]
+
+    @field_validator("exclusions")
+    @classmethod
+    def _valid_regexes(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+        return value
+
+    @field_validator("source_directories", "duplicates_target_directory", "store_path", "journal_directory")
+    @classmethod
+    def _absolute(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [Path(os.path.abspath(os.path.expanduser(p))) for p in value]
+        return None if value is None else Path(os.path.abspath(os.path.expanduser(value)))
+
+    @field_validator("prioritization_rules")
+    @classmethod
+    def _no_repeats(cls, value: list[RuleName]) -> list[RuleName]:
+        if len(set(value)) != len(value):
+            raise ValueError("a rule is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _target_outside_roots(self) -> Settings:
+        target = self.duplicates_target_directory
+        if target is None:
+            return self
+        for root in self.source_directories:
+            if target == root or root in target.parents:
+                if not self.is_excluded(str(target) + os.sep):
+                    raise ValueError(
+                        f"duplicates_target_directory {target} lies inside the root {root}; "
+                        "choose a folder outside it or add it to exclusions"
+                    )
+        return self
+
+    @property
+    def effective_action(self) -> Literal["move", "delete", "hardlink"]:
+        if self.action:
+            return self.action
+        return "move" if self.duplicates_target_directory else "delete"
+
+    def is_excluded(self, path: str) -> bool:
+        return any(re.search(p, path) for p in self.exclusions)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = _yaml_file_in_use
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+
+_yaml_file_in_use: Path | None = None
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; ``overrides`` are CLI flags (None means 'not given').
+
+    The YAML file is ``config_file``, else ``$IMAGE_DEDUP_CONFIG``, else the user's
+    ``~/.config/image-dedup/config.yaml`` if it exists. Raises ConfigError with one line per
+    problem naming the key.
+    """
+    global _yaml_file_in_use
+    path = config_file or os.environ.get("IMAGE_DEDUP_CONFIG")
+    if path is None and default_config_file().is_file():
+        path = default_config_file()
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            content = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if content is not None and not isinstance(content, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of option: value")
+    _yaml_file_in_use = path
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    finally:
+        _yaml_file_in_use = None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(p) for p in error["loc"]) or "config"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown option"
+        lines.append(f"invalid config: {key}: {message}")
+    return "\n".join(lines)
+
+
+def reference_yaml() -> str:
+    """A commented YAML file listing every option with its description and default."""
+    out = ["# image-dedup configuration reference (generated from shared/config.py).",
+           "# Every option can also be set as an environment variable IMAGE_DEDUP_<NAME>",
+           "# (lists as JSON, e.g. IMAGE_DEDUP_SOURCE_DIRECTORIES='[\"/photos\"]'); CLI flags win.", ""]
+    for name, field in Settings.model_fields.items():
+        out.append(f"# {field.description}")
+        if name in {"threads", "store_path", "journal_directory"}:
+            out.append(f"# default: {_default_note(name)}")
+            out.append(f"# {name}:")
+        else:
+            default = field.get_default(call_default_factory=True)
+            dumped = yaml.safe_dump({name: _plain(default)}, default_flow_style=False, allow_unicode=True)
+            out.append(dumped.rstrip())
+        out.append("")
+    return "\n".join(out)
+
+
+def _default_note(name: str) -> str:
+    return {
+        "threads": "the number of cores",
+        "store_path": "$XDG_DATA_HOME/image-dedup/store.sqlite (~/.local/share/...)",
+        "journal_directory": "$XDG_DATA_HOME/image-dedup/journals",
+    }[name]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,89 @@
+"""Message contracts: the only things that travel between the four services.
+
+Messages carry paths and small facts, never image bytes. Every model has a ``version``; a
+consumer rejects (dead-letters) a message whose version or body it does not understand instead
+of guessing. ``kind`` doubles as the routing key on the broker.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+CONTRACT_VERSION = 1
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    version: Literal[1] = CONTRACT_VERSION
+
+
+class FileEvent(_Message):
+    """The watcher saw a file appear, change or vanish under a root."""
+
+    kind: Literal["file.event"] = "file.event"
+    path: str
+    change: Literal["upsert", "deleted"] = "upsert"
+
+
+class Rescan(_Message):
+    """A command to the watcher: walk the roots (or one folder below a root) again."""
+
+    kind: Literal["watcher.rescan"] = "watcher.rescan"
+    path: str | None = None
+
+
+class ImageSigned(_Message):
+    """The hasher stored a fresh signature for ``path``."""
+
+    kind: Literal["image.signed"] = "image.signed"
+    path: str
+
+
+class FileRef(BaseModel):
+    """A file as it was analysed; the actuator refuses to act if it changed since."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    path: str
+    size: int
+    mtime_ns: int
+
+
+class Removal(FileRef):
+    distance: float
+
+
+class Decision(_Message):
+    """The matcher's verdict for one group: keep ``keep``, remove each of ``remove``."""
+
+    kind: Literal["group.decision"] = "group.decision"
+    keep: FileRef
+    remove: list[Removal]
+
+
+class FileRemoved(_Message):
+    """The actuator moved, deleted or hard-linked a duplicate."""
+
+    kind: Literal["file.removed"] = "file.removed"
+    path: str
+    keep: str
+    action: Literal["move", "delete", "hardlink"]
+    target: str | None = None
+
+
+Message = Annotated[
+    Union[FileEvent, Rescan, ImageSigned, Decision, FileRemoved], Field(discriminator="kind")
+]
+_adapter: TypeAdapter[Message] = TypeAdapter(Message)
+
+ROUTING_KEYS: tuple[str, ...] = ("file.event", "watcher.rescan", "image.signed", "group.decision", "file.removed")
+
+
+def decode(body: bytes | str) -> Message:
+    """Parse a message body; raises ``pydantic.ValidationError`` on anything unknown."""
+    return _adapter.validate_json(body)
+
+
+def encode(message: _Message) -> bytes:
+    return message.model_dump_json().encode()

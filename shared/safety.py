@@ -1,0 +1,103 @@
+"""The rules that keep every photo: where a path may be, and when a removal may happen.
+
+Paths arrive in messages and config, so they are untrusted until ``confine`` accepts them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class Unsafe(Exception):
+    """An action was refused; ``str(exc)`` says why in one line."""
+
+
+def root_of(path: str | Path, roots: Iterable[Path]) -> Path | None:
+    """The root that contains ``path`` as it is spelled (lexically, after normalisation)."""
+    norm = Path(os.path.normpath(os.path.abspath(path)))
+    for root in roots:
+        if norm == root or root in norm.parents:
+            return root
+    return None
+
+
+def confine(path: str | Path, roots: Iterable[Path]) -> Path:
+    """Return the absolute path if it is a regular file strictly below a root without any
+    symlink on the way; raise Unsafe otherwise."""
+    roots = list(roots)
+    norm = Path(os.path.normpath(os.path.abspath(path)))
+    root = root_of(norm, roots)
+    if root is None or norm == root:
+        raise Unsafe(f"{path} is not below a configured root")
+    real_root = Path(os.path.realpath(root))
+    if os.path.realpath(norm) != str(real_root / norm.relative_to(root)):
+        raise Unsafe(f"{path} goes through a symbolic link")
+    try:
+        mode = os.lstat(norm).st_mode
+    except FileNotFoundError:
+        raise Unsafe(f"{path} no longer exists") from None
+    except OSError as exc:
+        raise Unsafe(f"{path} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise Unsafe(f"{path} is not a regular file")
+    return norm
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """A file as it is on disk right now."""
+
+    size: int
+    mtime_ns: int
+    readable: bool
+
+
+def removal_refusal(
+    *,
+    keep: Observed | None,
+    keep_expected: tuple[int, int],
+    victim: Observed | None,
+    victim_expected: tuple[int, int],
+    distance_now: float | None,
+    max_dist: float,
+    same_file: bool,
+) -> str | None:
+    """Why removing the victim in favour of the kept file must not happen now, or None.
+
+    ``*_expected`` are the (size, mtime_ns) both files had when they were analysed and matched.
+    """
+    if same_file:
+        return "the kept file and the duplicate are the same file"
+    if keep is None:
+        return "the kept file no longer exists"
+    if not keep.readable:
+        return "the kept file cannot be read"
+    if (keep.size, keep.mtime_ns) != keep_expected:
+        return "the kept file changed since it was analysed"
+    if victim is None:
+        return "the duplicate no longer exists"
+    if (victim.size, victim.mtime_ns) != victim_expected:
+        return "the duplicate changed since it was analysed"
+    if distance_now is None:
+        return "no current signature for both files"
+    if distance_now > max_dist:
+        return f"the files no longer match (distance {distance_now:.3f} > max_dist {max_dist})"
+    return None
+
+
+def observe(path: Path) -> Observed | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+        readable = True
+    except OSError:
+        readable = False
+    return Observed(st.st_size, st.st_mtime_ns, readable)

@@ -1,0 +1,433 @@
+"""Image signatures: image-match's Goldberg signature, reimplemented in numpy and made fast.
+
+Pure functions, no store or bus code. ``analyze`` runs inside ProcessPoolExecutor workers, so it
+is a top-level function and ``Analysis`` is picklable.
+
+The signature follows ``image_match.goldberg.ImageSignature`` (Goldberg et al., "An image
+signature for any kind of image") step by step: grey levels in [0, 1]; crop to the 5%-95% range
+of the cumulative absolute row/column differences; a 9x9 grid; the mean grey of a P x P square
+at each grid point (P = max(2, int(0.5 + min(h, w) / 20)), clamped at the image edge exactly like
+image-match); 8 differences per point, *centre minus neighbour*, in image-match's order (upper
+left, up, upper right, left, right, lower left, down, lower right; 0 where a neighbour is off the
+grid); differences below 2/255 set to 0; positives and negatives each split at their median into
+1/2 and -1/-2. Given the same grey array, :func:`signature_from_grey` returns image-match's
+signature bit for bit (tests/test_signature.py checks it).
+
+Where we differ from image-match on purpose (both documented in the tests):
+
+* Grey conversion: Pillow's ``L`` (ITU-R 601 luma, 0.299 R + 0.587 G + 0.114 B), the same
+  luma a JPEG stores, so a JPEG decoded straight to grey at reduced DCT scale and a PNG copy of
+  it agree. image-match reads with skimage (ITU-R 709 weights on RGB; and for files that are
+  already greyscale it skips the /255 normalisation, which makes its 2/255 tolerance useless).
+  Alpha is composited on white, as skimage's ``rgba2rgb`` does. 16-bit greys are scaled, not
+  clipped.
+* EXIF orientation is honoured (image-match ignores it).
+* Speed: JPEGs are decoded with ``draft`` at 1/2..1/8 DCT scale so the short side stays at
+  least ``DRAFT_TARGET`` px; other formats larger than that are box-reduced with
+  ``Image.reduce``. The grid averages P x P squares of about min(h, w)/20 px, so this changes
+  the signature very little (see the tests and bench/hasher.py for measured distances).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+try:  # HEIC/HEIF support; registered once per process, at import
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except Exception:  # pragma: no cover - optional dependency missing or broken
+    pillow_heif = None
+
+SIGNATURE_LENGTH = 648  # 9x9 grid x 8 neighbours
+WORD_COUNT = 63
+WORD_LENGTH = 16
+
+GRID = 9
+CROP_PERCENTILES = (5, 95)
+IDENTICAL_TOLERANCE = 2 / 255.0
+
+#: JPEGs are decoded at the largest DCT scale (1/2, 1/4, 1/8) that keeps the short side at least
+#: this many pixels; other formats are box-reduced to no less than this. Chosen by measurement
+#: (bench/hasher.py --accuracy): 256 keeps the mean distance to the full-resolution signature at
+#: the level of JPEG re-encoding noise while decoding a 12 MP JPEG at 1/8 scale.
+DRAFT_TARGET = 256
+
+_FORMAT_NAMES = {"MPO": "JPEG", "JPEG2000": "JPEG2000"}
+
+# array transform per EXIF orientation (the same as ImageOps.exif_transpose's transposes)
+_ORIENTATION_TRANSFORMS = {
+    2: lambda g: g[:, ::-1],  # FLIP_LEFT_RIGHT
+    3: lambda g: g[::-1, ::-1],  # ROTATE_180
+    4: lambda g: g[::-1, :],  # FLIP_TOP_BOTTOM
+    5: lambda g: g.T,  # TRANSPOSE
+    6: lambda g: np.rot90(g, -1),  # ROTATE_270 (counter-clockwise), i.e. 90 clockwise
+    7: lambda g: g[::-1, ::-1].T,  # TRANSVERSE
+    8: lambda g: np.rot90(g, 1),  # ROTATE_90
+}
+
+_EXIF_IFD = 0x8769
+_GPS_IFD = 0x8825
+_INTEROP_IFD = 0xA005
+_DATE_TIME_ORIGINAL = 0x9003
+_DATE_TIME = 0x0132
+_ORIENTATION = 0x0112
+_DATE_RE = re.compile(r"^\s*(\d{4})[:\-/](\d{2})[:\-/](\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
+_BOMB_RE = re.compile(r"\((\d+) pixels\)")
+
+
+class ImageError(Exception):
+    """A file that cannot be analysed; ``str(exc)`` is a clear one-line reason for users."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(" ".join(str(reason).split()) or "unreadable image")
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    format: str  # 'JPEG', 'PNG', 'WEBP', 'GIF', 'BMP', 'TIFF', 'HEIF'
+    width: int  # full resolution, after EXIF orientation
+    height: int
+    exif_tags: int  # tags in IFD0 + Exif IFD + GPS IFD (IFD pointer entries not counted)
+    exif_date: str | None  # 'YYYY:MM:DD HH:MM:SS'
+    signature: np.ndarray  # int8, shape (648,), values in {-2..2}
+
+
+# --------------------------------------------------------------------------------------------
+# the signature
+
+
+def _crop_limits(grey: np.ndarray) -> tuple[int, int, int, int]:
+    """image-match's ``crop_image``: (top, bottom, left, right)."""
+    lower_p, upper_p = CROP_PERCENTILES
+    rw = np.cumsum(np.sum(np.abs(np.diff(grey, axis=1)), axis=1))
+    cw = np.cumsum(np.sum(np.abs(np.diff(grey, axis=0)), axis=0))
+    rp = np.percentile(rw, (upper_p, lower_p))
+    cp = np.percentile(cw, (upper_p, lower_p))
+    upper_col = int(np.searchsorted(cw, cp[0], side="left"))
+    lower_col = int(np.searchsorted(cw, cp[1], side="right"))
+    upper_row = int(np.searchsorted(rw, rp[0], side="left"))
+    lower_row = int(np.searchsorted(rw, rp[1], side="right"))
+    if lower_row > upper_row:  # nearly featureless
+        lower_row = int(lower_p / 100.0 * grey.shape[0])
+        upper_row = int(upper_p / 100.0 * grey.shape[0])
+    if lower_col > upper_col:
+        lower_col = int(lower_p / 100.0 * grey.shape[1])
+        upper_col = int(upper_p / 100.0 * grey.shape[1])
+    return lower_row, upper_row, lower_col, upper_col
+
+
+def _box_limits(coords: np.ndarray, p: float, size: int) -> list[tuple[int, int]]:
+    out = []
+    for x in coords.tolist():
+        lo = int(max(x - p / 2, 0))
+        out.append((lo, int(min(lo + p, size))))
+    return out
+
+
+def _mean_levels(grey: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+    """image-match's ``compute_grid_points`` + ``compute_mean_level`` (9 x 9 means)."""
+    top, bottom, left, right = window
+    rows = np.linspace(top, bottom, GRID + 2, dtype=int)[1:-1]
+    cols = np.linspace(left, right, GRID + 2, dtype=int)[1:-1]
+    p = max(2.0, int(0.5 + min(grey.shape) / 20.0))  # from the whole image, as image-match
+    row_lims = _box_limits(rows, p, grey.shape[0])
+    col_lims = _box_limits(cols, p, grey.shape[1])
+    avg = np.empty((GRID, GRID))
+    for i, (r0, r1) in enumerate(row_lims):
+        band = grey[r0:r1]
+        for j, (c0, c1) in enumerate(col_lims):
+            avg[i, j] = band[:, c0:c1].mean()
+    return avg
+
+
+# neighbour offsets in image-match's order; value = g[centre] - g[centre + offset]
+_NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def _differentials(avg: np.ndarray) -> np.ndarray:
+    n = avg.shape[0]
+    padded = np.full((n + 2, n + 2), np.nan)
+    padded[1:-1, 1:-1] = avg
+    out = np.empty((n, n, 8))
+    for k, (dr, dc) in enumerate(_NEIGHBOURS):
+        out[:, :, k] = avg - padded[1 + dr : 1 + dr + n, 1 + dc : 1 + dc + n]
+    out[np.isnan(out)] = 0.0
+    return out
+
+
+def _normalize_and_threshold(diff: np.ndarray) -> None:
+    """image-match's ``normalize_and_threshold`` (n_levels=2), in place, same order of updates."""
+    mask = np.abs(diff) < IDENTICAL_TOLERANCE
+    diff[mask] = 0.0
+    if mask.all():
+        return
+    pos = np.percentile(diff[diff > 0.0], (0.0, 50.0, 100.0))
+    neg = np.percentile(diff[diff < 0.0], (100.0, 50.0, 0.0))
+    for level in (0, 1):
+        lo, hi = pos[level], pos[level + 1]
+        diff[(diff >= lo) & (diff <= hi)] = level + 1
+    for level in (0, 1):
+        hi, lo = neg[level], neg[level + 1]
+        diff[(diff <= hi) & (diff >= lo)] = -(level + 1)
+
+
+def signature_from_grey(grey: np.ndarray) -> np.ndarray:
+    """The signature of a 2-D float array of grey levels in [0, 1] (image-match's steps 2-5)."""
+    grey = np.asarray(grey, dtype=np.float64)
+    if grey.ndim != 2 or grey.size == 0:
+        raise ValueError(f"expected a non-empty 2-D grey array, got shape {grey.shape}")
+    diff = _differentials(_mean_levels(grey, _crop_limits(grey)))
+    _normalize_and_threshold(diff)
+    return diff.ravel().astype(np.int8)
+
+
+def _grey_array(img: Image.Image) -> np.ndarray:
+    """Grey levels in [0, 1] as float64: Pillow 'L' luma, alpha composited on white."""
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(img).astype(np.float64)
+        return np.clip(a / 65535.0, 0.0, 1.0)
+    if mode == "F":
+        a = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        hi = a.max(initial=0.0)
+        return np.clip(a if hi <= 1.0 else a / 255.0, 0.0, 1.0)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode in ("P", "L", "RGB") and "transparency" in img.info
+    )
+    if has_alpha:
+        la = np.asarray(img.convert("RGBA").convert("LA"), dtype=np.float64)
+        lum, alpha = la[..., 0], la[..., 1]
+        return (lum * alpha + 255.0 * (255.0 - alpha)) / (255.0 * 255.0)
+    if mode != "L":
+        img = img.convert("RGB").convert("L") if mode not in ("RGB", "1", "P", "CMYK") else img.convert("L")
+    return np.asarray(img, dtype=np.float64) / 255.0
+
+
+def signature_from_image(img: Image.Image) -> np.ndarray:
+    """The signature of a Pillow image as it is (no EXIF orientation, no reduction)."""
+    return signature_from_grey(_grey_array(img))
+
+
+# --------------------------------------------------------------------------------------------
+# words, distances, orientations
+
+_WORD_POSITIONS = np.linspace(0, SIGNATURE_LENGTH, WORD_COUNT, endpoint=False).astype(int)
+# gather index per word; past the end points at an appended 0 (image-match pads with zeros)
+_WORD_INDEX = np.minimum(_WORD_POSITIONS[:, None] + np.arange(WORD_LENGTH)[None, :], SIGNATURE_LENGTH)
+_WORD_CODING = 3 ** np.arange(WORD_LENGTH, dtype=np.int64)
+
+
+def words(signature: np.ndarray) -> tuple[int, ...]:
+    """image-match's words: ``words_to_int(max_contrast(get_words(sig, 16, 63)))``.
+
+    Word i covers the 16 values from ``int(i * 648 / 63)`` (image-match's
+    ``np.linspace(0, 648, 63, endpoint=False)``; the last words run past the end and are padded
+    with zeros), clipped to {-1, 0, 1} and read as a base-3 number, first value least significant.
+    """
+    sig = np.asarray(signature)
+    if sig.shape != (SIGNATURE_LENGTH,):
+        raise ValueError(f"signature must have shape ({SIGNATURE_LENGTH},), got {sig.shape}")
+    digits = np.append(np.clip(sig.astype(np.int64), -1, 1), 0)[_WORD_INDEX] + 1
+    return tuple(int(v) for v in digits @ _WORD_CODING)
+
+
+def distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||a - b|| / (||a|| + ||b||); 0.0 for two all-zero signatures."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    den = math.sqrt(float(a @ a)) + math.sqrt(float(b @ b))
+    if den == 0.0:
+        return 0.0
+    d = a - b
+    return math.sqrt(float(d @ d)) / den
+
+
+def distances(a: np.ndarray, many: np.ndarray) -> np.ndarray:
+    """``distance(a, m)`` for every row m of ``many`` (shape (n, 648)), as float64."""
+    many = np.asarray(many)
+    if many.ndim != 2:
+        many = many.reshape(-1, SIGNATURE_LENGTH)
+    if many.shape[0] == 0:
+        return np.zeros(0)
+    af = np.asarray(a, dtype=np.float32)
+    mf = many.astype(np.float32)
+    # all terms are small integers (< 2**24), so float32 arithmetic is exact here
+    na2 = float(af @ af)
+    nb2 = np.einsum("ij,ij->i", mf, mf)
+    d2 = np.maximum(na2 + nb2 - 2.0 * (mf @ af), 0.0).astype(np.float64)
+    den = math.sqrt(na2) + np.sqrt(nb2.astype(np.float64))
+    out = np.zeros(many.shape[0])
+    np.divide(np.sqrt(d2), den, out=out, where=den > 0)
+    return out
+
+
+def _orientation_permutations() -> list[np.ndarray]:
+    """Index arrays: new_sig = sig[perm] for each of the 8 dihedral transforms (identity first).
+
+    A transform maps grid point p (centred coordinates) to L p, and the grid onto itself; the
+    value at (L p, direction d) is g[p] - g[p + L^-1 d], i.e. the old value at (p, L^-1 d).
+    Centre-minus-neighbour differences keep their sign, only positions and directions move.
+    """
+    mats = [
+        ((1, 0), (0, 1)),  # identity
+        ((0, 1), (-1, 0)),  # rotate 90 ccw: (r, c) -> (-c, r) in (row, col) with row down
+        ((-1, 0), (0, -1)),  # rotate 180
+        ((0, -1), (1, 0)),  # rotate 270 ccw
+        ((1, 0), (0, -1)),  # mirror left-right
+        ((-1, 0), (0, 1)),  # mirror top-bottom
+        ((0, 1), (1, 0)),  # transpose
+        ((0, -1), (-1, 0)),  # transverse
+    ]
+    half = GRID // 2
+    dir_index = {d: k for k, d in enumerate(_NEIGHBOURS)}
+    perms = []
+    for m in mats:
+        lm = np.array(m)
+        inv = np.round(np.linalg.inv(lm)).astype(int)
+        perm = np.empty(SIGNATURE_LENGTH, dtype=np.intp)
+        for r in range(GRID):
+            for c in range(GRID):
+                q = np.array([r - half, c - half])
+                p = inv @ q  # source grid point
+                for k, d in enumerate(_NEIGHBOURS):
+                    sd = tuple(int(v) for v in inv @ np.array(d))
+                    src = ((int(p[0]) + half) * GRID + (int(p[1]) + half)) * 8 + dir_index[sd]
+                    perm[(r * GRID + c) * 8 + k] = src
+        perms.append(perm)
+    return perms
+
+
+_ORIENTATION_PERMS = _orientation_permutations()
+
+
+def orientations(signature: np.ndarray) -> list[np.ndarray]:
+    """The 8 signatures of the image rotated by 0/90/180/270 degrees, plain and mirrored
+    (identity first), by permuting the 648 values."""
+    sig = np.asarray(signature)
+    return [sig[perm] for perm in _ORIENTATION_PERMS]
+
+
+# --------------------------------------------------------------------------------------------
+# files
+
+
+def _exif_info(img: Image.Image) -> tuple[int, str | None, int]:
+    """(tag count, date, orientation); never raises (broken EXIF counts as none)."""
+    try:
+        exif = img.getexif()
+    except Exception:
+        return 0, None, 1
+    count = 0
+    date = None
+    orientation = 1
+    try:
+        pointers = (_EXIF_IFD, _GPS_IFD, _INTEROP_IFD)
+        count = sum(1 for tag in exif if tag not in pointers)
+        sub: dict = {}
+        for ifd in (_EXIF_IFD, _GPS_IFD):
+            try:
+                tags = exif.get_ifd(ifd)
+            except Exception:
+                tags = {}
+            count += sum(1 for tag in tags if tag not in pointers)
+            if ifd == _EXIF_IFD:
+                sub = tags
+        for raw in (sub.get(_DATE_TIME_ORIGINAL), exif.get(_DATE_TIME)):
+            date = _parse_date(raw)
+            if date:
+                break
+        o = exif.get(_ORIENTATION, 1)
+        orientation = int(o[0] if isinstance(o, (tuple, list)) else o)
+    except Exception:
+        pass
+    return count, date, orientation
+
+
+def _parse_date(raw: object) -> str | None:
+    if isinstance(raw, bytes):
+        raw = raw.decode("ascii", "replace")
+    if not isinstance(raw, str):
+        return None
+    m = _DATE_RE.match(raw.strip("\x00 "))
+    if not m or int(m.group(1)) == 0:
+        return None
+    y, mo, d, h, mi, s = m.groups()
+    return f"{y}:{mo}:{d} {h}:{mi}:{s}"
+
+
+def _reduce_factor(w: int, h: int, target: int) -> int:
+    return max(1, min(w, h) // target)
+
+
+def _decode(path: str, target: int) -> tuple[str, int, int, int, str | None, np.ndarray]:
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise ImageError("zero-byte file")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fh)
+        with img:
+            fmt = _FORMAT_NAMES.get(img.format or "", img.format or "unknown")
+            width, height = img.size
+            if fmt == "JPEG" and target:
+                img.draft("L", (target, target))
+            img.load()
+            tags, date, orientation = _exif_info(img)
+            if fmt != "JPEG" and target:
+                factor = _reduce_factor(*img.size, target)
+                if factor > 1:
+                    if img.mode == "P":
+                        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+                    try:
+                        img = img.reduce(factor)
+                    except ValueError:  # modes reduce() does not support
+                        pass
+            grey = _grey_array(img)
+    transform = _ORIENTATION_TRANSFORMS.get(orientation)
+    if transform is not None:
+        grey = np.ascontiguousarray(transform(grey))
+        if orientation >= 5:  # 5-8 swap the axes
+            width, height = height, width
+    return fmt, width, height, tags, date, grey
+
+
+def analyze(path: str, target: int = DRAFT_TARGET) -> Analysis:
+    """Decode ``path`` and compute its signature and metadata.
+
+    ``target`` is the draft/reduce size (0 = full resolution). Raises :class:`ImageError` with
+    a one-line reason for every file that cannot be analysed, and nothing else for bad files.
+    """
+    try:
+        fmt, width, height, tags, date, grey = _decode(os.fspath(path), target)
+        signature = signature_from_grey(grey)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        m = _BOMB_RE.search(str(exc))
+        pixels = m.group(1) if m else "too many"
+        raise ImageError(f"decompression bomb: {pixels} pixels exceeds limit") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image (unrecognised format)") from None
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except IsADirectoryError:
+        raise ImageError("is a directory, not a file") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except MemoryError:
+        raise ImageError("out of memory while decoding the image") from None
+    except OSError as exc:
+        if exc.errno is not None and exc.filename is not None:  # an I/O error, not a decoder one
+            raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+        raise ImageError(f"truncated or corrupt image: {exc}") from None
+    except Exception as exc:  # decoders raise SyntaxError, ValueError, struct.error, EOFError, ...
+        raise ImageError(f"truncated or corrupt image: {type(exc).__name__}: {exc}") from None
+    return Analysis(fmt, width, height, tags, date, signature)
