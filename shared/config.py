@@ -87,10 +87,6 @@ class Settings(BaseSettings):
     journal_directory: Path = Field(
         default_factory=lambda: data_dir() / "journals", description="Where each run's journal of actions is written."
     )
-    elasticsearch_url: str | None = Field(
-        None, description="Use this Elasticsearch server as the store instead of SQLite (services mode)."
-    )
-    elasticsearch_index: str = Field("image-dedup", description="Elasticsearch index name.")
     broker_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL (services mode).")
     broker_prefix: str = Field("image-dedup", description="Prefix of the exchange and queue names on the broker.")
     metrics_port: int = Field(9100, ge=0, le=65535, description="Port of /metrics, /healthz and /readyz (services).")

@@ -2,8 +2,8 @@
 
 Small on purpose (image-match's own database base class has just insert and search): upsert,
 get, candidates, delete, iterate, and one atomic ``claim`` that keeps concurrent actuators from
-removing both files of a pair. SQLite (``shared.sqlite_store``) and Elasticsearch
-(``shared.elastic_store``) implement it.
+removing both files of a pair. SQLite (``shared.sqlite_store``) implements it;
+an Elasticsearch store will implement the same Protocol.
 """
 
 from __future__ import annotations
