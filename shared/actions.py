@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -25,6 +26,7 @@ class Journal:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(path, "a", encoding="utf-8")
+        self._lock = threading.Lock()  # actions run on worker threads
 
     @classmethod
     def new(cls, directory: Path, name: str = "run") -> Journal:
@@ -34,9 +36,10 @@ class Journal:
     def write(self, **entry: Any) -> str:
         entry.setdefault("id", uuid.uuid4().hex)
         entry["at"] = time.time()
-        self._fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        with self._lock:
+            self._fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
         return entry["id"]
 
     def close(self) -> None:

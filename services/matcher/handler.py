@@ -5,6 +5,7 @@ a whole-library plan would give (see shared.ranking)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Awaitable, Callable, Iterable
 
 from shared.config import Settings
@@ -34,7 +35,16 @@ async def _neighbours(record: ImageRecord, store: Store, settings: Settings) -> 
         c for c in best.values()
         if c.record.error is None
         and pair_allowed(record, c.record, settings.across_dirs, settings.max_file_modification_time_diff)
+        and not (c.distance == 0 and _same_file(record.path, c.record.path))
     ]
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Hard links to one file (e.g. made by ``--action hardlink``) are not duplicates any more."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 async def plan(
