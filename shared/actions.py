@@ -81,6 +81,8 @@ def move_file(src: Path, dst: Path) -> tuple[Path | None, str]:
     deleted and the final path is ``dst`` itself. Across filesystems the file is copied to a
     temporary name, fsynced and verified by SHA-256 before the source is unlinked.
     """
+    if os.path.realpath(src) == os.path.realpath(dst):
+        raise OSError(errno.EINVAL, f"{src} would be moved onto itself")
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.is_file() and filecmp.cmp(src, dst, shallow=False):
         os.unlink(src)
@@ -140,9 +142,11 @@ def undo(journal_path: Path) -> list[str]:
     """Revert a journal's confirmed actions, newest first; returns one line per action."""
     entries = [json.loads(line) for line in journal_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     done = {e["intent"] for e in entries if e.get("state") == "done"}
+    final_targets = {e["intent"]: e["target"] for e in entries if e.get("state") == "done" and e.get("target")}
     lines = []
     for entry in reversed([e for e in entries if e.get("state") == "intent"]):
-        src, target, op = Path(entry["path"]), entry.get("target"), entry["action"]
+        # the confirmation holds where the file really went (a free name if the target was taken)
+        src, target, op = Path(entry["path"]), final_targets.get(entry["id"], entry.get("target")), entry["action"]
         if entry["id"] not in done:
             if op == "move" and target and Path(target).exists() and not src.exists():
                 done.add(entry["id"])  # crashed between the move and its confirmation

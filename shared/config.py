@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError, YamlConfigSettingsSource,
+)
 
 RuleName = Literal[
     "more_pixels",
@@ -134,6 +136,12 @@ class Settings(BaseSettings):
         if target is None:
             return self
         for root in self.source_directories:
+            moved_to = target / root.name  # where this root's duplicates go (actuator.target_for)
+            if moved_to in self.source_directories:
+                raise ValueError(
+                    f"duplicates_target_directory {target} would put duplicates of {root} back into "
+                    f"{moved_to}; choose another folder"
+                )
             if target == root or root in target.parents:
                 if not self.is_excluded(str(target) + os.sep):
                     raise ValueError(
@@ -196,6 +204,13 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    except SettingsError as exc:  # e.g. an environment variable holding a list that is not JSON
+        m = re.search(r'field "([^"]+)"', str(exc))
+        key = m.group(1) if m else "config"
+        raise ConfigError(
+            f"invalid config: {key}: cannot parse IMAGE_DEDUP_{key.upper()} (lists must be JSON, "
+            f"e.g. '[\"/photos\"]')"
+        ) from None
     finally:
         _yaml_file_in_use = None
 

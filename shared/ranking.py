@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from .config import RuleName
 from .store import ImageRecord
 
-COPY_NAME = re.compile(r"copy|kopie|copie|kopia|\(\d+\)\s*$", re.IGNORECASE)
+# "copy of X", "X - Copy", "X_copy2", "X - Kopie", "X (1)"; not "copyright"
+COPY_NAME = re.compile(r"(?<![a-z])(copy|kopie|copie|kopia)(?![a-z])|\(\d+\)\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)

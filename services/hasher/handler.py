@@ -45,7 +45,11 @@ async def handle_file_event(
         raise Reject(str(exc)) from None
     if not wanted(path, settings):
         raise Reject(f"{path} is excluded by the configuration")
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:  # gone since the event was published
+        await store.delete(path)
+        return HashOutcome(path, "forgotten")
     known = await store.get(path)
     if known is not None and known.unchanged(st.st_size, st.st_mtime_ns):
         if known.error:

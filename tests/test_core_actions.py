@@ -1,0 +1,272 @@
+"""shared/actions.py: moves that never overwrite, hard links, the journal, undo, empty folders."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from shared import actions
+from shared.actions import Journal, hardlink_file, move_file, remove_empty_folders, undo
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+# --------------------------------------------------------------------------------------------
+# move
+
+
+def test_move_to_a_free_name_keeps_the_bytes_and_removes_the_source(tmp_path):
+    src = _write(tmp_path / "src" / "a.jpg", b"photo-a")
+    final, how = move_file(src, tmp_path / "dst" / "deep" / "a.jpg")
+    assert final == tmp_path / "dst" / "deep" / "a.jpg" and how == "moved"
+    assert final.read_bytes() == b"photo-a"
+    assert not src.exists()
+
+
+def test_move_never_overwrites_a_different_file(tmp_path):
+    src = _write(tmp_path / "src" / "a.jpg", b"new photo")
+    existing = _write(tmp_path / "dst" / "a.jpg", b"someone else's photo")
+    _write(tmp_path / "dst" / "a (1).jpg", b"and another one")
+    final, how = move_file(src, existing)
+    assert final == tmp_path / "dst" / "a (2).jpg"
+    assert final.read_bytes() == b"new photo"
+    assert existing.read_bytes() == b"someone else's photo"
+    assert (tmp_path / "dst" / "a (1).jpg").read_bytes() == b"and another one"
+    assert not src.exists()
+
+
+def test_move_onto_an_identical_file_just_lets_the_source_go(tmp_path):
+    src = _write(tmp_path / "src" / "a.jpg", b"same bytes")
+    existing = _write(tmp_path / "dst" / "a.jpg", b"same bytes")
+    inode = existing.stat().st_ino
+    final, how = move_file(src, existing)
+    assert final == existing and "identical" in how
+    assert not src.exists()
+    assert existing.read_bytes() == b"same bytes" and existing.stat().st_ino == inode
+    assert sorted(p.name for p in existing.parent.iterdir()) == ["a.jpg"]
+
+
+def test_move_onto_itself_never_loses_the_file(tmp_path):
+    src = _write(tmp_path / "a.jpg", b"only copy")
+    with pytest.raises(OSError):
+        move_file(src, tmp_path / "a.jpg")
+    assert src.read_bytes() == b"only copy"
+
+
+def _no_link(*args, **kwargs):
+    raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+
+def test_move_across_filesystems_copies_verifies_and_unlinks(tmp_path, monkeypatch):
+    src = _write(tmp_path / "src" / "a.jpg", b"x" * 100_000)
+    os.utime(src, (1_600_000_000, 1_600_000_000))
+    _write(tmp_path / "dst" / "a.jpg", b"a different photo")
+    monkeypatch.setattr(os, "link", _no_link)
+    fsynced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd))[1])
+    final, how = move_file(src, tmp_path / "dst" / "a.jpg")
+    assert how == "copied across filesystems and verified"
+    assert final == tmp_path / "dst" / "a (1).jpg"
+    assert final.read_bytes() == b"x" * 100_000
+    assert final.stat().st_mtime == 1_600_000_000  # metadata copied too
+    assert (tmp_path / "dst" / "a.jpg").read_bytes() == b"a different photo"
+    assert not src.exists()
+    assert fsynced, "the copy is fsynced before the source goes"
+    assert _leftovers(tmp_path / "dst") == []
+
+
+def test_move_across_filesystems_keeps_the_source_when_the_copy_does_not_verify(tmp_path, monkeypatch):
+    src = _write(tmp_path / "src" / "a.jpg", b"precious bytes")
+    monkeypatch.setattr(os, "link", _no_link)
+
+    def bad_copy(a, b, **kw):
+        Path(b).write_bytes(b"precious bytez")
+
+    monkeypatch.setattr(shutil, "copy2", bad_copy)
+    with pytest.raises(OSError):
+        move_file(src, tmp_path / "dst" / "a.jpg")
+    assert src.read_bytes() == b"precious bytes"
+    assert not (tmp_path / "dst" / "a.jpg").exists()
+    assert list((tmp_path / "dst").iterdir()) == []  # no .partial left behind
+
+
+def test_move_other_link_errors_are_raised_and_the_source_stays(tmp_path, monkeypatch):
+    src = _write(tmp_path / "src" / "a.jpg", b"bytes")
+
+    def no_space(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "link", no_space)
+    with pytest.raises(OSError):
+        move_file(src, tmp_path / "dst" / "a.jpg")
+    assert src.read_bytes() == b"bytes"
+
+
+# --------------------------------------------------------------------------------------------
+# hard link
+
+
+def test_hardlink_replaces_the_duplicate_by_a_link_to_the_kept_file(tmp_path):
+    keep = _write(tmp_path / "keep.jpg", b"best")
+    victim = _write(tmp_path / "sub" / "dup.jpg", b"worse")
+    hardlink_file(keep, victim)
+    assert victim.stat().st_ino == keep.stat().st_ino
+    assert keep.stat().st_nlink == 2
+    assert victim.read_bytes() == b"best"
+    assert _leftovers(victim.parent) == []
+
+
+def test_hardlink_refuses_across_filesystems(tmp_path, monkeypatch):
+    keep = _write(tmp_path / "keep.jpg", b"best")
+    victim = _write(tmp_path / "dup.jpg", b"worse")
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda p, **kw: (
+        os.stat_result(tuple(real_stat(p, **kw))[:2] + (12345,) + tuple(real_stat(p, **kw))[3:])
+        if str(p) == str(victim) else real_stat(p, **kw)))
+    with pytest.raises(OSError):
+        hardlink_file(keep, victim)
+    monkeypatch.undo()
+    assert victim.read_bytes() == b"worse" and victim.stat().st_ino != keep.stat().st_ino
+
+
+# --------------------------------------------------------------------------------------------
+# journal and undo
+
+
+def test_journal_lines_are_json_fsynced_and_appended(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    journal = Journal.new(tmp_path / "journals")
+    first = journal.write(state="intent", action="move", path="/r/a.jpg", keep="/r/b.jpg", target="/t/a.jpg")
+    # visible on disk (from another reader) before anything else happens
+    lines = journal.path.read_text(encoding="utf-8").splitlines()
+    assert len(synced) == 1
+    assert json.loads(lines[0])["id"] == first and json.loads(lines[0])["state"] == "intent"
+    journal.write(state="done", intent=first, target="/t/a.jpg")
+    journal.close()
+    entries = [json.loads(l) for l in journal.path.read_text(encoding="utf-8").splitlines()]
+    assert [e["state"] for e in entries] == ["intent", "done"] and entries[1]["intent"] == first
+    assert len(synced) == 2
+    assert journal.path.suffix == ".jsonl" and journal.path.parent == tmp_path / "journals"
+
+
+def _journaled_move(journal: Journal, src: Path, dst: Path) -> Path:
+    intent = journal.write(state="intent", action="move", path=str(src), keep="/k.jpg", target=str(dst))
+    final, _ = move_file(src, dst)
+    journal.write(state="done", intent=intent, target=str(final))
+    return final
+
+
+def test_undo_restores_moved_files(tmp_path):
+    journal = Journal.new(tmp_path / "j")
+    a = _write(tmp_path / "lib" / "a.jpg", b"A")
+    b = _write(tmp_path / "lib" / "sub" / "b.jpg", b"B")
+    _journaled_move(journal, a, tmp_path / "t" / "a.jpg")
+    _journaled_move(journal, b, tmp_path / "t" / "sub" / "b.jpg")
+    journal.close()
+    assert not a.exists() and not b.exists()
+    lines = undo(journal.path)
+    assert a.read_bytes() == b"A" and b.read_bytes() == b"B"
+    assert not (tmp_path / "t" / "a.jpg").exists()
+    assert all(line.startswith("restored") for line in lines), lines
+
+
+def test_undo_restores_from_the_free_name_actually_used(tmp_path):
+    """When the target name was taken the file went to 'a (1).jpg'; undo must bring back
+    that file, and leave the unrelated file that sat at the target alone."""
+    journal = Journal.new(tmp_path / "j")
+    src = _write(tmp_path / "lib" / "a.jpg", b"the duplicate")
+    other = _write(tmp_path / "t" / "a.jpg", b"unrelated photo already in the target")
+    final = _journaled_move(journal, src, tmp_path / "t" / "a.jpg")
+    journal.close()
+    assert final.name == "a (1).jpg"
+    undo(journal.path)
+    assert src.read_bytes() == b"the duplicate"
+    assert other.read_bytes() == b"unrelated photo already in the target"
+    assert not final.exists()
+
+
+def test_undo_is_careful(tmp_path):
+    journal = Journal.new(tmp_path / "j")
+    # moved, then a file appeared at the old place again: left alone
+    a = _write(tmp_path / "lib" / "a.jpg", b"A")
+    _journaled_move(journal, a, tmp_path / "t" / "a.jpg")
+    _write(a, b"new A")
+    # deleted: cannot come back, undo says where the twin is
+    d = _write(tmp_path / "lib" / "d.jpg", b"D")
+    intent = journal.write(state="intent", action="delete", path=str(d), keep="/lib/twin.jpg", target=None)
+    d.unlink()
+    journal.write(state="done", intent=intent, target=None)
+    # intent without confirmation, nothing happened
+    n = _write(tmp_path / "lib" / "n.jpg", b"N")
+    journal.write(state="intent", action="move", path=str(n), keep="/k.jpg", target=str(tmp_path / "t" / "n.jpg"))
+    # crashed between the move and its confirmation: restored
+    c = _write(tmp_path / "lib" / "c.jpg", b"C")
+    journal.write(state="intent", action="move", path=str(c), keep="/k.jpg", target=str(tmp_path / "t" / "c.jpg"))
+    move_file(c, tmp_path / "t" / "c.jpg")
+    journal.close()
+
+    lines = undo(journal.path)
+    text = "\n".join(lines)
+    assert a.read_bytes() == b"new A" and (tmp_path / "t" / "a.jpg").read_bytes() == b"A"
+    assert "skipped" in text
+    assert f"cannot restore deleted {d}" in text and "/lib/twin.jpg" in text
+    assert n.read_bytes() == b"N" and f"not done, nothing to undo: {n}" in text
+    assert c.read_bytes() == b"C" and not (tmp_path / "t" / "c.jpg").exists()
+    assert len(lines) == 4
+
+
+def test_undo_of_a_hardlink_gives_the_file_its_own_copy(tmp_path):
+    journal = Journal.new(tmp_path / "j")
+    keep = _write(tmp_path / "keep.jpg", b"best")
+    victim = _write(tmp_path / "dup.jpg", b"worse")
+    intent = journal.write(state="intent", action="hardlink", path=str(victim), keep=str(keep), target=None)
+    hardlink_file(keep, victim)
+    journal.write(state="done", intent=intent, target=None)
+    journal.close()
+    undo(journal.path)
+    assert victim.read_bytes() == b"best"
+    assert victim.stat().st_ino != keep.stat().st_ino and keep.stat().st_nlink == 1
+
+
+# --------------------------------------------------------------------------------------------
+# empty folders
+
+
+def test_remove_empty_folders_only_below_roots_and_only_when_empty(tmp_path):
+    root = tmp_path / "root"
+    (root / "a" / "b" / "c").mkdir(parents=True)
+    (root / "keep" / "x").mkdir(parents=True)
+    _write(root / "keep" / "file.jpg", b"f")
+    (root / "already-empty").mkdir()
+    outside = tmp_path / "outside" / "empty"
+    outside.mkdir(parents=True)
+
+    removed = remove_empty_folders([root / "a" / "b" / "c", root / "keep" / "x", outside, root], [root])
+    assert set(removed) == {root / "a" / "b" / "c", root / "a" / "b", root / "a", root / "keep" / "x"}
+    assert root.is_dir(), "a root is never removed"
+    assert (root / "keep" / "file.jpg").exists()
+    assert (root / "already-empty").is_dir(), "only folders passed in (and their emptied parents)"
+    assert outside.is_dir(), "nothing outside the roots"
+
+
+def test_remove_empty_folders_leaves_a_folder_holding_an_empty_folder(tmp_path):
+    root = tmp_path / "root"
+    (root / "a" / "was-empty").mkdir(parents=True)
+    assert remove_empty_folders([root / "a"], [root]) == []
+    assert (root / "a" / "was-empty").is_dir()

@@ -1,0 +1,303 @@
+"""Local mode end to end through the command (services/cli.py -> services/local.py), phase by
+phase: clean-up, count, analysis (incremental), matching, actions, empty folders."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from services import local
+from shared.config import load_settings
+
+from .conftest import all_files, save_photo, summary_rows, tree_state
+
+pytestmark = pytest.mark.usefixtures("isolated_env")
+
+# keep -> removed, relative to the root
+EXPECTED = {
+    "2020/beach.jpg": ["2020/beach small.jpg", "phone/beach-1.jpg"],  # most pixels
+    "pets/cat.jpg": ["pets/cat copy.jpg"],  # same pixels, more EXIF
+    "docs/scan_hq.jpg": ["docs/scan_lq.jpg"],  # same pixels and EXIF, bigger file (the other is newer)
+    "misc/flower.png": ["misc/old/flower.jpg"],  # bigger file; empties misc/old
+}
+SINGLES = ["solo/a.jpg", "solo/b.png", "solo/UPPER.JPG"]
+
+
+def plant(root: Path) -> Path:
+    save_photo(root / "2020/beach.jpg", 11, (640, 480), exif_tags=2)
+    save_photo(root / "2020/beach small.jpg", 11, (320, 240), exif_tags=5)
+    save_photo(root / "phone/beach-1.jpg", 11, (200, 150), quality=80, exif_tags=7)
+    save_photo(root / "pets/cat.jpg", 12, exif_tags=5, quality=85)
+    save_photo(root / "pets/cat copy.jpg", 12, quality=85)
+    save_photo(root / "docs/scan_hq.jpg", 13, quality=95, mtime=1_600_000_000)
+    save_photo(root / "docs/scan_lq.jpg", 13, quality=70, mtime=1_700_000_000)
+    save_photo(root / "misc/flower.png", 14)
+    save_photo(root / "misc/old/flower.jpg", 14, quality=90)
+    save_photo(root / "solo/a.jpg", 15)
+    save_photo(root / "solo/b.png", 16)
+    save_photo(root / "solo/UPPER.JPG", 17)
+    (root / "notes.txt").write_text("not a photo")
+    (root / "empty-before").mkdir()
+    return root
+
+
+@pytest.fixture
+def lib(tmp_path) -> Path:
+    return plant(tmp_path / "lib")
+
+
+N_IMAGES = sum(len(v) + 1 for v in EXPECTED.values()) + len(SINGLES)
+
+
+def _groups(report: dict, root: Path) -> dict[str, list[str]]:
+    return {
+        str(Path(g["keep"]).relative_to(root)): sorted(str(Path(r).relative_to(root)) for r in g["remove"])
+        for g in report["groups"]
+    }
+
+
+def _store_paths(store: Path) -> set[str]:
+    with sqlite3.connect(store) as db:
+        return {row[0] for row in db.execute("SELECT path FROM images")}
+
+
+def test_dry_run_finds_the_planted_groups_keeps_the_best_and_changes_nothing(run_cli, lib, tmp_path, isolated_env):
+    before = tree_state(lib)
+    result = run_cli("deduplicate", lib)
+    assert result.code == 0, result.err
+    assert _groups(result.report, lib) == EXPECTED
+    rows = summary_rows(result.out)
+    assert rows["files found"] == str(N_IMAGES)
+    assert rows["analysed now"] == str(N_IMAGES)
+    assert rows["duplicate groups"] == "4"
+    assert rows["deleted (would be)"] == "5"
+    assert rows["errors"] == "0"
+    assert "dry run" in result.out
+    assert tree_state(lib) == before, "a dry run changes nothing on disk"
+    assert not (isolated_env / "data" / "image-dedup" / "journals").exists(), "and writes no journal"
+    for group in result.report["groups"]:
+        assert all(o["status"] == "dry_run" for o in group["outcomes"].values())
+        assert all(0 <= d <= 0.25 for d in group["distances"].values())
+
+
+def test_report_has_the_benchmark_kit_format(run_cli, lib):
+    report = run_cli("deduplicate", lib).report
+    assert set(report) >= {"groups"}
+    assert isinstance(report["groups"], list) and report["groups"]
+    for group in report["groups"]:
+        assert isinstance(group["keep"], str) and os.path.isabs(group["keep"])
+        assert isinstance(group["remove"], list) and all(isinstance(p, str) for p in group["remove"])
+        assert group["keep"] not in group["remove"]
+    assert report["problems"] == []
+
+
+def test_move_to_target_keeps_the_relative_path_and_undo_restores(run_cli, lib, tmp_path, isolated_env):
+    before = tree_state(lib)
+    target = tmp_path / "dups"
+    result = run_cli("deduplicate", lib, "--no-dry-run", "--target", target)
+    assert result.code == 0, result.err
+    removed = sorted(p for v in EXPECTED.values() for p in v)
+    assert all_files(target) == {f"lib/{p}" for p in removed}
+    assert all_files(lib) == {*EXPECTED, *SINGLES, "notes.txt"}
+    for rel in removed:
+        assert tree_state(target)[str(target / "lib" / rel)][1] == before[str(lib / rel)][1]
+    rows = summary_rows(result.out)
+    assert rows["moved (were)"] == "5" and rows["deleted (were)"] == "0"
+    assert (lib / "misc" / "old").is_dir(), "folders stay unless remove_empty_folders"
+
+    [journal] = list((isolated_env / "data" / "image-dedup" / "journals").glob("*.jsonl"))
+    assert "journal:" in result.out and "image-dedup undo" in result.out
+    undone = run_cli("undo", journal)
+    assert undone.code == 0
+    assert tree_state(lib) == before, "undo brings every moved file back, bytes, inode and mtime"
+    assert all_files(target) == set()
+
+
+def test_without_target_duplicates_are_deleted(run_cli, lib):
+    before = tree_state(lib)
+    result = run_cli("deduplicate", lib, "--no-dry-run")
+    assert result.code == 0, result.err
+    assert all_files(lib) == {*EXPECTED, *SINGLES, "notes.txt"}
+    for keep in EXPECTED:  # kept files untouched
+        assert tree_state(lib)[str(lib / keep)] == before[str(lib / keep)]
+    assert summary_rows(result.out)["deleted (were)"] == "5"
+    # a second run finds nothing left to do
+    again = run_cli("deduplicate", lib, "--no-dry-run")
+    assert again.report["groups"] == []
+
+
+def test_hardlink_action_links_the_duplicate_to_the_kept_file(run_cli, lib):
+    result = run_cli("deduplicate", lib, "--no-dry-run", "--action", "hardlink")
+    assert result.code == 0, result.err
+    for keep, removes in EXPECTED.items():
+        for rel in removes:
+            assert (lib / rel).stat().st_ino == (lib / keep).stat().st_ino
+        assert (lib / keep).stat().st_nlink == 1 + len(removes)
+    assert summary_rows(result.out)["hard-linked (were)"] == "5"
+
+
+def test_remove_empty_folders_removes_only_folders_the_run_emptied(run_cli, lib, tmp_path):
+    (lib / "phone" / "already-empty").mkdir()
+    root2 = tmp_path / "second"
+    save_photo(root2 / "beach-dup.jpg", 11, (160, 120), quality=80)
+    result = run_cli("deduplicate", lib, root2, "--no-dry-run", "--target", tmp_path / "dups",
+                     "--remove-empty-folders", "--across-dirs")
+    assert result.code == 0, result.err
+    assert not (lib / "misc" / "old").exists(), "emptied by the run"
+    assert (lib / "misc").is_dir(), "still holds the kept flower"
+    assert (lib / "empty-before").is_dir(), "was empty before the run"
+    assert (lib / "phone" / "already-empty").is_dir() and (lib / "phone").is_dir(), "held an empty folder"
+    assert root2.is_dir() and list(root2.iterdir()) == [], "a root is never removed, even when emptied"
+    assert (tmp_path / "dups" / "second" / "beach-dup.jpg").is_file()
+    assert summary_rows(result.out)["empty folders removed"] == "1"
+
+
+def test_remove_empty_folders_does_nothing_in_a_dry_run(run_cli, lib):
+    before = tree_state(lib)
+    run_cli("deduplicate", lib, "--remove-empty-folders")
+    assert tree_state(lib) == before
+
+
+def test_clean_up_forgets_vanished_and_newly_excluded_files(run_cli, lib, tmp_path):
+    store = tmp_path / "store.sqlite"
+    assert run_cli("deduplicate", lib).code == 0
+    assert _store_paths(store) == {str(lib / p) for p in [*EXPECTED, *(r for v in EXPECTED.values() for r in v), *SINGLES]}
+    (lib / "solo" / "a.jpg").unlink()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("exclusions: ['/pets/']\n")
+    result = run_cli("--config", cfg, "deduplicate", lib)
+    assert result.code == 0, result.err
+    paths = _store_paths(store)
+    assert str(lib / "solo" / "a.jpg") not in paths
+    assert not any("/pets/" in p for p in paths)
+    assert len(paths) == N_IMAGES - 3
+    assert "pets/cat.jpg" not in _groups(result.report, lib)
+    assert summary_rows(result.out)["files found"] == str(N_IMAGES - 3)
+
+
+def test_counting_follows_extensions_recursion_and_never_symlinks(run_cli, lib, tmp_path, monkeypatch):
+    outside = tmp_path / "outside"
+    save_photo(outside / "x.jpg", 30)
+    (lib / "link-to-outside").symlink_to(outside)
+    (lib / "link.jpg").symlink_to(lib / "solo" / "a.jpg")
+    result = run_cli("deduplicate", lib)
+    assert summary_rows(result.out)["files found"] == str(N_IMAGES)
+    all_paths = {g["keep"] for g in result.report["groups"]} | {p for g in result.report["groups"] for p in g["remove"]}
+    assert not any("link" in p for p in all_paths)
+
+    monkeypatch.setenv("IMAGE_DEDUP_RECURSIVE", "false")
+    save_photo(lib / "top.jpg", 31)
+    result = run_cli("deduplicate", lib)
+    assert summary_rows(result.out)["files found"] == "1"
+    monkeypatch.delenv("IMAGE_DEDUP_RECURSIVE")
+    monkeypatch.setenv("IMAGE_DEDUP_FILE_EXTENSIONS", '["png"]')
+    result = run_cli("deduplicate", lib)
+    assert summary_rows(result.out)["files found"] == "2"
+
+
+def test_second_run_over_unchanged_files_decodes_nothing(run_cli, lib):
+    first = run_cli("deduplicate", lib)
+    assert summary_rows(first.out)["analysed now"] == str(N_IMAGES)
+    second = run_cli("deduplicate", lib)
+    rows = summary_rows(second.out)
+    assert rows["analysed now"] == "0"
+    assert rows["unchanged since last run"] == str(N_IMAGES)
+    assert second.report["groups"] == first.report["groups"], "matching still covers the whole library"
+
+
+class InlinePool(ThreadPoolExecutor):
+    """Stands in for the process pool so calls to ``analyze`` can be counted."""
+
+    def __init__(self, max_workers=None, mp_context=None):
+        super().__init__(max_workers)
+
+
+def _counting(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    real = local.analyze
+    monkeypatch.setattr(local, "ProcessPoolExecutor", InlinePool)
+    monkeypatch.setattr(local, "analyze", lambda path: (calls.append(path), real(path))[1])
+    return calls
+
+
+def _run(settings):
+    return asyncio.run(local.deduplicate(settings, Console(file=io.StringIO()), quiet=True))
+
+
+def test_incremental_analysis_decodes_only_new_and_changed_files(lib, tmp_path, monkeypatch):
+    settings = load_settings(source_directories=[lib], store_path=tmp_path / "s.sqlite", threads=2)
+    calls = _counting(monkeypatch)
+    first = _run(settings)
+    assert sorted(calls) == sorted(str(lib / p) for p in [*EXPECTED, *(r for v in EXPECTED.values() for r in v), *SINGLES])
+    assert (first.signed, first.unchanged) == (N_IMAGES, 0)
+
+    calls.clear()
+    second = _run(settings)
+    assert calls == [], "nothing decoded on an unchanged library"
+    assert (second.signed, second.unchanged, second.files) == (0, N_IMAGES, N_IMAGES)
+
+    # one file's content changes (a different picture), one only its mtime, one is new
+    calls.clear()
+    save_photo(lib / "solo" / "a.jpg", 16, quality=80)  # now a copy of solo/b.png
+    st = (lib / "pets" / "cat.jpg").stat()
+    os.utime(lib / "pets" / "cat.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    save_photo(lib / "new.jpg", 40)
+    third = _run(settings)
+    assert sorted(calls) == sorted(str(lib / p) for p in ("solo/a.jpg", "pets/cat.jpg", "new.jpg"))
+    assert (third.signed, third.unchanged) == (3, N_IMAGES - 2)
+    groups = {d.keep.path: [r.path for r in d.remove] for d in third.decisions}
+    assert groups[str(lib / "solo" / "b.png")] == [str(lib / "solo" / "a.jpg")], "re-analysed, so re-matched"
+
+
+def test_progress_is_shown_on_a_terminal_and_silent_when_quiet(lib, tmp_path):
+    settings = load_settings(source_directories=[lib], store_path=tmp_path / "s.sqlite", threads=2)
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=100)
+    asyncio.run(local.deduplicate(settings, console, quiet=False))
+    shown = buf.getvalue()
+    for phase in ("count", "analyse", "match", "act"):
+        assert phase in shown
+    buf = io.StringIO()
+    asyncio.run(local.deduplicate(settings, Console(file=buf, force_terminal=True, width=100), quiet=True))
+    assert buf.getvalue() == ""
+
+
+def test_across_dirs_and_mtime_limit_end_to_end(run_cli, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    save_photo(one / "a.jpg", 50, (640, 480), mtime=1_600_000_000)
+    save_photo(two / "a.jpg", 50, (320, 240), mtime=1_600_000_100)
+    assert run_cli("deduplicate", one, two).report["groups"] == []
+    groups = run_cli("deduplicate", one, two, "--across-dirs").report["groups"]
+    assert groups == [{**groups[0], "keep": str(one / "a.jpg"), "remove": [str(two / "a.jpg")]}]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("max_file_modification_time_diff: 60\n")
+    assert run_cli("--config", cfg, "deduplicate", one, two, "--across-dirs").report["groups"] == []
+    cfg.write_text("max_file_modification_time_diff: 100\n")
+    assert len(run_cli("--config", cfg, "deduplicate", one, two, "--across-dirs").report["groups"]) == 1
+
+
+def test_a_kept_file_changed_between_matching_and_acting_is_not_removed_for(lib, tmp_path, monkeypatch):
+    """Phase 5 re-checks at the moment of acting: the kept file vanishing after phase 4 means
+    its duplicates stay."""
+    settings = load_settings(source_directories=[lib], store_path=tmp_path / "s.sqlite", threads=2, dry_run=False)
+    real_plan = local.plan
+
+    async def plan_then_lose_the_keeper(*args, **kwargs):
+        groups = await real_plan(*args, **kwargs)
+        (lib / "2020" / "beach.jpg").unlink()
+        return groups
+
+    monkeypatch.setattr(local, "plan", plan_then_lose_the_keeper)
+    summary = asyncio.run(local.deduplicate(settings, Console(file=io.StringIO()), quiet=True))
+    skipped = {o.path: o.reason for o in summary.outcomes if o.status == "skipped"}
+    assert set(skipped) == {str(lib / "2020" / "beach small.jpg"), str(lib / "phone" / "beach-1.jpg")}
+    assert all("no longer exists" in reason for reason in skipped.values())
+    assert (lib / "2020" / "beach small.jpg").exists() and (lib / "phone" / "beach-1.jpg").exists()
+    assert not (lib / "pets" / "cat copy.jpg").exists(), "the other groups still act"
