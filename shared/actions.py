@@ -146,21 +146,26 @@ def undo(journal_path: Path) -> list[str]:
     lines = []
     for entry in reversed([e for e in entries if e.get("state") == "intent"]):
         # the confirmation holds where the file really went (a free name if the target was taken)
-        src, target, op = Path(entry["path"]), final_targets.get(entry["id"], entry.get("target")), entry["action"]
-        if entry["id"] not in done:
-            if op == "move" and target and Path(target).exists() and not src.exists():
-                done.add(entry["id"])  # crashed between the move and its confirmation
-            else:
-                lines.append(f"not done, nothing to undo: {src}")
-                continue
+        src, target, op = Path(entry["path"]), final_targets.get(entry["id"]), entry["action"]
         if op == "move":
+            if entry["id"] not in done:
+                # crashed between the move and its confirmation: find the moved file by its
+                # size and mtime (a move keeps both) among the names it may have been given
+                target = _moved_copy(Path(entry["target"]), entry) if entry.get("target") else None
+                if target is None:
+                    lines.append(f"not done, nothing to undo: {src}")
+                    continue
             if src.exists():
                 lines.append(f"skipped, {src} exists again")
             elif not Path(target).exists():
                 lines.append(f"cannot restore {src}: {target} is gone")
+            elif not _matches(Path(target), entry, check_mtime=False):
+                lines.append(f"skipped, {target} changed since it was moved there")
             else:
                 final, how = move_file(Path(target), src)
                 lines.append(f"restored {final} ({how})")
+        elif entry["id"] not in done:
+            lines.append(f"not done, nothing to undo: {src}")
         elif op == "hardlink":
             if src.exists():
                 tmp = src.with_name(f".{src.name}.{uuid.uuid4().hex[:8]}.undo")
@@ -170,3 +175,25 @@ def undo(journal_path: Path) -> list[str]:
         else:
             lines.append(f"cannot restore deleted {src}; its kept twin is {entry['keep']}")
     return lines
+
+
+def _matches(path: Path, entry: dict, check_mtime: bool = True) -> bool:
+    """Is ``path`` still the file the journal entry moved (same size, and mtime if asked:
+    an identical file that was already at the target has its own mtime)?"""
+    if "size" not in entry:
+        return True
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_size == entry["size"] and (not check_mtime or st.st_mtime_ns == entry["mtime_ns"])
+
+
+def _moved_copy(target: Path, entry: dict) -> Path | None:
+    candidate, n = target, 1
+    while os.path.lexists(candidate):
+        if _matches(candidate, entry):
+            return candidate
+        candidate = target.with_name(f"{target.stem} ({n}){target.suffix}")
+        n += 1
+    return None

@@ -270,3 +270,47 @@ def test_remove_empty_folders_leaves_a_folder_holding_an_empty_folder(tmp_path):
     (root / "a" / "was-empty").mkdir(parents=True)
     assert remove_empty_folders([root / "a"], [root]) == []
     assert (root / "a" / "was-empty").is_dir()
+
+
+def test_undo_after_a_crash_finds_the_moved_file_by_size_and_mtime(tmp_path):
+    """A crash between the move and its confirmation: the intent names the wanted target, but
+    that name was taken, so the file went to 'name (1)'; undo must not take the unrelated file."""
+    src = tmp_path / "lib" / "a.jpg"
+    src.parent.mkdir()
+    src.write_bytes(b"the duplicate")
+    st = os.stat(src)
+    target = tmp_path / "dups" / "a.jpg"
+    target.parent.mkdir()
+    target.write_bytes(b"an unrelated file that was there before")
+    journal = Journal(tmp_path / "j.jsonl")
+    journal.write(state="intent", action="move", path=str(src), keep="k", target=str(target),
+                  distance=0.0, size=st.st_size, mtime_ns=st.st_mtime_ns)
+    final, _ = move_file(src, target)  # ...and the process died before writing "done"
+    journal.close()
+    assert final == target.with_name("a (1).jpg")
+
+    undo(journal.path)
+
+    assert src.read_bytes() == b"the duplicate"
+    assert target.read_bytes() == b"an unrelated file that was there before"
+    assert not final.exists()
+
+
+def test_undo_leaves_a_target_that_changed_since_the_move(tmp_path):
+    src = tmp_path / "lib" / "a.jpg"
+    src.parent.mkdir()
+    src.write_bytes(b"the duplicate")
+    st = os.stat(src)
+    journal = Journal(tmp_path / "j.jsonl")
+    intent = journal.write(state="intent", action="move", path=str(src), keep="k",
+                           target=str(tmp_path / "dups" / "a.jpg"), distance=0.0,
+                           size=st.st_size, mtime_ns=st.st_mtime_ns)
+    final, _ = move_file(src, tmp_path / "dups" / "a.jpg")
+    journal.write(state="done", intent=intent, target=str(final))
+    journal.close()
+    final.write_bytes(b"someone reused this name for something else")
+
+    lines = undo(journal.path)
+
+    assert not src.exists()
+    assert "changed since" in lines[0]

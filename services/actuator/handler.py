@@ -41,9 +41,11 @@ def target_for(path: Path, settings: Settings) -> Path:
 
 def _act(action: str, victim: Path, keep: Path, settings: Settings, journal: Journal, distance_: float) -> tuple[str | None, str]:
     target = target_for(victim, settings) if action == "move" else None
+    st = os.stat(victim)
     intent = journal.write(
         state="intent", action=action, path=str(victim), keep=str(keep),
         target=None if target is None else str(target), distance=distance_,
+        size=st.st_size, mtime_ns=st.st_mtime_ns,
     )
     how = ""
     if action == "move":
