@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shared.actions import undo
 from shared.config import ConfigError, Settings, load_settings, reference_yaml
+from services.runner import SERVICE_COMMANDS, add_service_commands, run_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
     undo_parser = sub.add_parser("undo", help="restore what a run's journal moved")
     undo_parser.add_argument("journal", type=Path)
+    add_service_commands(sub)
     return parser
 
 
@@ -80,13 +83,15 @@ def _print_summary(console: Console, summary, settings: Settings) -> None:
     for name, value in rows:
         table.add_row(name, str(value))
     console.print(table)
+    # one line each, never wrapped: paths must survive being piped, grepped and copied
     for o in summary.outcomes:
         if o.status in ("skipped", "error"):
-            console.print(f"[yellow]{o.status}[/]: {o.path}: {o.reason}", highlight=False)
+            console.print(f"[yellow]{o.status}[/]: {escape(o.path)}: {escape(o.reason)}", highlight=False, soft_wrap=True)
     for path, reason in summary.problems:
-        console.print(f"[red]problem[/]: {path}: {reason}", highlight=False)
+        console.print(f"[red]problem[/]: {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
     if summary.journal:
-        console.print(f"journal: {summary.journal} (undo with: image-dedup undo {summary.journal})", highlight=False)
+        console.print(f"journal: {summary.journal} (undo with: image-dedup undo {summary.journal})",
+                      highlight=False, markup=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,9 +107,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "undo":
             for line in undo(args.journal):
-                console.print(line, highlight=False)
+                console.print(line, highlight=False, markup=False, soft_wrap=True)
             return 0
         settings = _settings(args)
+        if args.command in SERVICE_COMMANDS:
+            return run_command(args, settings)
         if args.command == "deduplicate":
             from services.local import deduplicate, write_report
 

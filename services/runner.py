@@ -1,0 +1,413 @@
+"""Services mode: each of the four handlers as a long-running service over RabbitMQ, or all four
+in one process over the in-process bus (``image-dedup daemon``).
+
+    image-dedup service watcher|hasher|matcher|actuator
+    image-dedup daemon
+    image-dedup rescan [PATH]
+
+Every service loads the same settings (YAML + ``IMAGE_DEDUP_*``), opens the SQLite store at
+``store_path`` (shared by the processes of one host), connects to ``broker_url``, serves
+``/metrics``, ``/healthz`` and ``/readyz`` on ``metrics_port`` (0: off) and stops gracefully on
+SIGTERM/SIGINT: it stops consuming, finishes the messages in hand, then closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.actuator.handler import handle_decision
+from services.hasher.handler import handle_file_event
+from services.matcher.handler import handle_signed
+from services.watcher.handler import clean_up, handle_rescan, walk, wanted
+from shared import metrics
+from shared.actions import Journal, remove_empty_folders
+from shared.bus import Bus, InProcessBus
+from shared.config import Settings
+from shared.messages import Decision, FileEvent, ImageSigned, Message, Rescan
+from shared.signature import analyze
+from shared.sqlite_store import SQLiteStore
+from shared.topology import PREFETCH
+
+log = logging.getLogger("image_dedup.services")
+
+ROLES = ("watcher", "hasher", "matcher", "actuator")
+SERVICE_COMMANDS = ("service", "daemon", "rescan")
+
+
+# -- shared context ---------------------------------------------------------------------------
+@dataclass
+class Context:
+    settings: Settings
+    store: SQLiteStore
+    bus: Any  # RabbitBus or InProcessBus
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)  # before the bus drains
+    on_close: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)  # after it closed
+
+
+async def _call_all(callbacks: list) -> None:
+    for cb in callbacks:
+        result = cb()
+        if asyncio.iscoroutine(result):
+            await result
+
+
+# -- hasher -----------------------------------------------------------------------------------
+async def start_hasher(ctx: Context) -> None:
+    settings = ctx.settings
+    pool = ProcessPoolExecutor(settings.threads, mp_context=multiprocessing.get_context("forkserver"))
+    loop = asyncio.get_running_loop()
+
+    async def sign(path: str):
+        return await loop.run_in_executor(pool, analyze, path)
+
+    async def on_event(message: Message) -> None:
+        outcome = await handle_file_event(message, store=ctx.store, settings=settings, sign=sign, publish=ctx.bus.publish)
+        if outcome.status == "signed":
+            metrics.SIGNED.inc()
+
+    ctx.on_close.append(lambda: pool.shutdown(wait=True, cancel_futures=True))
+    # enough messages in hand to keep every decoder process busy
+    await ctx.bus.subscribe("file.event", on_event, concurrency=max(settings.concurrency, settings.threads + 1))
+
+
+# -- matcher ----------------------------------------------------------------------------------
+class Batcher:
+    """Collects paths until ``delay`` quiet seconds passed (or ``max_size`` are waiting, or the
+    oldest waited ``max_wait``), then runs ``run`` on the batch. ``submit`` returns when the
+    batch holding its path is done (so the message is acked only after the batch's decisions
+    were published) and raises if the batch failed (so the message is retried)."""
+
+    def __init__(self, run: Callable[[list[str]], Awaitable[Any]], delay: float, max_size: int, max_wait: float):
+        self.run, self.delay, self.max_size, self.max_wait = run, delay, max_size, max_wait
+        self._pending: list[tuple[str, asyncio.Future]] = []
+        self._first = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._lock = asyncio.Lock()
+
+    async def submit(self, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._pending:
+            self._first = loop.time()
+        self._pending.append((path, future))
+        self._schedule()
+        await future
+
+    def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            self._timer.cancel()
+        if len(self._pending) >= self.max_size:
+            when = loop.time()
+        else:
+            when = min(loop.time() + self.delay, self._first + self.max_wait)
+        self._timer = loop.call_at(when, lambda: asyncio.ensure_future(self._flush()))
+
+    def flush_soon(self) -> None:
+        self.delay = self.max_wait = 0
+        if self._pending:
+            self._schedule()
+
+    async def _flush(self) -> None:
+        async with self._lock:
+            batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size :]
+            if self._pending:  # more than one batch waited: the rest goes next
+                self._first = asyncio.get_running_loop().time()
+                self._schedule()
+            if not batch:
+                return
+            try:
+                await self.run(list(dict.fromkeys(p for p, _ in batch)))
+            except Exception as exc:
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(exc)
+            else:
+                for _, f in batch:
+                    if not f.done():
+                        f.set_result(None)
+
+
+async def start_matcher(ctx: Context, prefetch: int | None = None) -> None:
+    settings = ctx.settings
+    size = prefetch or PREFETCH["image.signed"]
+
+    async def run(paths: list[str]) -> None:
+        started = time.monotonic()
+        decisions = await handle_signed(paths, store=ctx.store, settings=settings, publish=ctx.bus.publish)
+        metrics.GROUPS.inc(len(decisions))
+        log.info("matched %d signed images: %d groups in %.2fs", len(paths), len(decisions), time.monotonic() - started)
+
+    batcher = Batcher(run, settings.match_delay, size, max(10 * settings.match_delay, 10.0))
+
+    async def on_signed(message: Message) -> None:
+        assert isinstance(message, ImageSigned)
+        await batcher.submit(message.path)
+
+    ctx.on_stop.append(batcher.flush_soon)
+    await ctx.bus.subscribe("image.signed", on_signed, concurrency=size)
+
+
+# -- actuator ---------------------------------------------------------------------------------
+async def start_actuator(ctx: Context) -> None:
+    settings = ctx.settings
+    journal = Journal.new(settings.journal_directory, "actuator")  # thread-safe
+    log.info("journal: %s%s", journal.path, " (dry run: nothing will be changed)" if settings.dry_run else "")
+
+    async def on_decision(message: Message) -> None:
+        assert isinstance(message, Decision)
+        outcomes = await handle_decision(message, store=ctx.store, settings=settings, journal=journal, publish=ctx.bus.publish)
+        for o in outcomes:
+            metrics.ACTIONS.labels(o.action, o.status).inc()
+            level = logging.WARNING if o.status == "error" else logging.INFO
+            log.log(level, "%s %s %s (keep %s)%s", o.status, o.action, o.path, o.keep, f": {o.reason}" if o.reason else "")
+            if o.status == "error":
+                metrics.ERRORS.labels("action").inc()
+        if settings.remove_empty_folders and not settings.dry_run:
+            emptied = [Path(o.path).parent for o in outcomes if o.status == "done" and o.action != "hardlink"]
+            for folder in remove_empty_folders(emptied, settings.source_directories):
+                log.info("removed empty folder %s", folder)
+
+    ctx.on_close.append(journal.close)
+    await ctx.bus.subscribe("group.decision", on_decision, concurrency=settings.concurrency)
+
+
+# -- watcher ----------------------------------------------------------------------------------
+def _stat(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+class LiveWatch:
+    """watchfiles over the roots; a path is published once it stayed unchanged (size, mtime)
+    for ``debounce`` seconds, so a file still being copied is published once, complete."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.debounce = ctx.settings.watch_debounce
+        self.pending: dict[str, tuple[float, tuple[int, int] | None]] = {}
+        self.cleanup_due: float | None = None
+
+    def note(self, path: str) -> None:
+        self.pending[path] = (time.monotonic() + self.debounce, _stat(path))
+
+    def on_change(self, change: Any, path: str) -> None:
+        from watchfiles import Change
+
+        if change != Change.deleted and os.path.isdir(path) and not os.path.islink(path):
+            for found in walk(self.settings, Path(path)):  # a folder copied or moved in at once
+                self.note(found.path)
+        elif wanted(path, self.settings):
+            self.note(path)
+        elif change == Change.deleted:
+            self.cleanup_due = time.monotonic() + self.debounce  # maybe a folder: forget what was below
+
+    async def flush_loop(self) -> None:
+        tick = min(0.25, max(self.debounce / 4, 0.05))
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for path, (due, seen) in list(self.pending.items()):
+                if due > now:
+                    continue
+                current = _stat(path)
+                if current != seen:  # still changing: wait another quiet period
+                    self.pending[path] = (now + self.debounce, current)
+                    continue
+                del self.pending[path]
+                change = "deleted" if current is None else "upsert"
+                await self.ctx.bus.publish(FileEvent(path=path, change=change))
+                metrics.FILE_EVENTS.labels("watch").inc()
+            if self.cleanup_due is not None and self.cleanup_due <= now:
+                self.cleanup_due = None
+                forgotten = await clean_up(self.ctx.store, self.settings)
+                if forgotten:
+                    log.info("forgot %d vanished files", len(forgotten))
+
+    async def run(self) -> None:
+        from watchfiles import awatch
+
+        roots = [str(r) for r in self.settings.source_directories if r.is_dir()]
+        if not roots:
+            log.warning("no existing root to watch")
+            return
+        flusher = asyncio.create_task(self.flush_loop())
+        try:
+            async for changes in awatch(
+                *roots, watch_filter=None, recursive=self.settings.recursive, debounce=200, step=50,
+                stop_event=self.ctx.stopping,
+            ):
+                for change, path in changes:
+                    self.on_change(change, path)
+        finally:
+            flusher.cancel()
+
+
+async def start_watcher(ctx: Context, live: bool = True) -> None:
+    settings = ctx.settings
+    lock = asyncio.Lock()  # one rescan at a time
+
+    async def publish(event: Message) -> None:
+        await ctx.bus.publish(event)
+        metrics.FILE_EVENTS.labels("rescan").inc()
+
+    async def rescan(command: Rescan) -> None:
+        async with lock:
+            started = time.monotonic()
+            n = await handle_rescan(command, store=ctx.store, settings=settings, publish=publish)
+            metrics.RESCANS.inc()
+            log.info("rescan of %s: %d new or changed files in %.1fs", command.path or "all roots", n,
+                     time.monotonic() - started)
+
+    async def on_rescan(message: Message) -> None:
+        assert isinstance(message, Rescan)
+        await rescan(message)
+
+    await ctx.bus.subscribe("watcher.rescan", on_rescan, concurrency=1)
+    if live:
+        watch = LiveWatch(ctx)
+        ctx.tasks.append(asyncio.create_task(watch.run()))  # watch first: nothing copied meanwhile is missed
+    ctx.tasks.append(asyncio.create_task(rescan(Rescan())))
+
+
+STARTERS = {"watcher": start_watcher, "hasher": start_hasher, "matcher": start_matcher, "actuator": start_actuator}
+
+
+# -- process ----------------------------------------------------------------------------------
+async def serve(roles: list[str], settings: Settings, *, in_process: bool = False) -> None:
+    """Run ``roles`` until SIGTERM/SIGINT."""
+    name = "daemon" if in_process else "+".join(roles)
+    store = SQLiteStore(settings.store_path)
+    store_open = True
+    observe = metrics.observe_message(name)
+    if in_process:
+        bus: Any = _ObservedInProcessBus(settings.max_retries, observe)
+    else:
+        from shared.rabbitmq import RabbitBus
+
+        bus = RabbitBus(settings.broker_url, settings.broker_prefix, max_retries=settings.max_retries,
+                        service=name, observe=observe)
+        await bus.connect()
+    ctx = Context(settings, store, bus)
+    if in_process:
+        ctx.tasks.append(asyncio.create_task(bus.log_dead_letters()))
+
+    def ready() -> tuple[bool, str]:
+        if not store_open:
+            return False, "store closed"
+        if not in_process and not bus.ready:
+            return False, "broker not connected"
+        return True, "ready"
+
+    health = metrics.HealthServer(settings.metrics_port, ready)
+    await health.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, ctx.stopping.set)
+    try:
+        for role in roles:
+            await STARTERS[role](ctx)
+        log.info("%s started (store %s%s)", name, settings.store_path,
+                 "" if in_process else f", broker prefix {settings.broker_prefix}")
+        await ctx.stopping.wait()
+        log.info("%s stopping: finishing the messages in hand", name)
+        for task in ctx.tasks:
+            task.cancel()
+        await asyncio.gather(*ctx.tasks, return_exceptions=True)
+        if in_process:
+            await _call_all(ctx.on_stop)
+            await bus.close()
+        else:
+            await bus.stop_consuming()
+            await _call_all(ctx.on_stop)
+            await bus.close()
+    finally:
+        await _call_all(ctx.on_close)
+        store_open = False
+        await store.close()
+        await health.stop()
+        log.info("%s stopped", name)
+
+
+class _ObservedInProcessBus(InProcessBus):
+    """The daemon's bus: the in-process one, with dead letters logged and counted."""
+
+    def __init__(self, max_retries: int, observe: Callable[[str, str, float], None]):
+        super().__init__(max_retries)
+        self.observe = observe
+
+    async def subscribe(self, kind: str, handler, concurrency: int = 1) -> None:
+        async def observed(message: Message) -> None:
+            started = time.monotonic()
+            try:
+                await handler(message)
+            except Exception:
+                self.observe(kind, "failed", time.monotonic() - started)
+                raise
+            self.observe(kind, "ok", time.monotonic() - started)
+
+        await super().subscribe(kind, observed, concurrency)
+
+    async def log_dead_letters(self) -> None:
+        seen = 0
+        while True:
+            await asyncio.sleep(1)
+            for letter in self.dead[seen:]:
+                log.warning("dead letter %s: %s", letter.message.kind, letter.reason)
+                metrics.ERRORS.labels("dead_lettered").inc()
+            seen = len(self.dead)
+
+    async def close(self, timeout: float = 60.0) -> None:
+        await super().close()
+
+
+async def publish_rescan(settings: Settings, path: str | None) -> None:
+    from shared.rabbitmq import RabbitBus
+
+    bus = RabbitBus(settings.broker_url, settings.broker_prefix, service="cli")
+    await bus.connect(timeout=10)
+    try:
+        await bus.publish(Rescan(path=None if path is None else os.path.abspath(path)))
+    finally:
+        await bus.close()
+
+
+# -- command line -----------------------------------------------------------------------------
+def add_service_commands(sub: argparse._SubParsersAction) -> None:
+    service = sub.add_parser("service", help="run one service of services mode (RabbitMQ)")
+    service.add_argument("role", choices=ROLES)
+    service.add_argument("--log-level", default="INFO")
+    daemon = sub.add_parser("daemon", help="all four services in one long-running process, no broker needed")
+    daemon.add_argument("--log-level", default="INFO")
+    rescan = sub.add_parser("rescan", help="ask the watcher service to rescan (all roots or PATH)")
+    rescan.add_argument("path", nargs="?", help="a folder below a root (default: all roots)")
+
+
+def run_command(args: argparse.Namespace, settings: Settings) -> int:
+    logging.getLogger().setLevel(getattr(args, "log_level", "INFO").upper())
+    logging.getLogger("aio_pika").setLevel(logging.WARNING)
+    logging.getLogger("aiormq").setLevel(logging.WARNING)
+    if args.command == "rescan":
+        asyncio.run(publish_rescan(settings, args.path))
+        print(f"rescan of {args.path or 'all roots'} published to {settings.broker_prefix}")
+        return 0
+    roles = [args.role] if args.command == "service" else list(ROLES)
+    asyncio.run(serve(roles, settings, in_process=args.command == "daemon"))
+    return 0

@@ -1,0 +1,263 @@
+"""Helpers of the services-mode tests: a private RabbitMQ vhost per test run, generated photos,
+service processes, and the local-mode reference result."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+BROKER = os.environ.get("IMAGE_DEDUP_TEST_BROKER", "127.0.0.1:5672")
+
+
+def _broker_up() -> bool:
+    host, port = BROKER.split(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def rabbitmqctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["rabbitmqctl", "-q", *args], check=check, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def vhost():
+    """A vhost of our own, deleted at the end, so concurrent test runs cannot disturb each other."""
+    if not _broker_up():
+        pytest.skip(f"no RabbitMQ on {BROKER} (scripts/ensure-rabbitmq.sh starts one)")
+    name = f"image-dedup-test-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", name)
+    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    yield name
+    rabbitmqctl("delete_vhost", name, check=False)
+
+
+def broker_url(vhost: str) -> str:
+    return f"amqp://guest:guest@{BROKER}/{quote(vhost, safe='')}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- photos ---------------------------------------------------------------------------------
+def photo(seed: int, size: int = 256) -> Image.Image:
+    """A photo-like image: a smooth two-colour gradient with blurred random shapes."""
+    rng = np.random.default_rng(seed)
+    w, h = size, int(size * 0.75)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    angle = rng.uniform(0, np.pi)
+    t = (np.cos(angle) * x / w + np.sin(angle) * y / h + 1) / 2
+    base = (a[None, None, :] * t[..., None] + b[None, None, :] * (1 - t[..., None])).astype(np.uint8)
+    img = Image.fromarray(base, "RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(12):
+        x0, y0 = rng.uniform(-0.2, 1.0) * w, rng.uniform(-0.2, 1.0) * h
+        x1, y1 = x0 + rng.uniform(0.1, 0.6) * w, y0 + rng.uniform(0.1, 0.6) * h
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=colour)
+    return img.filter(ImageFilter.GaussianBlur(1.5))
+
+
+def make_library(folder: Path, n_photos: int, seed: int = 0, subfolders: int = 1) -> dict[str, str]:
+    """``n_photos`` distinct photos, each with a resized, re-encoded copy; returns
+    {relative path: source photo id} for every file written."""
+    files = {}
+    for i in range(n_photos):
+        sub = folder / f"album{i % subfolders}"
+        sub.mkdir(parents=True, exist_ok=True)
+        img = photo(seed * 100_000 + i)
+        original = sub / f"img{i:04d}.jpg"
+        img.save(original, quality=92)
+        copy = sub / f"img{i:04d} copy.jpg"
+        img.resize((img.width * 3 // 4, img.height * 3 // 4), Image.LANCZOS).save(copy, quality=70)
+        files[str(original.relative_to(folder))] = f"p{i}"
+        files[str(copy.relative_to(folder))] = f"p{i}"
+    return files
+
+
+def snapshot(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def local_removed(library: Path, work: Path, **overrides) -> set[str]:
+    """What local mode removes from an identical copy of ``library``."""
+    from rich.console import Console
+
+    from services.local import deduplicate
+    from shared.config import Settings
+
+    copy = work / "photos"
+    shutil.copytree(library, copy)
+    before = snapshot(copy)
+    settings = Settings(
+        source_directories=[copy], store_path=work / "store.sqlite", journal_directory=work / "journals",
+        dry_run=False, threads=2, **overrides,
+    )
+    asyncio.run(deduplicate(settings, Console(stderr=True, quiet=True), quiet=True))
+    return before - snapshot(copy)
+
+
+# -- service processes ---------------------------------------------------------------------
+class Services:
+    """Service processes of one test, sharing one environment; stopped at the end."""
+
+    def __init__(self, base: Path, photos: Path, url: str, prefix: str, **settings: object):
+        self.base, self.photos = base, photos
+        self.logs = base / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.procs: list[tuple[str, subprocess.Popen, int]] = []
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_DEDUP_")}
+        values = {
+            "source_directories": json.dumps([str(photos)]), "store_path": str(base / "store.sqlite"),
+            "journal_directory": str(base / "journals"), "dry_run": "false", "broker_url": url,
+            "broker_prefix": prefix, "threads": "1", "match_delay": "1", "watch_debounce": "0.5",
+            "max_retries": "3", "concurrency": "4",
+        }
+        values.update({k: str(v) for k, v in settings.items()})
+        self.env.update({f"IMAGE_DEDUP_{k.upper()}": v for k, v in values.items()})
+        self.env["XDG_CONFIG_HOME"] = str(base / "config")  # never a user's config file
+        self.env["PYTHONUNBUFFERED"] = "1"
+
+    def start(self, role: str, *extra: str) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        env = dict(self.env, IMAGE_DEDUP_METRICS_PORT=str(port))
+        n = sum(1 for r, _, _ in self.procs if r == role)
+        log = open(self.logs / f"{role}-{n}.log", "ab")
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "image-dedup"), "service", role, *extra], env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.base, start_new_session=True,
+        )
+        self.procs.append((role, proc, port))
+        return proc, port
+
+    def kill9(self, proc: subprocess.Popen) -> None:
+        os.killpg(proc.pid, signal.SIGKILL)  # the service and its decoder processes
+        proc.wait(10)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        for role, proc, port in self.procs:
+            if proc.poll() is not None:
+                continue
+            while get(port, "/readyz")[0] != 200:
+                if proc.poll() is not None:
+                    raise AssertionError(f"{role} exited with {proc.returncode}:\n{self.log_text()}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{role} not ready:\n{self.log_text()}")
+                time.sleep(0.2)
+
+    def log_text(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(self.logs.glob("*.log")))
+
+    def stop(self) -> None:
+        for _, proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _, proc, _ in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # leftover decoder processes, if any
+            except ProcessLookupError:
+                pass
+
+    def journal_entries(self) -> list[dict]:
+        entries = []
+        for path in sorted((self.base / "journals").glob("*.jsonl")):
+            entries += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return entries
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def wait_for(condition, timeout: float, message, interval: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(message() if callable(message) else message)
+        time.sleep(interval)
+
+
+async def queue_depths(url: str, prefix: str) -> dict[str, tuple[int, int]]:
+    """{queue: (ready messages, consumers)} for every queue of the topology."""
+    import aio_pika
+
+    from shared import topology
+
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        out = {}
+        for name in [topology.queue_name(prefix, k) for k in topology.CONSUMED_KINDS.values()] + [topology.dead_name(prefix)]:
+            q = await channel.declare_queue(name, passive=True)
+            out[name] = (q.declaration_result.message_count, q.declaration_result.consumer_count)
+        return out
+    finally:
+        await connection.close()
+
+
+async def dead_letters(url: str, prefix: str) -> list[tuple[bytes, dict]]:
+    import aio_pika
+
+    from shared import topology
+
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        q = await channel.declare_queue(topology.dead_name(prefix), passive=True)
+        out = []
+        while (m := await q.get(no_ack=True, fail=False)) is not None:
+            out.append((m.body, dict(m.headers)))
+        return out
+    finally:
+        await connection.close()

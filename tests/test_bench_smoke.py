@@ -1,0 +1,95 @@
+"""Smoke tests of the benchmark scripts (bench/), tiny sizes, so they cannot rot (< 30 s)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+KIT = REPO.parent / "shared" / "bench"  # the benchmark kit lives next to the repository
+
+
+def _run(*args: str, timeout: float = 60) -> str:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.parametrize("script", ["matcher_scale.py", "accuracy.py", "end_to_end.py"])
+def test_help(script: str) -> None:
+    assert "usage" in _run(f"bench/{script}", "--help").lower()
+
+
+def test_matcher_scale_tiny() -> None:
+    out = _run("bench/matcher_scale.py", "--sizes", "300", "--queries", "5")
+    assert "Machine:" in out and "| sqlite | 300 |" in out and "| numpy | 300 |" in out
+    for line in out.splitlines():
+        if line.startswith(("| sqlite", "| numpy")):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            assert cells[-1] == "0", line  # no wrong removals on planted groups
+            assert float(cells[-2]) > 0.9, line  # recall
+
+
+def test_numpy_index_matches_product_words() -> None:
+    sys.path.insert(0, str(REPO))
+    from bench.matcher_scale import NumpyWordIndex, synthesize, synthesize_chunks
+    from shared.signature import distance, words
+
+    sigs, group = synthesize(500, seed=3)
+    index, g2, _ = NumpyWordIndex.build_from_chunks(synthesize_chunks(500, seed=3), 500)
+    assert (g2 == group).all() and (index.unpack(np.arange(500)) == sigs).all()
+    i = int(np.flatnonzero(group >= 0)[0])
+    w = words(sigs[i])
+    for p in range(63):
+        assert index.words[p][np.flatnonzero(index.ids[p] == i)[0]] == w[p]
+    hits = index.query(sigs[i], 0.25, exclude=i)
+    mates = set(np.flatnonzero(group == group[i]).tolist()) - {i}
+    assert mates and mates <= {j for j, _ in hits}
+    for j, d in hits:
+        assert d == pytest.approx(distance(sigs[i], sigs[j]), abs=1e-5)
+
+
+def _tiny_library(root: Path) -> Path:
+    """Two photos, a re-encoded copy of one, and a truth file in the kit's format."""
+    from PIL import Image
+
+    lib = root / "lib"
+    lib.mkdir()
+    rng = np.random.default_rng(0)
+    files, best = {}, {}
+    for k in range(2):
+        grid = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+        img = Image.fromarray(grid).resize((320, 240), Image.BILINEAR)
+        name = f"IMG_{k}.JPG"
+        img.save(lib / name, quality=95)
+        files[name] = {"source": f"src/{k}", "variant": "original", "difficulty": "original"}
+        best[f"src/{k}"] = name
+        if k == 0:
+            img.resize((160, 120)).save(lib / "IMG_0_small.jpg", quality=70)
+            files["IMG_0_small.jpg"] = {"source": "src/0", "variant": "resize50", "difficulty": "easy"}
+    truth = root / "lib.truth.json"
+    truth.write_text(json.dumps({"version": 1, "root": str(lib), "seed": 0, "variants": "default",
+                                 "files": files, "best": best, "negative_pairs": []}))
+    return lib
+
+
+@pytest.mark.skipif(not (KIT / "score.py").is_file(), reason=f"benchmark kit not found at {KIT} (../shared/bench)")
+def test_accuracy_tiny(tmp_path: Path) -> None:
+    lib = _tiny_library(tmp_path)
+    out = _run("bench/accuracy.py", "--lib", str(lib), "--kit", str(KIT), "--max-dist", "0.1,0.25",
+               "--json", str(tmp_path / "acc.json"))
+    assert "Machine:" in out and "max_dist 0.250" in out and "imagehash pHash" in out and "+orient" in out
+    raw = json.loads((tmp_path / "acc.json").read_text())[str(lib.resolve())]
+    assert raw["max_dist 0.250"]["wrong_removals"] == 0
+    assert raw["max_dist 0.250"]["recall"] == 1.0
+
+
+def test_end_to_end_tiny(tmp_path: Path) -> None:
+    lib = _tiny_library(tmp_path)
+    out = _run("bench/end_to_end.py", "--lib", str(lib), "--threads", "1")
+    assert "first run" in out and "unchanged re-run" in out and "3 files" in out

@@ -1,0 +1,130 @@
+"""RabbitBus and topology against the real broker (a private vhost per test run)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from services.runner import Batcher, Context, start_hasher
+from shared.bus import Reject
+from shared.config import Settings
+from shared.messages import FileEvent, ImageSigned
+from shared.rabbitmq import RabbitBus
+from shared.sqlite_store import SQLiteStore
+from tests.services_support import broker_url, dead_letters, photo, queue_depths, vhost  # noqa: F401
+
+
+def _prefix() -> str:
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+async def _until(condition, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.05)
+
+
+async def test_topology_declares_twice_harmlessly(vhost):
+    url, prefix = broker_url(vhost), _prefix()
+    first = await RabbitBus(url, prefix, service="a").connect()
+    second = await RabbitBus(url, prefix, service="b").connect()  # same declarations again
+    await first.publish(FileEvent(path="/x.jpg"))
+    try:
+        depths = await queue_depths(url, prefix)
+        assert depths[f"{prefix}.file.event"][0] == 1
+        assert set(depths) == {f"{prefix}.{k}" for k in ("watcher.rescan", "file.event", "image.signed", "group.decision")} | {f"{prefix}.dead"}
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_poison_messages_are_dead_lettered_and_the_consumer_goes_on(vhost):
+    url, prefix = broker_url(vhost), _prefix()
+    bus = await RabbitBus(url, prefix, max_retries=2, retry_backoff=0.01, service="test").connect()
+    seen: list[str] = []
+    flaky_failures = []
+
+    async def handler(message):
+        seen.append(message.path)
+        if message.path == "reject":
+            raise Reject("never works")
+        if message.path == "boom":
+            raise RuntimeError("always fails")
+        if message.path == "flaky" and not flaky_failures:
+            flaky_failures.append(1)
+            raise OSError("once")
+
+    await bus.subscribe("file.event", handler, concurrency=2)
+    try:
+        await bus.publish_raw(b"{not json", "file.event")
+        await bus.publish_raw(b'{"version": 99, "kind": "file.event", "path": "/a.jpg"}', "file.event")
+        await bus.publish_raw(ImageSigned(path="/wrong-queue.jpg").model_dump_json().encode(), "file.event")
+        for path in ("reject", "boom", "flaky", "good"):
+            await bus.publish(FileEvent(path=path))
+        await _until(lambda: "good" in seen and seen.count("boom") == 3 and seen.count("flaky") == 2)
+        await asyncio.sleep(0.3)
+    finally:
+        await bus.close()
+    letters = await dead_letters(url, prefix)
+    reasons = {body: headers["x-death-reason"] for body, headers in letters}
+    assert len(letters) == 5, reasons
+    assert "Invalid JSON" in reasons[b"{not json"]
+    assert "version" in reasons[b'{"version": 99, "kind": "file.event", "path": "/a.jpg"}']
+    assert any("image.signed message in the file.event queue" in r for r in reasons.values())
+    assert FileEvent(path="reject").model_dump_json().encode() in reasons
+    assert reasons[FileEvent(path="reject").model_dump_json().encode()] == "never works"
+    boom = [h for b, h in letters if b == FileEvent(path="boom").model_dump_json().encode()][0]
+    assert boom["x-death-reason"] == "RuntimeError: always fails" and boom["x-retries"] == 2
+    assert boom["x-original-routing-key"] == "file.event" and boom["x-service"] == "test"
+    assert seen.count("good") == 1 and seen.count("reject") == 1
+
+
+async def test_bad_image_is_dead_lettered_by_the_hasher(vhost, tmp_path):
+    url, prefix = broker_url(vhost), _prefix()
+    root = tmp_path / "photos"
+    root.mkdir()
+    (root / "empty.jpg").write_bytes(b"")
+    photo(1).save(root / "good.jpg")
+    settings = Settings(source_directories=[root], store_path=tmp_path / "s.sqlite", threads=1, max_retries=1)
+    store = SQLiteStore(settings.store_path)
+    bus = await RabbitBus(url, prefix, max_retries=1, service="hasher").connect()
+    signed = []
+
+    async def on_signed(message):
+        signed.append(message.path)
+
+    try:
+        await start_hasher(Context(settings, store, bus))
+        await bus.subscribe("image.signed", on_signed)
+        await bus.publish(FileEvent(path=str(root / "empty.jpg")))
+        await bus.publish(FileEvent(path=str(root / "good.jpg")))
+        await _until(lambda: signed, timeout=30)
+        await asyncio.sleep(0.3)
+    finally:
+        await bus.close()
+        await store.close()
+    letters = await dead_letters(url, prefix)
+    assert len(letters) == 1
+    body, headers = letters[0]
+    assert b"empty.jpg" in body and headers["x-death-reason"] and headers["x-retries"] == 0  # no retry
+    assert signed == [str(root / "good.jpg")]
+
+
+async def test_batcher_waits_for_quiet_and_fails_the_whole_batch():
+    batches: list[list[str]] = []
+
+    async def run(paths):
+        batches.append(paths)
+        if "bad" in paths:
+            raise RuntimeError("store down")
+
+    batcher = Batcher(run, delay=0.2, max_size=3, max_wait=5)
+    await asyncio.gather(*(batcher.submit(p) for p in ("a", "b")))
+    assert batches == [["a", "b"]]
+    results = await asyncio.gather(*(batcher.submit(p) for p in ("c", "bad", "d", "e")), return_exceptions=True)
+    assert batches[1] == ["c", "bad", "d"]  # max_size reached: no waiting
+    assert [type(r) for r in results[:3]] == [RuntimeError] * 3 and results[3] is None
