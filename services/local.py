@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +14,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from services.actuator.handler import ActionOutcome, handle_decision
-from services.hasher.handler import HashOutcome, handle_file_event
+from services.hasher.handler import HashOutcome, ProcessSigner, Sign, handle_file_event
 from services.matcher.handler import plan, to_decision
 from services.watcher.handler import FoundFile, clean_up, walk
 from shared.actions import Journal, remove_empty_folders
 from shared.bus import InProcessBus
 from shared.config import Settings
 from shared.messages import Decision, FileEvent, Message
-from shared.signature import analyze
 from shared.sqlite_store import SQLiteStore
 
 
@@ -87,14 +84,17 @@ class Phases:
             self.progress.update(task, completed=self.progress.tasks[task].completed, total=self.progress.tasks[task].completed)
 
 
-async def deduplicate(settings: Settings, console: Console | None = None, quiet: bool = False) -> Summary:
+async def deduplicate(
+    settings: Settings, console: Console | None = None, quiet: bool = False, sign: Sign | None = None
+) -> Summary:
+    """Run the six phases; ``sign`` defaults to a process pool of ``settings.threads``."""
     console = console or Console(stderr=True)
     summary = Summary()
     store = SQLiteStore(settings.store_path)
     bus = InProcessBus()
     phases = Phases(console, quiet)
-    pool = ProcessPoolExecutor(settings.threads, mp_context=multiprocessing.get_context("forkserver"))
-    loop = asyncio.get_running_loop()
+    signer = ProcessSigner(settings.threads) if sign is None else None
+    sign = sign or signer
     journal: Journal | None = None
     try:
         with phases.progress:
@@ -112,9 +112,6 @@ async def deduplicate(settings: Settings, console: Console | None = None, quiet:
 
             # 3. analyse (incremental: the hasher skips files whose size and mtime are unchanged)
             with phases.phase("analyse", len(found)) as advance:
-                async def sign(path: str):
-                    return await loop.run_in_executor(pool, analyze, path)
-
                 async def hash_one(message: Message) -> None:
                     try:
                         outcome: HashOutcome = await handle_file_event(
@@ -163,7 +160,8 @@ async def deduplicate(settings: Settings, console: Console | None = None, quiet:
                 summary.removed_folders = remove_empty_folders(emptied, settings.source_directories)
     finally:
         await bus.close()
-        pool.shutdown(cancel_futures=True)
+        if signer is not None:
+            signer.close()
         if journal is not None:
             journal.close()
         await store.close()

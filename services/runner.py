@@ -16,18 +16,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import multiprocessing
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from services.actuator.handler import handle_decision
-from services.hasher.handler import handle_file_event
+from services.hasher.handler import ProcessSigner, handle_file_event
 from services.matcher.handler import handle_signed
 from services.watcher.handler import clean_up, handle_rescan, walk, wanted
 from shared import metrics
@@ -35,7 +33,6 @@ from shared.actions import Journal, remove_empty_folders
 from shared.bus import Bus, InProcessBus
 from shared.config import Settings
 from shared.messages import Decision, FileEvent, ImageSigned, Message, Rescan
-from shared.signature import analyze
 from shared.sqlite_store import SQLiteStore
 from shared.topology import PREFETCH
 
@@ -67,18 +64,14 @@ async def _call_all(callbacks: list) -> None:
 # -- hasher -----------------------------------------------------------------------------------
 async def start_hasher(ctx: Context) -> None:
     settings = ctx.settings
-    pool = ProcessPoolExecutor(settings.threads, mp_context=multiprocessing.get_context("forkserver"))
-    loop = asyncio.get_running_loop()
-
-    async def sign(path: str):
-        return await loop.run_in_executor(pool, analyze, path)
+    sign = ProcessSigner(settings.threads)
 
     async def on_event(message: Message) -> None:
         outcome = await handle_file_event(message, store=ctx.store, settings=settings, sign=sign, publish=ctx.bus.publish)
         if outcome.status == "signed":
             metrics.SIGNED.inc()
 
-    ctx.on_close.append(lambda: pool.shutdown(wait=True, cancel_futures=True))
+    ctx.on_close.append(sign.close)
     # enough messages in hand to keep every decoder process busy
     await ctx.bus.subscribe("file.event", on_event, concurrency=max(settings.concurrency, settings.threads + 1))
 

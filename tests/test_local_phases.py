@@ -7,7 +7,6 @@ import asyncio
 import io
 import os
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from rich.console import Console
 
 from services import local
 from shared.config import load_settings
+from shared.signature import analyze
 
 from .conftest import all_files, save_photo, summary_rows, tree_state
 
@@ -212,28 +212,22 @@ def test_second_run_over_unchanged_files_decodes_nothing(run_cli, lib):
     assert second.report["groups"] == first.report["groups"], "matching still covers the whole library"
 
 
-class InlinePool(ThreadPoolExecutor):
-    """Stands in for the process pool so calls to ``analyze`` can be counted."""
-
-    def __init__(self, max_workers=None, mp_context=None):
-        super().__init__(max_workers)
+calls: list[str] = []
 
 
-def _counting(monkeypatch) -> list[str]:
-    calls: list[str] = []
-    real = local.analyze
-    monkeypatch.setattr(local, "ProcessPoolExecutor", InlinePool)
-    monkeypatch.setattr(local, "analyze", lambda path: (calls.append(path), real(path))[1])
-    return calls
+async def _counting_sign(path: str):
+    """Signs in a thread (not the process pool) so that the decoded paths can be recorded."""
+    calls.append(path)
+    return await asyncio.to_thread(analyze, path)
 
 
 def _run(settings):
-    return asyncio.run(local.deduplicate(settings, Console(file=io.StringIO()), quiet=True))
+    return asyncio.run(local.deduplicate(settings, Console(file=io.StringIO()), quiet=True, sign=_counting_sign))
 
 
 def test_incremental_analysis_decodes_only_new_and_changed_files(lib, tmp_path, monkeypatch):
     settings = load_settings(source_directories=[lib], store_path=tmp_path / "s.sqlite", threads=2)
-    calls = _counting(monkeypatch)
+    calls.clear()
     first = _run(settings)
     assert sorted(calls) == sorted(str(lib / p) for p in [*EXPECTED, *(r for v in EXPECTED.values() for r in v), *SINGLES])
     assert (first.signed, first.unchanged) == (N_IMAGES, 0)

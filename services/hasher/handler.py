@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -12,11 +15,25 @@ from shared.bus import Reject
 from shared.config import Settings
 from shared.messages import FileEvent, ImageSigned
 from shared.safety import Unsafe, confine, root_of
-from shared.signature import Analysis, ImageError, words
+from shared.signature import Analysis, ImageError, analyze, words
 from shared.store import ImageRecord, Store
 from services.watcher.handler import wanted
 
 Sign = Callable[[str], Awaitable[Analysis]]
+
+
+class ProcessSigner:
+    """``analyze`` in a pool of worker processes: decoding is CPU-bound, so it runs off the
+    event loop, on every core asked for."""
+
+    def __init__(self, processes: int):
+        self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("forkserver"))
+
+    async def __call__(self, path: str) -> Analysis:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, analyze, path)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True, slots=True)
