@@ -1,0 +1,82 @@
+"""Helpers shared by the benchmark scripts: machine description, markdown tables, the kit.
+
+Every table a benchmark prints starts with :func:`machine_line`, because absolute numbers on a
+shared 2-core box mean little without it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+#: The benchmark kit (make_library.py, score.py) lives next to the repository: ../shared/bench.
+KIT_CANDIDATES = (REPO.parent / "shared" / "bench", Path("/work/shared/bench"))
+DEFAULT_LIB = Path("/work/bench/lib")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_line() -> str:
+    """One line naming the machine: cores, CPU model, Python, OS."""
+    return (
+        f"Machine: {os.cpu_count()} cores (os.cpu_count()), {cpu_model()}, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+
+
+def command_line() -> str:
+    """The command that is running, for 'produced by' lines."""
+    script = Path(sys.argv[0])
+    try:
+        script = script.resolve().relative_to(REPO)
+    except ValueError:
+        pass
+    return " ".join(["python", str(script), *sys.argv[1:]])
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    def cell(v: object) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def find_kit(explicit: str | Path | None = None) -> Path | None:
+    """The benchmark kit folder (holding score.py), or None when it is not there."""
+    for cand in ([Path(explicit)] if explicit else []) + list(KIT_CANDIDATES):
+        if (cand / "score.py").is_file():
+            return cand
+    return None
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, int(round(q / 100.0 * (len(s) - 1)))))
+    return s[k]
