@@ -44,6 +44,19 @@ CREATE TABLE IF NOT EXISTS words (
 );
 CREATE INDEX IF NOT EXISTS words_lookup ON words (pos, word, image_id);
 CREATE INDEX IF NOT EXISTS words_image ON words (image_id);
+CREATE TABLE IF NOT EXISTS word_counts (
+    pos INTEGER NOT NULL,
+    word INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (pos, word)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS words_counted AFTER INSERT ON words BEGIN
+    INSERT INTO word_counts (pos, word, n) VALUES (new.pos, new.word, 1)
+    ON CONFLICT (pos, word) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS words_uncounted AFTER DELETE ON words BEGIN
+    UPDATE word_counts SET n = n - 1 WHERE pos = old.pos AND word = old.word;
+END;
 CREATE TABLE IF NOT EXISTS claims (
     path TEXT PRIMARY KEY,
     role TEXT NOT NULL CHECK (role IN ('keep', 'remove')),
@@ -51,10 +64,12 @@ CREATE TABLE IF NOT EXISTS claims (
 );
 """
 
-# A word of all zeros describes a flat patch (sky, wall): shared by countless unrelated images,
-# so it is no evidence of a match and only slows the query down.
-FLAT_WORD = sum(3**i for i in range(sig.WORD_LENGTH))
-MIN_INFORMATIVE_WORDS = 8
+# Only the rarest words of a query are looked up. A word shared by a large part of the library
+# (a flat patch of sky, the grid's edges) is little evidence of a match, and its posting list
+# is what made a query cost grow with the library. A near-duplicate within max_dist shares a
+# good part of all 63 words (each is 16 values, coarsened to -1/0/1), so it shares some of the
+# rarest ones that anybody else has too; the full signatures then decide.
+QUERY_WORDS = 24
 
 _COLUMNS = "path, root, size, mtime_ns, format, width, height, exif_tags, exif_date, signature, error"
 
@@ -64,8 +79,7 @@ def _row_to_record(row: tuple) -> ImageRecord:
     signature = None if blob is None else np.frombuffer(blob, dtype=np.int8)
     return ImageRecord(
         path=row[0], root=row[1], size=row[2], mtime_ns=row[3], format=row[4], width=row[5], height=row[6],
-        exif_tags=row[7], exif_date=row[8], signature=signature,
-        words=() if signature is None else sig.words(signature), error=row[10],
+        exif_tags=row[7], exif_date=row[8], signature=signature, error=row[10],
     )
 
 
@@ -85,6 +99,8 @@ class SQLiteStore:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
         db.executescript(SCHEMA)
+        if db.execute("SELECT NOT EXISTS (SELECT 1 FROM word_counts) AND EXISTS (SELECT 1 FROM words)").fetchone()[0]:
+            db.execute("INSERT INTO word_counts SELECT pos, word, COUNT(*) FROM words GROUP BY pos, word")
         self._db = db
 
     def _run_sync(self, fn: Callable[..., T], *args: Any) -> T:
@@ -144,10 +160,19 @@ class SQLiteStore:
     def _candidates(self, record: ImageRecord, max_dist: float, limit: int) -> list[Candidate]:
         if record.signature is None:
             return []
-        words = record.words or sig.words(record.signature)
-        query = [(pos, w) for pos, w in enumerate(words) if w != FLAT_WORD]
-        if len(query) < MIN_INFORMATIVE_WORDS:
-            query = list(enumerate(words))
+        words = list(enumerate(record.words or sig.words(record.signature)))
+        values = ",".join("(?,?)" for _ in words)
+        counts = dict(((pos, word), n) for pos, word, n in self._db.execute(
+            f"""WITH q(pos, word) AS (VALUES {values})
+                SELECT c.pos, c.word, c.n FROM q JOIN word_counts c ON c.pos = q.pos AND c.word = q.word""",
+            [x for pair in words for x in pair],
+        ))
+        # a word only the query itself has (stored under its own path) cannot find anything
+        own = 1 if self._db.execute("SELECT 1 FROM images WHERE path = ?", (record.path,)).fetchone() else 0
+        shared = [pw for pw in words if counts.get(pw, 0) > own]
+        query = sorted(shared, key=lambda pw: (counts[pw], pw))[:QUERY_WORDS]
+        if not query:
+            return []
         values = ",".join("(?,?)" for _ in query)
         rows = self._db.execute(
             f"""WITH q(pos, word) AS (VALUES {values})

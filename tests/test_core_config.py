@@ -24,7 +24,8 @@ def _yaml(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
 def test_defaults(isolated_env):
     s = load_settings()
     assert s.dry_run is True
-    assert s.max_dist == 0.25
+    assert s.max_dist == 0.10
+    assert s.match_orientations is True
     assert s.source_directories == []
     assert s.prioritization_rules == DEFAULT_RULES
     assert s.recursive is True and s.across_dirs is False and s.remove_empty_folders is False

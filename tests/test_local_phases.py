@@ -16,7 +16,7 @@ from services import local
 from shared.config import load_settings
 from shared.signature import analyze
 
-from .conftest import all_files, save_photo, summary_rows, tree_state
+from .conftest import FIXTURE_MAX_DIST, all_files, save_photo, summary_rows, tree_state
 
 pytestmark = pytest.mark.usefixtures("isolated_env")
 
@@ -226,7 +226,8 @@ def _run(settings):
 
 
 def test_incremental_analysis_decodes_only_new_and_changed_files(lib, tmp_path, monkeypatch):
-    settings = load_settings(source_directories=[lib], store_path=tmp_path / "s.sqlite", threads=2)
+    settings = load_settings(source_directories=[lib], store_path=tmp_path / "s.sqlite", threads=2,
+                             max_dist=FIXTURE_MAX_DIST)
     calls.clear()
     first = _run(settings)
     assert sorted(calls) == sorted(str(lib / p) for p in [*EXPECTED, *(r for v in EXPECTED.values() for r in v), *SINGLES])
@@ -251,7 +252,8 @@ def test_incremental_analysis_decodes_only_new_and_changed_files(lib, tmp_path, 
 
 
 def test_progress_is_shown_on_a_terminal_and_silent_when_quiet(lib, tmp_path):
-    settings = load_settings(source_directories=[lib], store_path=tmp_path / "s.sqlite", threads=2)
+    settings = load_settings(source_directories=[lib], store_path=tmp_path / "s.sqlite", threads=2,
+                             max_dist=FIXTURE_MAX_DIST)
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=True, width=100)
     asyncio.run(local.deduplicate(settings, console, quiet=False))
@@ -280,7 +282,8 @@ def test_across_dirs_and_mtime_limit_end_to_end(run_cli, tmp_path):
 def test_a_kept_file_changed_between_matching_and_acting_is_not_removed_for(lib, tmp_path, monkeypatch):
     """Phase 5 re-checks at the moment of acting: the kept file vanishing after phase 4 means
     its duplicates stay."""
-    settings = load_settings(source_directories=[lib], store_path=tmp_path / "s.sqlite", threads=2, dry_run=False)
+    settings = load_settings(source_directories=[lib], store_path=tmp_path / "s.sqlite", threads=2,
+                             max_dist=FIXTURE_MAX_DIST, dry_run=False)
     real_plan = local.plan
 
     async def plan_then_lose_the_keeper(*args, **kwargs):
