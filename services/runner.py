@@ -367,9 +367,6 @@ class _ObservedInProcessBus(InProcessBus):
                 metrics.ERRORS.labels("dead_lettered").inc()
             seen = len(self.dead)
 
-    async def close(self, timeout: float = 60.0) -> None:
-        await super().close()
-
 
 async def publish_rescan(settings: Settings, path: str | None) -> None:
     from shared.rabbitmq import RabbitBus
