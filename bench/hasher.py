@@ -12,7 +12,6 @@ Methods:
   ours         shared.signature.analyze(path)
   image-match  image_match.goldberg.ImageSignature().generate_signature(path)
   floor (L)    Image.open; draft('L', (T, T)); convert('L')   - decoding alone (T = DRAFT_TARGET)
-  floor (RGB)  Image.open; draft('RGB', (T, T)); convert('L', 709 matrix) - the decode ours does
 
 --camera N re-encodes N of the images as camera-like 12 MP JPEGs (4000x3000, fitted and cropped,
 light sensor-like noise, quality picked for 3-4 bits per pixel, i.e. 4.5-6 MB, with EXIF) into a
@@ -51,7 +50,6 @@ from shared import signature  # noqa: E402
 warnings.filterwarnings("ignore")  # skimage plugin deprecation noise, bomb warnings
 
 EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"}
-LUMA_709 = (0.2125, 0.7154, 0.0721, 0.0)
 
 
 def cpu_model() -> str:
@@ -79,16 +77,6 @@ def floor_l(path: str) -> None:
         img.convert("L")
 
 
-def floor_rgb(path: str) -> None:
-    with Image.open(path) as img:
-        t = signature.DRAFT_TARGET
-        img.draft("RGB", (t, t))
-        if img.mode == "RGB":
-            img.convert("L", matrix=LUMA_709)
-        else:
-            img.convert("L")
-
-
 def make_methods() -> dict[str, Callable[[str], object]]:
     from image_match.goldberg import ImageSignature
 
@@ -97,7 +85,6 @@ def make_methods() -> dict[str, Callable[[str], object]]:
         "ours (analyze)": lambda p: signature.analyze(p).signature,
         "image-match3": gis.generate_signature,
         "floor (draft L)": floor_l,
-        "floor (draft RGB, 709)": floor_rgb,
     }
 
 
@@ -170,13 +157,12 @@ def table(title: str, files: list[Path], repeat: int) -> str:
     mean = {k: statistics.fmean(v) for k, v in times.items()}
     for name in times:
         lines.append(f"| {name} | {med[name]:.1f} | {mean[name]:.1f} |")
-    ours, im, fl, fr = "ours (analyze)", "image-match3", "floor (draft L)", "floor (draft RGB, 709)"
+    ours, im, fl = "ours (analyze)", "image-match3", "floor (draft L)"
     lines += [
         "",
         "| ratio | of medians | of means |",
         "|---|---:|---:|",
         f"| ours / floor (draft L) | {med[ours] / med[fl]:.2f}x | {mean[ours] / mean[fl]:.2f}x |",
-        f"| ours / floor (draft RGB, 709) | {med[ours] / med[fr]:.2f}x | {mean[ours] / mean[fr]:.2f}x |",
         f"| image-match3 / ours | {med[im] / med[ours]:.1f}x | {mean[im] / mean[ours]:.1f}x |",
     ]
     if dists:

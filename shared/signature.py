@@ -15,16 +15,16 @@ signature bit for bit (tests/test_signature.py checks it).
 
 Where we differ from image-match (documented in the tests too):
 
-* Grey conversion: image-match's ITU-R 709 luma (skimage ``rgb2gray``: 0.2125 R + 0.7154 G +
-  0.0721 B), but computed by Pillow (``convert("L", matrix=...)``), i.e. rounded to 0..255; the
-  signature is then computed from uint8 levels (exact integer sums in the crop step). Rounding
-  flips a few values that sit on the median/tolerance boundary. Distance to image-match on 117
-  real RGB photos: mean 0.014 / max 0.056 at full resolution (66 identical), mean 0.027 / max
-  0.083 with the reduced decode below; 0 for neutral-grey images. Files that are already greyscale are scaled to
-  [0, 1] (image-match's skimage reader leaves them at 0..255, which makes its 2/255 tolerance
-  useless); alpha is composited on white, as skimage's ``rgba2rgb`` does; 16-bit greys are
-  scaled, not clipped. (Pillow's plain ``convert("L")`` is ITU-R 601, the luma JPEG stores; on
-  saturated images 601 vs 709 moves the signature by up to 0.3, so we decode JPEGs as RGB.)
+* Grey conversion: ITU-R 601 luma, the Y channel a JPEG stores (Pillow's ``convert("L")``),
+  where image-match uses skimage's 709 luma (0.2125 R + 0.7154 G + 0.0721 B). Two reasons: a
+  JPEG's luma can be decoded alone, without the chroma, which is the fastest decode there is;
+  and grey and saturation edits made by common tools (Pillow's among them) keep 601 luma, so
+  such copies get the very same signature. The price: on saturated photos our signature lies
+  further from image-match's (tests compare on neutral images, where both lumas agree, and
+  :func:`signature_from_grey` is image-match's bit for bit on the same grey array). Files that
+  are already greyscale are scaled to [0, 1] (image-match's skimage reader leaves them at
+  0..255, which makes its 2/255 tolerance useless); alpha is composited on white, as skimage's
+  ``rgba2rgb`` does; 16-bit greys are scaled, not clipped.
 * EXIF orientation is honoured (image-match ignores it).
 * Speed: JPEGs are decoded with ``draft`` at 1/2..1/8 DCT scale so the short side stays at
   least ``DRAFT_TARGET`` px; other formats larger than that are box-reduced with
@@ -57,7 +57,6 @@ WORD_LENGTH = 16
 GRID = 9
 CROP_PERCENTILES = (5, 95)
 IDENTICAL_TOLERANCE = 2 / 255.0
-_LUMA_709_MATRIX = (0.2125, 0.7154, 0.0721, 0.0)  # skimage.color.rgb2gray, used by image-match
 
 #: JPEGs are decoded at the largest DCT scale (1/2, 1/4, 1/8) that keeps the short side at least
 #: this many pixels; other formats are box-reduced (``Image.reduce``) to no less than this.
@@ -249,8 +248,7 @@ def signature_from_grey(grey: np.ndarray) -> np.ndarray:
 
 
 def _grey_array(img: Image.Image) -> np.ndarray:
-    """Grey levels as image-match's skimage reader makes them, ITU-R 709 luma
-    (0.2125 R + 0.7154 G + 0.0721 B), alpha composited on white.
+    """Grey levels: ITU-R 601 luma (see the module doc), alpha composited on white.
 
     Returns uint8 0..255 (luma rounded by Pillow's matrix conversion) for 8-bit images, with or
     without alpha - the fast path - and float64 in [0, 1] for 16-bit/float ones (scaled rather
@@ -279,7 +277,7 @@ def _grey_array(img: Image.Image) -> np.ndarray:
         return np.asarray(img.convert("L"))
     if mode != "RGB":
         img = img.convert("RGB")
-    return np.asarray(img.convert("L", matrix=_LUMA_709_MATRIX))
+    return np.asarray(img.convert("L"))
 
 
 def signature_from_image(img: Image.Image) -> np.ndarray:
@@ -449,7 +447,7 @@ def _decode(path: str, target: int) -> tuple[str, int, int, int, str | None, np.
             fmt = _FORMAT_NAMES.get(img.format or "", img.format or "unknown")
             width, height = img.size
             if fmt == "JPEG" and target:
-                img.draft("RGB", (target, target))  # DCT-scaled decode; keeps RGB for 709 luma
+                img.draft("L", (target, target))  # DCT-scaled decode of the luma channel only
             img.load()
             tags, date, orientation = _exif_info(img)
             if fmt != "JPEG" and target:
