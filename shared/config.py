@@ -77,7 +77,8 @@ class Settings(BaseSettings):
         True, description="Also match copies that were rotated by 90/180/270 degrees or mirrored."
     )
     duplicates_target_directory: Path | None = Field(
-        None, description="Move duplicates here (keeping their path below their root); unset: delete them."
+        None, description="Move duplicates here, to <target>/<root folder name>/<path below the root>; "
+        "unset: delete them."
     )
     action: Literal["move", "delete", "hardlink"] | None = Field(
         None,
