@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
+from .conftest import FIXTURE_MAX_DIST
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 BROKER = os.environ.get("IMAGE_DEDUP_TEST_BROKER", "127.0.0.1:5672")
@@ -115,7 +117,7 @@ def local_removed(library: Path, work: Path, **overrides) -> set[str]:
     before = snapshot(copy)
     settings = Settings(
         source_directories=[copy], store_path=work / "store.sqlite", journal_directory=work / "journals",
-        dry_run=False, threads=2, **overrides,
+        dry_run=False, threads=2, **{"max_dist": FIXTURE_MAX_DIST, **overrides},
     )
     asyncio.run(deduplicate(settings, Console(stderr=True, quiet=True), quiet=True))
     return before - snapshot(copy)
@@ -135,7 +137,7 @@ class Services:
             "source_directories": json.dumps([str(photos)]), "store_path": str(base / "store.sqlite"),
             "journal_directory": str(base / "journals"), "dry_run": "false", "broker_url": url,
             "broker_prefix": prefix, "threads": "1", "match_delay": "1", "watch_debounce": "0.5",
-            "max_retries": "3", "concurrency": "4",
+            "max_retries": "3", "concurrency": "4", "max_dist": str(FIXTURE_MAX_DIST),
         }
         values.update({k: str(v) for k, v in settings.items()})
         self.env.update({f"IMAGE_DEDUP_{k.upper()}": v for k, v in values.items()})
