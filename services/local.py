@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +70,7 @@ class Phases:
         )
 
     @contextmanager
-    def phase(self, name: str, total: int | None) -> Iterator[callable]:
+    def phase(self, name: str, total: int | None) -> Iterator[Callable[..., None]]:
         task = self.progress.add_task(name, total=total, rate="")
 
         def advance(n: int = 1) -> None:
@@ -80,8 +80,9 @@ class Phases:
 
         try:
             yield advance
-        finally:
-            self.progress.update(task, completed=self.progress.tasks[task].completed, total=self.progress.tasks[task].completed)
+        finally:  # a phase may do less than announced (files that vanished): end the bar full
+            done = self.progress.tasks[task].completed
+            self.progress.update(task, total=done)
 
 
 async def deduplicate(
