@@ -167,9 +167,12 @@ class SQLiteStore:
                 SELECT c.pos, c.word, c.n FROM q JOIN word_counts c ON c.pos = q.pos AND c.word = q.word""",
             [x for pair in words for x in pair],
         ))
-        # a word only the query itself has (stored under its own path) cannot find anything
-        own = 1 if self._db.execute("SELECT 1 FROM images WHERE path = ?", (record.path,)).fetchone() else 0
-        shared = [pw for pw in words if counts.get(pw, 0) > own]
+        # a word that only the stored record under the query's own path has cannot find anything
+        # (the query may be a turned version of that record, so compare the words themselves)
+        own = set(self._db.execute(
+            "SELECT w.pos, w.word FROM words w JOIN images i ON i.id = w.image_id WHERE i.path = ?", (record.path,)
+        ))
+        shared = [pw for pw in words if counts.get(pw, 0) > (pw in own)]
         query = sorted(shared, key=lambda pw: (counts[pw], pw))[:QUERY_WORDS]
         if not query:
             return []
