@@ -50,7 +50,7 @@ async def plan_report(lib: Path, store_path: Path, max_dist: float, orientations
     """The kit-format report of the matcher's plan at ``max_dist`` over every stored file."""
     from services.matcher.handler import plan
     from shared.config import Settings
-    from shared.sqlite_store import SQLiteStore
+    from shared.store.sqlite import SQLiteStore
 
     settings = Settings(source_directories=[lib], store_path=store_path, max_dist=max_dist,
                         match_orientations=orientations, journal_directory=store_path.parent / "journals")

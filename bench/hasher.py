@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark the hasher on one core: shared.signature.analyze vs image-match3 vs the decode floor.
+"""Benchmark the hasher on one core: shared.image.signature.analyze vs image-match3 vs the decode floor.
 
     python bench/hasher.py DIR [--limit N] [--repeat R] [--camera N]
 
@@ -9,7 +9,7 @@ is the best (minimum) of R runs, which is robust to other processes on the machi
 gives the median and mean of those over the images.
 
 Methods:
-  ours         shared.signature.analyze(path)
+  ours         shared.image.signature.analyze(path)
   image-match  image_match.goldberg.ImageSignature().generate_signature(path)
   floor (L)    Image.open; draft('L', (T, T)); convert('L')   - decoding alone (T = DRAFT_TARGET)
 
@@ -45,7 +45,7 @@ import PIL  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from shared import signature  # noqa: E402
+from shared.image import signature  # noqa: E402
 
 warnings.filterwarnings("ignore")  # skimage plugin deprecation noise, bomb warnings
 

@@ -11,7 +11,7 @@ distance ~0.05-0.20 from the base (the table reports the real spread).
 
 Indexes:
 
-* ``sqlite``: the product. Every signature is upserted into ``shared.sqlite_store.SQLiteStore``
+* ``sqlite``: the product. Every signature is upserted into ``shared.store.sqlite.SQLiteStore``
   (63 word rows each), then ``services.matcher.handler.plan`` runs over all paths with the
   default settings, exactly as local mode's match phase does.
 * ``numpy``: a prototype (bench only, not the product). Per word position, an argsort of the
@@ -196,9 +196,9 @@ def _record(i: int, s: np.ndarray, words_of):
 
 async def _run_sqlite(n: int, seed: int, queries: int, workdir: Path) -> dict:
     from services.matcher.handler import plan
-    from shared import signature as sig
+    from shared.image import signature as sig
     from shared.config import Settings
-    from shared.sqlite_store import SQLiteStore
+    from shared.store.sqlite import SQLiteStore
 
     t0 = time.perf_counter()
     sigs, group = synthesize(n, seed)
@@ -234,9 +234,9 @@ async def _run_sqlite(n: int, seed: int, queries: int, workdir: Path) -> dict:
 
 
 def _run_numpy(n: int, seed: int, queries: int, stop: int, min_shared: int) -> dict:
-    from shared import signature as sig
+    from shared.image import signature as sig
     from shared.config import Settings
-    from shared.ranking import plan_groups
+    from shared.core.ranking import plan_groups
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -318,7 +318,7 @@ class NumpyWordIndex:
 
     @classmethod
     def build(cls, sigs: np.ndarray, stop: int = 32) -> NumpyWordIndex:
-        from shared.signature import _WORD_CODING, _WORD_INDEX
+        from shared.image.signature import _WORD_CODING, _WORD_INDEX
 
         n = sigs.shape[0]
         words, ids = [], []
@@ -340,7 +340,7 @@ class NumpyWordIndex:
     def build_from_chunks(cls, chunks, n: int, stop: int = 32):
         """Build without ever holding the int8 signatures: pack and take words chunk by chunk.
         Returns (index, group ids, seconds spent generating the synthetic chunks)."""
-        from shared.signature import _WORD_CODING, _WORD_INDEX
+        from shared.image.signature import _WORD_CODING, _WORD_INDEX
 
         packed = np.empty((n, SIG_LEN // 2), dtype=np.uint8)
         words = np.empty((_WORD_INDEX.shape[0], n), dtype=np.int32)
@@ -443,7 +443,7 @@ class NumpyWordIndex:
 
     def query(self, signature: np.ndarray, max_dist: float, limit: int = 100, exclude: int = -1):
         """The ``store.candidates`` equivalent: ids sharing most words, then exact distances."""
-        from shared.signature import words as words_of
+        from shared.image.signature import words as words_of
 
         hits = []
         for p, word in enumerate(words_of(signature)):

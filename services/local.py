@@ -21,7 +21,7 @@ from shared.actions import Journal, remove_empty_folders
 from shared.bus import InProcessBus
 from shared.config import Settings
 from shared.messages import Decision, FileEvent, Message
-from shared.sqlite_store import SQLiteStore
+from shared.store.sqlite import SQLiteStore
 
 
 @dataclass

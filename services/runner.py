@@ -33,8 +33,8 @@ from shared.actions import Journal, remove_empty_folders
 from shared.bus import Bus, InProcessBus
 from shared.config import Settings
 from shared.messages import Decision, FileEvent, ImageSigned, Message, Rescan
-from shared.sqlite_store import SQLiteStore
-from shared.topology import PREFETCH
+from shared.store.sqlite import SQLiteStore
+from shared.bus.topology import PREFETCH
 
 log = logging.getLogger("image_dedup.services")
 
@@ -293,7 +293,7 @@ async def serve(roles: list[str], settings: Settings, *, in_process: bool = Fals
     if in_process:
         bus: Any = _ObservedInProcessBus(settings.max_retries, observe)
     else:
-        from shared.rabbitmq import RabbitBus
+        from shared.bus.rabbitmq import RabbitBus
 
         bus = RabbitBus(settings.broker_url, settings.broker_prefix, max_retries=settings.max_retries,
                         service=name, observe=observe)
@@ -369,7 +369,7 @@ class _ObservedInProcessBus(InProcessBus):
 
 
 async def publish_rescan(settings: Settings, path: str | None) -> None:
-    from shared.rabbitmq import RabbitBus
+    from shared.bus.rabbitmq import RabbitBus
 
     bus = RabbitBus(settings.broker_url, settings.broker_prefix, service="cli")
     await bus.connect(timeout=10)

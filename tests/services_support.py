@@ -234,7 +234,7 @@ async def queue_depths(url: str, prefix: str) -> dict[str, tuple[int, int]]:
     """{queue: (ready messages, consumers)} for every queue of the topology."""
     import aio_pika
 
-    from shared import topology
+    from shared.bus import topology
 
     connection = await aio_pika.connect(url)
     try:
@@ -251,7 +251,7 @@ async def queue_depths(url: str, prefix: str) -> dict[str, tuple[int, int]]:
 async def dead_letters(url: str, prefix: str) -> list[tuple[bytes, dict]]:
     import aio_pika
 
-    from shared import topology
+    from shared.bus import topology
 
     connection = await aio_pika.connect(url)
     try:

@@ -38,7 +38,7 @@ def test_matcher_scale_tiny() -> None:
 def test_numpy_index_matches_product_words() -> None:
     sys.path.insert(0, str(REPO))
     from bench.matcher_scale import NumpyWordIndex, synthesize, synthesize_chunks
-    from shared.signature import distance, words
+    from shared.image.signature import distance, words
 
     sigs, group = synthesize(500, seed=3)
     index, g2, _ = NumpyWordIndex.build_from_chunks(synthesize_chunks(500, seed=3), 500)

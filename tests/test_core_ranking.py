@@ -1,4 +1,4 @@
-"""shared/ranking.py: which copy is kept, and which files each keeper may remove (pure)."""
+"""shared/core/ranking.py: which copy is kept, and which files each keeper may remove (pure)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import pytest
 
 from shared.config import DEFAULT_RULES
-from shared.ranking import pair_allowed, plan_groups, rank_key
+from shared.core.ranking import pair_allowed, plan_groups, rank_key
 from shared.store import ImageRecord
 
 # For each rule: (attributes of the better file, attributes of the worse file). rank_key also

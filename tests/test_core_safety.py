@@ -1,4 +1,4 @@
-"""shared/safety.py and the actuator (services/actuator/handler.py): a removal only happens when
+"""shared/core/safety.py and the actuator (services/actuator/handler.py): a removal only happens when
 the kept twin is there, readable, unchanged and still matching, and only inside the roots."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from services.actuator.handler import handle_decision
 from shared.actions import Journal
 from shared.config import Settings
 from shared.messages import Decision, FileRef, Removal, decode
-from shared.safety import Observed, Unsafe, confine, observe, removal_refusal, root_of
-from shared.signature import analyze, words
-from shared.sqlite_store import SQLiteStore
+from shared.core.safety import Observed, Unsafe, confine, observe, removal_refusal, root_of
+from shared.image.signature import analyze, words
+from shared.store.sqlite import SQLiteStore
 from shared.store import ImageRecord
 
 from .conftest import save_photo, tree_state

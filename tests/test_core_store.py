@@ -1,12 +1,12 @@
-"""shared/sqlite_store.py: the word index finds what it must, and its counts stay true."""
+"""shared/store/sqlite.py: the word index finds what it must, and its counts stay true."""
 
 from __future__ import annotations
 
 
 import numpy as np
 
-from shared.signature import orientations, words
-from shared.sqlite_store import SQLiteStore
+from shared.image.signature import orientations, words
+from shared.store.sqlite import SQLiteStore
 from shared.store import ImageRecord
 
 

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from services import local
 from shared.config import load_settings
-from shared.signature import analyze
+from shared.image.signature import analyze
 
 from .conftest import FIXTURE_MAX_DIST, all_files, save_photo, summary_rows, tree_state
 

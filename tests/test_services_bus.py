@@ -11,8 +11,8 @@ from services.runner import Batcher, Context, start_hasher
 from shared.bus import Reject
 from shared.config import Settings
 from shared.messages import FileEvent, ImageSigned
-from shared.rabbitmq import RabbitBus
-from shared.sqlite_store import SQLiteStore
+from shared.bus.rabbitmq import RabbitBus
+from shared.store.sqlite import SQLiteStore
 from tests.services_support import broker_url, dead_letters, photo, queue_depths, vhost  # noqa: F401
 
 

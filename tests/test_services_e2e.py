@@ -175,9 +175,9 @@ def test_concurrent_actuators_never_remove_both_files_or_a_kept_one(world):
     """Conflicting decisions (A over B and B over A; A over B and B over C) delivered to two
     actuator processes at once: the store's claim lets exactly one side win."""
     from shared.messages import Decision, FileRef, Removal
-    from shared.rabbitmq import RabbitBus
-    from shared.signature import analyze, words
-    from shared.sqlite_store import SQLiteStore
+    from shared.bus.rabbitmq import RabbitBus
+    from shared.image.signature import analyze, words
+    from shared.store.sqlite import SQLiteStore
     from shared.store import ImageRecord
 
     services, library, files, _ = world(30, seed=4)

@@ -1,4 +1,4 @@
-"""Tests for shared.signature: agreement with image-match3, near-duplicates, EXIF, formats and
+"""Tests for shared.image.signature: agreement with image-match3, near-duplicates, EXIF, formats and
 bad files. All images are generated here (tmp_path); image-match is a test-only reference."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-from shared import signature as sigmod
-from shared.signature import (
+from shared.image import signature as sigmod
+from shared.image.signature import (
     SIGNATURE_LENGTH,
     WORD_COUNT,
     WORD_LENGTH,

@@ -13,8 +13,8 @@ from typing import Literal
 from shared.actions import Journal, hardlink_file, move_file
 from shared.config import Settings
 from shared.messages import Decision, FileRemoved
-from shared.safety import Unsafe, confine, observe, removal_refusal, root_of
-from shared.signature import distance
+from shared.core.safety import Unsafe, confine, observe, removal_refusal, root_of
+from shared.image.signature import distance
 from shared.store import Store
 
 

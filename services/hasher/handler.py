@@ -14,8 +14,8 @@ from typing import Literal
 from shared.bus import Reject
 from shared.config import Settings
 from shared.messages import FileEvent, ImageSigned
-from shared.safety import Unsafe, confine, root_of
-from shared.signature import Analysis, ImageError, analyze, words
+from shared.core.safety import Unsafe, confine, root_of
+from shared.image.signature import Analysis, ImageError, analyze, words
 from shared.store import ImageRecord, Store
 from services.watcher.handler import wanted
 

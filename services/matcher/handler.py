@@ -1,6 +1,6 @@
 """Matcher: finds each signed image's duplicates through the store index and publishes one
 decision per group. Whole connected components are planned at once, so the verdict is the one
-a whole-library plan would give (see shared.ranking)."""
+a whole-library plan would give (see shared.core.ranking)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from shared.config import Settings
 from shared.messages import Decision, FileRef, Removal
-from shared.ranking import Group, pair_allowed, plan_groups
-from shared.signature import orientations, words
+from shared.core.ranking import Group, pair_allowed, plan_groups
+from shared.image.signature import orientations, words
 from shared.store import Candidate, ImageRecord, Store
 
 # A component larger than this is planned in parts; it only happens when thousands of files

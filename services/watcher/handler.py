@@ -11,7 +11,7 @@ from pathlib import Path
 from shared.bus import Reject
 from shared.config import Settings
 from shared.messages import FileEvent, Rescan
-from shared.safety import Unsafe, confine, root_of
+from shared.core.safety import Unsafe, confine, root_of
 from shared.store import Store
 
 

@@ -2,7 +2,7 @@
 
 Small on purpose (image-match's own database base class has just insert and search): upsert,
 get, candidates, delete, iterate, and one atomic ``claim`` that keeps concurrent actuators from
-removing both files of a pair. SQLite (``shared.sqlite_store``) implements it;
+removing both files of a pair. SQLite (``shared.store.sqlite``) implements it;
 an Elasticsearch store will implement the same Protocol.
 """
 

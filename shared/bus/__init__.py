@@ -3,7 +3,7 @@
 Handlers raise; the bus applies the failure policy: ``Reject`` means the message can never
 succeed (bad body, bad image, path outside the roots) and is dead-lettered at once; any other
 exception is retried up to ``max_retries`` times, then dead-lettered with its reason. The
-RabbitMQ bus (``shared.rabbitmq``) implements the same policy with broker queues.
+RabbitMQ bus (``shared.bus.rabbitmq``) implements the same policy with broker queues.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .messages import Message
+from ..messages import Message
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from . import signature as sig
-from .store import Candidate, ImageRecord
+from ..image import signature as sig
+from . import Candidate, ImageRecord
 
 T = TypeVar("T")
 

@@ -14,8 +14,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .config import RuleName
-from .store import ImageRecord
+from ..config import RuleName
+from ..store import ImageRecord
 
 # "copy of X", "X - Copy", "X_copy2", "X - Kopie", "X (1)"; not "copyright"
 COPY_NAME = re.compile(r"(?<![a-z])(copy|kopie|copie|kopia)(?![a-z])|\(\d+\)\s*$", re.IGNORECASE)

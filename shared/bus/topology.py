@@ -14,7 +14,7 @@ before the queue that must keep it exists:
   ``x-death-reason`` (why, one line), ``x-original-routing-key``, ``x-original-queue``,
   ``x-retries`` and ``x-service``.
 
-Failure policy (see ``shared.rabbitmq``):
+Failure policy (see ``shared.bus.rabbitmq``):
 
 * ``Reject`` from a handler, an undecodable body or an unknown version: published to the
   dead-letter exchange at once with the reason, then acked.

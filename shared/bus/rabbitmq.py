@@ -1,4 +1,4 @@
-"""The RabbitMQ bus: the Bus Protocol over the topology of ``shared.topology``.
+"""The RabbitMQ bus: the Bus Protocol over the topology of ``shared.bus.topology``.
 
 ``connect_robust`` reconnects after a broker restart and restores the channels, the declared
 exchanges/queues/bindings, the prefetch and the consumers. Messages that were unacked when the
@@ -8,7 +8,7 @@ actuator re-checks the disk). ``publish`` waits for the connection to come back 
 ``publish_timeout`` seconds) instead of failing during a broker restart.
 
 The failure policy (retry header, dead-letter exchange, reasons) is described in
-``shared.topology``.
+``shared.bus.topology``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustC
 from pydantic import ValidationError
 
 from . import topology
-from .bus import Handler, Reject
-from .messages import Message, decode, encode
+from . import Handler, Reject
+from ..messages import Message, decode, encode
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Image decoding and the per-image descriptors computed from pixels."""
