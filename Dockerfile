@@ -1,5 +1,5 @@
 # image-dedup: one image for every service (watcher, hasher, matcher, actuator) and the daemon.
-FROM python:3.11-slim
+FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app

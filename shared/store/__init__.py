@@ -1,9 +1,14 @@
-"""The store port: where image records and their signatures live.
+"""The store ports: where image records live, and the ledger that coordinates actuators.
 
-Small on purpose (image-match's own database base class has just insert and search): upsert,
-get, candidates, delete, iterate, and one atomic ``claim`` that keeps concurrent actuators from
-removing both files of a pair. SQLite (``shared.store.sqlite``) implements it;
-an Elasticsearch store will implement the same Protocol.
+Two small Protocols, each implemented by SQLite (``shared.store.sqlite``, local mode and one
+host) and Elasticsearch (``shared.store.elasticsearch``, services on several hosts):
+
+* ``Store``, the similarity index: records with their Goldberg signature (found through its 63
+  words, as image-match does), their copy-detection embedding (found through a vector index)
+  and their content digest (exact copies, no decoding needed).
+* ``Ledger``, the coordination between actuators: short leases on the files of a pair while it
+  is acted on, so two actuators can never remove both files of a pair, and the pairs a person
+  marked as "not duplicates".
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import numpy as np
 
 @dataclass(frozen=True, slots=True)
 class ImageRecord:
-    """What the hasher learned about one file. ``error`` is set (and ``signature`` is None) for
-    files that could not be read, so an unchanged bad file is not decoded again on every run."""
+    """What the hasher learned about one file. ``error`` is set (and the descriptors are None)
+    for files that could not be read, so an unchanged bad file is not decoded again on every
+    run."""
 
     path: str
     root: str
@@ -29,9 +35,13 @@ class ImageRecord:
     height: int = 0
     exif_tags: int = 0
     exif_date: str | None = None
-    signature: np.ndarray | None = field(default=None, compare=False, repr=False)
+    signature: np.ndarray | None = field(default=None, compare=False, repr=False)  # int8 (648,)
     words: tuple[int, ...] = field(default=(), compare=False, repr=False)
     error: str | None = None
+    digest: str | None = None  # BLAKE2b of the file's bytes, hex: byte-identical copies
+    frames: int = 1  # animation frames or pages
+    embedding: np.ndarray | None = field(default=None, compare=False, repr=False)  # int8 (D,), L2 ~ 127
+    thumb: bytes | None = field(default=None, compare=False, repr=False)  # verification thumbnail
 
     @property
     def pixels(self) -> int:
@@ -43,6 +53,9 @@ class ImageRecord:
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
+    """A record found by an index; ``distance`` is that index's own measure (Goldberg distance,
+    or 1 - cosine for the embedding). The verdict decides from the two records, not from it."""
+
     record: ImageRecord
     distance: float
 
@@ -50,28 +63,57 @@ class Candidate:
 class Store(Protocol):
     async def upsert(self, record: ImageRecord) -> None: ...
 
+    async def upsert_many(self, records: Sequence[ImageRecord]) -> None:
+        """Several records in one round trip (bulk)."""
+        ...
+
     async def get(self, path: str) -> ImageRecord | None: ...
 
     async def get_many(self, paths: Sequence[str]) -> dict[str, ImageRecord]: ...
 
     async def candidates(self, record: ImageRecord, max_dist: float, limit: int = 100) -> list[Candidate]:
-        """Records (other than ``record``) whose signature lies within ``max_dist``, nearest
-        first, found through an index (never a scan of all records)."""
+        """Records (other than ``record.path``) whose signature lies within ``max_dist`` of
+        ``record.signature``, nearest first, found through the word index (never a scan)."""
+        ...
+
+    async def similar(self, record: ImageRecord, min_similarity: float, limit: int = 100) -> list[Candidate]:
+        """Records (other than ``record.path``) whose embedding has a cosine of at least
+        ``min_similarity`` with ``record.embedding``, nearest first, through a vector index."""
+        ...
+
+    async def same_digest(self, record: ImageRecord) -> list[ImageRecord]:
+        """Other records with ``record.digest``: byte-identical files."""
         ...
 
     async def delete(self, path: str) -> None: ...
 
-    def iter_paths(self) -> AsyncIterator[str]: ...
+    def iter_paths(self) -> AsyncIterator[str]:
+        """Every stored path, in order, however many there are."""
+        ...
 
-    async def claim(self, keep: str, remove: Sequence[str]) -> list[str]:
-        """Atomically mark ``keep`` as kept and each of ``remove`` as removed in its favour.
+    async def close(self) -> None: ...
 
-        Returns the paths that may be removed: those not already kept by another decision and
-        not already claimed for another keeper. If ``keep`` itself was already claimed as
-        removed, nothing may be removed and the result is empty.
+
+class Ledger(Protocol):
+    async def acquire(self, keep: str, remove: str, owner: str) -> bool:
+        """Lease the pair for one action: ``remove`` will be removed in favour of ``keep``.
+
+        Atomic per file: refused (False) while ``remove`` is leased in any role, or ``keep`` is
+        leased for removal, by an unexpired lease of another owner. ``keep`` may be leased as
+        kept by several actions at once. A refused pair is tried again later by the caller.
         """
         ...
 
-    async def release_claims(self) -> None: ...
+    async def release(self, keep: str, remove: str, owner: str) -> None:
+        """End the lease taken by ``acquire`` (after the action, done or not)."""
+        ...
+
+    async def mark_distinct(self, a: str, b: str) -> None:
+        """A person said these two (content digests) show different photos."""
+        ...
+
+    async def distinct(self, digests: Sequence[str]) -> set[frozenset[str]]:
+        """The pairs among ``digests`` marked distinct."""
+        ...
 
     async def close(self) -> None: ...
