@@ -42,24 +42,45 @@ class ImageSigned(_Message):
 
 
 class FileRef(BaseModel):
-    """A file as it was analysed; the actuator refuses to act if it changed since."""
+    """A file as it was analysed; the actuator refuses to act if it changed since. The other
+    facts are for people reading a report."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     path: str
     size: int
     mtime_ns: int
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    frames: int = 1
+
+
+class Evidence(BaseModel):
+    """Why the verdict says two files show the same photo (or, with ``reason``, why not)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    same: bool
+    stage: Literal["exact", "goldberg", "embedding", "none"]
+    distance: float | None = None  # Goldberg distance, in the orientation below
+    orientation: int = 0  # 0..7: which turn or mirror of the kept file matched
+    similarity: float | None = None  # cosine of the copy-detection embeddings
+    score: float | None = None  # the pixel verification's agreement, 0..1
+    reason: str = ""
 
 
 class Removal(FileRef):
     distance: float
+    evidence: Evidence | None = None
 
 
 class Decision(_Message):
-    """The matcher's verdict for one group: keep ``keep``, remove each of ``remove``."""
+    """The matcher's verdict for one group: keep ``keep``, remove each of ``remove``; ``rule``
+    is the ranking rule that chose the kept copy."""
 
     kind: Literal["group.decision"] = "group.decision"
     keep: FileRef
     remove: list[Removal]
+    rule: str = ""
 
 
 class FileRemoved(_Message):
