@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise ConfigError(f"invalid config: source_directories: {root} is not a folder")
             summary = asyncio.run(deduplicate(settings, Console(stderr=True), quiet=args.quiet))
             if args.report:
-                write_report(summary, args.report)
+                write_report(summary, settings, args.report)
             _print_summary(console, summary, settings)
             return 0
     except ConfigError as exc:

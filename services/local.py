@@ -24,6 +24,9 @@ from shared.messages import Decision, FileEvent, Message
 from shared.store.sqlite import SQLiteStore
 
 
+REPORT_VERSION = 2
+
+
 @dataclass
 class Summary:
     files: int = 0
@@ -39,15 +42,26 @@ class Summary:
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
 
-    def report(self) -> dict:
-        """The report format of the benchmark kit, with distances and outcomes added."""
+    def report(self, settings: Settings) -> dict:
+        """The report format of the benchmark kit (``groups`` of ``keep`` and ``remove``), with
+        per group the rule that chose the kept copy, each file's facts, the verdict's evidence
+        per removal and what happened to it. ``image-dedup apply`` reads it back."""
         by_path = {o.path: o for o in self.outcomes}
+
+        def facts(f) -> dict:
+            return f.model_dump(exclude={"path", "distance", "evidence"})
+
         return {
+            "version": REPORT_VERSION,
+            "roots": [str(r) for r in settings.source_directories],
             "groups": [
                 {
                     "keep": d.keep.path,
                     "remove": [r.path for r in d.remove],
+                    "rule": d.rule,
                     "distances": {r.path: r.distance for r in d.remove},
+                    "evidence": {r.path: r.evidence.model_dump() for r in d.remove if r.evidence},
+                    "files": {f.path: facts(f) for f in (d.keep, *d.remove)},
                     "outcomes": {
                         r.path: {"status": by_path[r.path].status, "reason": by_path[r.path].reason}
                         for r in d.remove if r.path in by_path
@@ -169,5 +183,5 @@ async def deduplicate(
     return summary
 
 
-def write_report(summary: Summary, path: Path) -> None:
-    path.write_text(json.dumps(summary.report(), indent=1, ensure_ascii=False), encoding="utf-8")
+def write_report(summary: Summary, settings: Settings, path: Path) -> None:
+    path.write_text(json.dumps(summary.report(settings), indent=1, ensure_ascii=False), encoding="utf-8")
