@@ -22,6 +22,8 @@ import java.util.concurrent.CountDownLatch;
  */
 public final class Launcher {
     public static void main(String[] args) throws Exception {
+        // Before anything logs: our log4j configuration, not the test framework's log4j2-test.properties.
+        System.setProperty("log4j2.configurationFile", "classpath:dedup-es-log4j2.properties");
         String port = env("ES_PORT", "9200");
         String transportPort = env("ES_TRANSPORT_PORT", "9300-9399");
         String homeVar = System.getenv("ES_HOME");
@@ -49,7 +51,6 @@ public final class Launcher {
         LogConfigurator.setNodeName("es-test");
         LogConfigurator.setClusterName("image-dedup-test");
         LogConfigurator.configureESLogging();
-        LogConfigurator.configureWithoutConfig(settings);
 
         Node node = new ClasspathNode(settings, List.of(Netty4Plugin.class));
         CountDownLatch stopped = new CountDownLatch(1);
