@@ -68,7 +68,7 @@ stamp="$module/target/lib/.complete"
 if [ ! -f "$jar" ] || [ ! -f "$stamp" ] \
   || [ -n "$(find "$module/pom.xml" "$module/src" -newer "$stamp" -print -quit)" ]; then
   echo "building the Elasticsearch launcher (Maven)" >&2
-  (cd "$module" && mvn -q -B package) >&2
+  (cd "$module" && mvn -q -B -Dstyle.color=never package) >&2
   touch "$stamp"
 fi
 
