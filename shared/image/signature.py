@@ -34,6 +34,9 @@ Where we differ from image-match (documented in the tests too):
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import io
 import math
 import os
 import re
@@ -74,9 +77,9 @@ _ORIENTATION_TRANSFORMS = {
     2: lambda g: g[:, ::-1],  # FLIP_LEFT_RIGHT
     3: lambda g: g[::-1, ::-1],  # ROTATE_180
     4: lambda g: g[::-1, :],  # FLIP_TOP_BOTTOM
-    5: lambda g: g.T,  # TRANSPOSE
+    5: lambda g: np.swapaxes(g, 0, 1),  # TRANSPOSE (grey or RGB arrays)
     6: lambda g: np.rot90(g, -1),  # ROTATE_270 (counter-clockwise), i.e. 90 clockwise
-    7: lambda g: g[::-1, ::-1].T,  # TRANSVERSE
+    7: lambda g: np.swapaxes(g[::-1, ::-1], 0, 1),  # TRANSVERSE
     8: lambda g: np.rot90(g, 1),  # ROTATE_90
 }
 
@@ -105,6 +108,9 @@ class Analysis:
     exif_tags: int  # tags in IFD0 + Exif IFD + GPS IFD (IFD pointer entries not counted)
     exif_date: str | None  # 'YYYY:MM:DD HH:MM:SS'
     signature: np.ndarray  # int8, shape (648,), values in {-2..2}
+    digest: str = ""  # BLAKE2b-128 of the file's bytes, hex
+    frames: int = 1  # animation frames or pages
+    embedding: np.ndarray | None = None  # int8 copy-detection embedding (shared.image.embedding)
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,67 +442,137 @@ def _reduce_factor(w: int, h: int, target: int) -> int:
     return max(1, min(w, h) // target)
 
 
-def _decode(path: str, target: int) -> tuple[str, int, int, int, str | None, np.ndarray]:
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    format: str
+    width: int
+    height: int
+    exif_tags: int
+    exif_date: str | None
+    grey: np.ndarray
+    digest: str
+    frames: int
+    rgb: Image.Image | None  # small RGB image for the embedding, when asked for
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+    """RGB with alpha composited on white (the grey path does the same)."""
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+#: Larger files are not images anyone photographs; reading them whole would only fill memory.
+MAX_FILE_BYTES = 1 << 30
+
+
+def _decode(path: str, target: int, rgb_target: int = 0) -> _Decoded:
     with open(path, "rb") as fh:
-        if os.fstat(fh.fileno()).st_size == 0:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
             raise ImageError("zero-byte file")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fh)
-        with img:
-            fmt = _FORMAT_NAMES.get(img.format or "", img.format or "unknown")
-            width, height = img.size
-            if fmt == "JPEG" and target:
-                img.draft("L", (target, target))  # DCT-scaled decode of the luma channel only
-            img.load()
-            tags, date, orientation = _exif_info(img)
-            if fmt != "JPEG" and target:
-                factor = _reduce_factor(*img.size, target)
-                if factor > 1:
-                    if img.mode == "P":
-                        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-                    try:
-                        img = img.reduce(factor)
-                    except ValueError:  # modes reduce() does not support
-                        pass
-            grey = _grey_array(img)
+        if size > MAX_FILE_BYTES:
+            raise ImageError(f"file too large for an image ({size:,} bytes)")
+        data = fh.read()
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
+    rgb = None
+    with img:
+        fmt = _FORMAT_NAMES.get(img.format or "", img.format or "unknown")
+        width, height = img.size
+        frames = int(getattr(img, "n_frames", 1) or 1)
+        if fmt == "JPEG" and rgb_target:  # a second, smaller DCT-scaled decode, in colour
+            with Image.open(io.BytesIO(data)) as colour:
+                colour.draft("RGB", (rgb_target, rgb_target))
+                rgb = _rgb(colour)
+        if fmt == "JPEG" and target:
+            img.draft("L", (target, target))  # DCT-scaled decode of the luma channel only
+        img.load()
+        tags, date, orientation = _exif_info(img)
+        if fmt != "JPEG" and target:
+            factor = _reduce_factor(*img.size, target)
+            if factor > 1:
+                if img.mode == "P":
+                    img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+                try:
+                    img = img.reduce(factor)
+                except ValueError:  # modes reduce() does not support
+                    pass
+        if rgb_target and rgb is None:
+            rgb = _rgb(img)
+        grey = _grey_array(img)
     transform = _ORIENTATION_TRANSFORMS.get(orientation)
     if transform is not None:
         grey = np.ascontiguousarray(transform(grey))
+        if rgb is not None:
+            rgb = Image.fromarray(np.ascontiguousarray(transform(np.asarray(rgb))))
         if orientation >= 5:  # 5-8 swap the axes
             width, height = height, width
-    return fmt, width, height, tags, date, grey
+    return _Decoded(fmt, width, height, tags, date, grey, digest, frames, rgb)
 
 
-def analyze(path: str, target: int = DRAFT_TARGET) -> Analysis:
-    """Decode ``path`` and compute its signature and metadata.
+def _image_errors(fn):
+    """Turn every way a file can fail to decode into an ImageError with a one-line reason."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ImageError:
+            raise
+        except Image.DecompressionBombError as exc:
+            m = _BOMB_RE.search(str(exc))
+            pixels = m.group(1) if m else "too many"
+            raise ImageError(f"decompression bomb: {pixels} pixels exceeds limit") from None
+        except UnidentifiedImageError:
+            raise ImageError("not an image (unrecognised format)") from None
+        except FileNotFoundError:
+            raise ImageError("file not found") from None
+        except IsADirectoryError:
+            raise ImageError("is a directory, not a file") from None
+        except PermissionError:
+            raise ImageError("permission denied") from None
+        except MemoryError:
+            raise ImageError("out of memory while decoding the image") from None
+        except OSError as exc:
+            if exc.errno is not None and exc.filename is not None:  # an I/O error, not a decoder one
+                raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+            raise ImageError(f"truncated or corrupt image: {exc}") from None
+        except Exception as exc:  # decoders raise SyntaxError, ValueError, struct.error, EOFError, ...
+            raise ImageError(f"truncated or corrupt image: {type(exc).__name__}: {exc}") from None
+
+    return wrapper
+
+
+@_image_errors
+def analyze(path: str, target: int = DRAFT_TARGET, embed: bool = True) -> Analysis:
+    """Decode ``path`` once and compute its signature, digest, embedding and metadata.
 
     ``target`` is the draft/reduce size (0 = full resolution). Raises :class:`ImageError` with
     a one-line reason for every file that cannot be analysed, and nothing else for bad files.
     """
-    try:
-        fmt, width, height, tags, date, grey = _decode(os.fspath(path), target)
-        signature = signature_from_grey(grey)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as exc:
-        m = _BOMB_RE.search(str(exc))
-        pixels = m.group(1) if m else "too many"
-        raise ImageError(f"decompression bomb: {pixels} pixels exceeds limit") from None
-    except UnidentifiedImageError:
-        raise ImageError("not an image (unrecognised format)") from None
-    except FileNotFoundError:
-        raise ImageError("file not found") from None
-    except IsADirectoryError:
-        raise ImageError("is a directory, not a file") from None
-    except PermissionError:
-        raise ImageError("permission denied") from None
-    except MemoryError:
-        raise ImageError("out of memory while decoding the image") from None
-    except OSError as exc:
-        if exc.errno is not None and exc.filename is not None:  # an I/O error, not a decoder one
-            raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
-        raise ImageError(f"truncated or corrupt image: {exc}") from None
-    except Exception as exc:  # decoders raise SyntaxError, ValueError, struct.error, EOFError, ...
-        raise ImageError(f"truncated or corrupt image: {type(exc).__name__}: {exc}") from None
-    return Analysis(fmt, width, height, tags, date, signature)
+    from . import embedding
+
+    d = _decode(os.fspath(path), target, embedding.INPUT_SIZE if embed else 0)
+    signature = signature_from_grey(d.grey)
+    vector = embedding.embed(d.rgb) if embed and d.rgb is not None else None
+    return Analysis(d.format, d.width, d.height, d.exif_tags, d.exif_date, signature, d.digest, d.frames, vector)
+
+
+@_image_errors
+def load_grey(path: str, max_side: int) -> np.ndarray:
+    """The file's grey levels (uint8 where possible), EXIF orientation honoured, the long side
+    reduced to at most ``max_side``: what the verdict's pixel comparison looks at."""
+    grey = _decode(os.fspath(path), max_side // 2).grey
+    if grey.dtype != np.uint8:
+        grey = np.round(np.clip(grey, 0, 1) * 255).astype(np.uint8)
+    h, w = grey.shape
+    k = max_side / max(h, w)
+    if k < 1:
+        img = Image.fromarray(grey).resize((max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.BOX)
+        grey = np.asarray(img)
+    return np.ascontiguousarray(grey)

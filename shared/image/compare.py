@@ -1,0 +1,168 @@
+"""Pixel comparison of two pictures: do they line up under one turn, scale and crop, and does
+every part of one then sit exactly where it is in the other?
+
+A copy (re-encoded, resized, recoloured, cropped, turned, mirrored, with a border or a caption
+bar) lines up under a single similarity transform, and after it no patch of the picture is
+displaced. Distinct photos that look alike do not: a video frame or burst shot has parts that
+moved, a stereo pair or another view of a scene has parallax, a different photo of the same
+object does not line up at all. Local features (ORB, RANSAC) find the transform; phase
+correlation of each textured patch measures what is still displaced. Pure computation: the
+caller decodes (``shared.image.signature.load_grey``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+cv2.setNumThreads(1)  # the process pool is the parallelism
+
+MAX_SIDE = 512  # the long side pictures are compared at
+_ORB = cv2.ORB_create(nfeatures=1000, fastThreshold=10)
+_MATCHER = cv2.BFMatcher(cv2.NORM_HAMMING)
+MIN_KEYPOINTS = 20
+MIN_INLIERS = 20
+MIN_INLIER_RATIO = 0.5
+MAX_TILT_DEGREES = 10.0  # off a quarter turn; copies are straightened by a few degrees at most
+MIN_COVERAGE = 0.6  # of the smaller picture lying inside the other one
+PATCH_SHIFT_PX = 1.0  # a patch displaced by more (in the smaller picture's pixels) moved
+PATCH_CONFIDENT = 0.2  # phase-correlation response above which a displacement is real
+MIN_PATCHES = 4
+_TEXTURE = 6.0  # grey-level standard deviation below which a patch says nothing
+
+
+@dataclass(frozen=True)
+class Features:
+    """What the comparison needs of one picture; computed once per file and reused."""
+
+    grey: np.ndarray
+    mirrored: np.ndarray
+    points: np.ndarray  # (n, 2) keypoint positions, float32, in grey's pixels
+    descriptors: np.ndarray | None
+    points_mirrored: np.ndarray
+    descriptors_mirrored: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """The outcome of a comparison; ``reason`` is set when the pictures do not line up."""
+
+    score: float = 0.0  # share of textured patches in place after the alignment
+    inliers: int = 0
+    matches: int = 0
+    orientation: int = 0  # 0..7 as shared.image.signature.orientations: turn (and mirror) of b
+    scale: float = 1.0
+    tilt: float = 0.0  # degrees off the quarter turn
+    coverage: float = 0.0
+    patches: int = 0
+    reason: str = ""
+
+
+MIN_DETECT_SIDE = 400  # small pictures are enlarged for keypoint detection only
+
+
+def _keypoints(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    h, w = grey.shape
+    up = max(1.0, MIN_DETECT_SIDE / max(h, w))
+    img = grey if up == 1.0 else cv2.resize(grey, (round(w * up), round(h * up)), interpolation=cv2.INTER_CUBIC)
+    kp, des = _ORB.detectAndCompute(img, None)
+    points = np.float32([k.pt for k in kp]).reshape(-1, 2) / up
+    return points, des
+
+
+def features(grey: np.ndarray) -> Features:
+    grey = np.ascontiguousarray(grey)
+    mirrored = np.ascontiguousarray(grey[:, ::-1])
+    return Features(grey, mirrored, *_keypoints(grey), *_keypoints(mirrored))
+
+
+def _transform(a: Features, b: Features, mirrored: bool):
+    pb, db = (b.points_mirrored, b.descriptors_mirrored) if mirrored else (b.points, b.descriptors)
+    if db is None or a.descriptors is None or len(pb) < MIN_KEYPOINTS or len(a.points) < MIN_KEYPOINTS:
+        return None
+    pairs = _MATCHER.knnMatch(db, a.descriptors, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < 0.8 * p[1].distance]
+    if len(good) < MIN_INLIERS:
+        return None
+    src = pb[[g.queryIdx for g in good]]
+    dst = a.points[[g.trainIdx for g in good]]
+    m, inliers = cv2.estimateAffinePartial2D(
+        src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0, maxIters=2000, confidence=0.995
+    )
+    if m is None:
+        return None
+    return m, int(inliers.sum()), len(good)
+
+
+# quarter turns counter-clockwise (k) and mirror -> index of signature.orientations
+_ORIENTATION_INDEX = {(0, False): 0, (1, False): 3, (2, False): 2, (3, False): 1,
+                      (0, True): 4, (1, True): 7, (2, True): 5, (3, True): 6}
+
+
+def _displaced_share(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[float, int]:
+    """Share of textured patches whose content is displaced between x and y, and their count."""
+    h, w = x.shape
+    size = int(min(48, max(16, min(h, w) // 8)))
+    window = cv2.createHanningWindow((size, size), cv2.CV_32F)
+    x = x.astype(np.float32)
+    y = y.astype(np.float32)
+    total = moved = 0
+    for i in range(0, h - size + 1, size // 2):
+        for j in range(0, w - size + 1, size // 2):
+            if not inside[i : i + size, j : j + size].all():
+                continue
+            pa = x[i : i + size, j : j + size]
+            pb = y[i : i + size, j : j + size]
+            sa, sb = float(pa.std()), float(pb.std())
+            if sa < _TEXTURE or sb < _TEXTURE:
+                continue
+            (dx, dy), response = cv2.phaseCorrelate((pa - pa.mean()) / sa, (pb - pb.mean()) / sb, window)
+            total += 1
+            if math.hypot(dx, dy) > PATCH_SHIFT_PX and response >= PATCH_CONFIDENT:
+                moved += 1
+    return (moved / total if total else 1.0), total
+
+
+def agreement(a: Features, b: Features, mirrors: bool = True) -> Agreement:
+    """Compare picture ``b`` (a candidate copy) with picture ``a``."""
+    found = [(t, mirrored) for mirrored in ((False, True) if mirrors else (False,))
+             if (t := _transform(a, b, mirrored)) is not None]
+    if not found:
+        return Agreement(reason="too few details in common to line the pictures up")
+    (m, inliers, matches), mirrored = max(found, key=lambda tm: tm[0][1])
+    scale = math.hypot(m[0, 0], m[1, 0])
+    angle = math.degrees(math.atan2(m[1, 0], m[0, 0]))
+    quarter = round(angle / 90.0) % 4
+    tilt = abs((angle - 90.0 * round(angle / 90.0) + 180.0) % 360.0 - 180.0)
+    base = dict(inliers=inliers, matches=matches, orientation=_ORIENTATION_INDEX[(quarter, mirrored)],
+                scale=round(scale, 4), tilt=round(tilt, 2))
+    if inliers < MIN_INLIERS or inliers < MIN_INLIER_RATIO * matches:
+        return Agreement(**base, reason=f"the details do not line up ({inliers} of {matches} matches agree)")
+    if tilt > MAX_TILT_DEGREES:
+        return Agreement(**base, reason=f"turned by {tilt:.0f} degrees off a quarter turn")
+    bg = b.mirrored if mirrored else b.grey
+    if scale > 1:  # b is the smaller picture: bring a into b's frame
+        inverse = cv2.invertAffineTransform(m)
+        h, w = bg.shape
+        x = cv2.warpAffine(a.grey, inverse, (w, h), flags=cv2.INTER_AREA)
+        inside = cv2.warpAffine(np.full(a.grey.shape, 255, np.uint8), inverse, (w, h), flags=cv2.INTER_NEAREST)
+        y = bg
+    else:
+        h, w = a.grey.shape
+        y = cv2.warpAffine(bg, m, (w, h), flags=cv2.INTER_AREA)
+        inside = cv2.warpAffine(np.full(bg.shape, 255, np.uint8), m, (w, h), flags=cv2.INTER_NEAREST)
+        x = a.grey
+    inside = cv2.erode(inside, np.ones((5, 5), np.uint8)) > 0
+    coverage = float(inside.mean())  # the frame compared in is the smaller picture's
+    base["coverage"] = round(coverage, 3)
+    if coverage < MIN_COVERAGE:
+        return Agreement(**base, reason=f"only {coverage:.0%} of the smaller picture lies in the other")
+    displaced, patches = _displaced_share(x, y, inside)
+    base["patches"] = patches
+    if patches < MIN_PATCHES:
+        return Agreement(**base, reason="too little structure to compare")
+    return Agreement(score=round(1.0 - displaced, 4), **base)
+
