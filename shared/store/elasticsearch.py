@@ -192,7 +192,8 @@ class ElasticsearchStore(_Index):
         with self._reachable():
             await async_bulk(self._es, (
                 {"_index": self.index, "_id": _hash_id(r.path), "_source": _to_doc(r)} for r in records
-            ), refresh="wait_for")
+            ), chunk_size=1000)
+            await self._es.indices.refresh(index=self.index)  # once for all the chunks
 
     async def get_many(self, paths: Sequence[str]) -> dict[str, ImageRecord]:
         out: dict[str, ImageRecord] = {}
