@@ -14,6 +14,7 @@ from rich.table import Table
 
 from shared.actions import undo
 from shared.config import ConfigError, Settings, load_settings, reference_yaml
+from shared.store import StoreUnavailable
 from services.runner import SERVICE_COMMANDS, add_service_commands, run_command
 
 
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_report(summary, settings, args.report)
             _print_summary(console, summary, settings)
             return 0
-    except ConfigError as exc:
+    except (ConfigError, StoreUnavailable) as exc:
         print(f"image-dedup: {exc}", file=sys.stderr)
         return 2
     return 1

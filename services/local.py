@@ -1,5 +1,5 @@
-"""Local mode: the four handlers wired in one process over the in-process bus and the SQLite
-store, run as the six phases of a de-duplication."""
+"""Local mode: the four handlers wired in one process over the in-process bus and the store
+(SQLite, or Elasticsearch when configured), run as the six phases of a de-duplication."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from shared.actions import Journal, remove_empty_folders
 from shared.bus import InProcessBus
 from shared.config import Settings
 from shared.messages import Decision, FileEvent, Message
-from shared.store.sqlite import SQLiteStore
+from shared.store.open import open_stores
 
 
 REPORT_VERSION = 2
@@ -105,7 +105,7 @@ async def deduplicate(
     """Run the six phases; ``sign`` defaults to a process pool of ``settings.threads``."""
     console = console or Console(stderr=True)
     summary = Summary()
-    store = SQLiteStore(settings.store_path)
+    store, ledger = await open_stores(settings)
     bus = InProcessBus()
     phases = Phases(console, quiet)
     signer = ProcessSigner(settings.threads) if sign is None else None
@@ -115,7 +115,6 @@ async def deduplicate(
         with phases.progress:
             # 1. forget what vanished
             summary.forgotten = len(await clean_up(store, settings))
-            await store.release_claims()
 
             # 2. count
             found: list[FoundFile] = []
@@ -158,7 +157,7 @@ async def deduplicate(
             with phases.phase("act", sum(len(d.remove) for d in summary.decisions)) as advance:
                 async def act(decision: Message) -> None:
                     outcomes = await handle_decision(
-                        decision, store=store, settings=settings, journal=journal, publish=bus.publish
+                        decision, store=store, ledger=ledger, settings=settings, journal=journal, publish=bus.publish
                     )
                     summary.outcomes += outcomes
                     advance(len(outcomes))
@@ -180,6 +179,7 @@ async def deduplicate(
         if journal is not None:
             journal.close()
         await store.close()
+        await ledger.close()
     return summary
 
 

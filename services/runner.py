@@ -5,10 +5,12 @@ in one process over the in-process bus (``image-dedup daemon``).
     image-dedup daemon
     image-dedup rescan [PATH]
 
-Every service loads the same settings (YAML + ``IMAGE_DEDUP_*``), opens the SQLite store at
-``store_path`` (shared by the processes of one host), connects to ``broker_url``, serves
-``/metrics``, ``/healthz`` and ``/readyz`` on ``metrics_port`` (0: off) and stops gracefully on
-SIGTERM/SIGINT: it stops consuming, finishes the messages in hand, then closes.
+Every service loads the same settings (YAML + ``IMAGE_DEDUP_*``), opens the store and the
+ledger (``shared.store.open``: Elasticsearch at ``elasticsearch_url``, shared by any number of
+hosts, else the SQLite file at ``store_path``, shared by the processes of one host), connects
+to ``broker_url``, serves ``/metrics``, ``/healthz`` and ``/readyz`` on ``metrics_port`` (0: off)
+and stops gracefully on SIGTERM/SIGINT: it stops consuming, finishes the messages in hand, then
+closes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.actuator.handler import handle_decision
+from services.actuator.handler import ActionOutcome, PairBusy, handle_decision
 from services.hasher.handler import ProcessSigner, handle_file_event
 from services.matcher.handler import handle_signed
 from services.watcher.handler import clean_up, handle_rescan, walk, wanted
@@ -33,7 +35,8 @@ from shared.actions import Journal, remove_empty_folders
 from shared.bus import Bus, InProcessBus
 from shared.config import Settings
 from shared.messages import Decision, FileEvent, ImageSigned, Message, Rescan
-from shared.store.sqlite import SQLiteStore
+from shared.store import Ledger, Store
+from shared.store.open import open_stores
 from shared.bus.topology import PREFETCH
 
 log = logging.getLogger("image_dedup.services")
@@ -46,8 +49,9 @@ SERVICE_COMMANDS = ("service", "daemon", "rescan")
 @dataclass
 class Context:
     settings: Settings
-    store: SQLiteStore
+    store: Store
     bus: Any  # RabbitBus or InProcessBus
+    ledger: Ledger
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)  # before the bus drains
@@ -160,9 +164,7 @@ async def start_actuator(ctx: Context) -> None:
     journal = Journal.new(settings.journal_directory, "actuator")  # thread-safe
     log.info("journal: %s%s", journal.path, " (dry run: nothing will be changed)" if settings.dry_run else "")
 
-    async def on_decision(message: Message) -> None:
-        assert isinstance(message, Decision)
-        outcomes = await handle_decision(message, store=ctx.store, settings=settings, journal=journal, publish=ctx.bus.publish)
+    def report(outcomes: list[ActionOutcome]) -> None:
         for o in outcomes:
             metrics.ACTIONS.labels(o.action, o.status).inc()
             level = logging.WARNING if o.status == "error" else logging.INFO
@@ -173,6 +175,16 @@ async def start_actuator(ctx: Context) -> None:
             emptied = [Path(o.path).parent for o in outcomes if o.status == "done" and o.action != "hardlink"]
             for folder in remove_empty_folders(emptied, settings.source_directories):
                 log.info("removed empty folder %s", folder)
+
+    async def on_decision(message: Message) -> None:
+        assert isinstance(message, Decision)
+        try:
+            outcomes = await handle_decision(message, store=ctx.store, ledger=ctx.ledger, settings=settings,
+                                             journal=journal, publish=ctx.bus.publish, retry_refused=True)
+        except PairBusy as busy:  # retried by the bus; what was done meanwhile is reported now
+            report(busy.outcomes)
+            raise
+        report(outcomes)
 
     ctx.on_close.append(journal.close)
     await ctx.bus.subscribe("group.decision", on_decision, concurrency=settings.concurrency)
@@ -287,7 +299,7 @@ STARTERS = {"watcher": start_watcher, "hasher": start_hasher, "matcher": start_m
 async def serve(roles: list[str], settings: Settings, *, in_process: bool = False) -> None:
     """Run ``roles`` until SIGTERM/SIGINT."""
     name = "daemon" if in_process else "+".join(roles)
-    store = SQLiteStore(settings.store_path)
+    store, ledger = await open_stores(settings)
     store_open = True
     observe = metrics.observe_message(name)
     if in_process:
@@ -298,7 +310,7 @@ async def serve(roles: list[str], settings: Settings, *, in_process: bool = Fals
         bus = RabbitBus(settings.broker_url, settings.broker_prefix, max_retries=settings.max_retries,
                         service=name, observe=observe)
         await bus.connect()
-    ctx = Context(settings, store, bus)
+    ctx = Context(settings, store, bus, ledger)
     if in_process:
         ctx.tasks.append(asyncio.create_task(bus.log_dead_letters()))
 
@@ -317,7 +329,7 @@ async def serve(roles: list[str], settings: Settings, *, in_process: bool = Fals
     try:
         for role in roles:
             await STARTERS[role](ctx)
-        log.info("%s started (store %s%s)", name, settings.store_path,
+        log.info("%s started (store %s%s)", name, settings.elasticsearch_url or settings.store_path,
                  "" if in_process else f", broker prefix {settings.broker_prefix}")
         await ctx.stopping.wait()
         log.info("%s stopping: finishing the messages in hand", name)
@@ -335,6 +347,7 @@ async def serve(roles: list[str], settings: Settings, *, in_process: bool = Fals
         await _call_all(ctx.on_close)
         store_open = False
         await store.close()
+        await ledger.close()
         await health.stop()
         log.info("%s stopped", name)
 

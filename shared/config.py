@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError, YamlConfigSettingsSource,
 )
@@ -90,6 +90,19 @@ class Settings(BaseSettings):
     store_path: Path = Field(
         default_factory=lambda: data_dir() / "store.sqlite", description="The SQLite store (signatures, metadata)."
     )
+    elasticsearch_url: str | None = Field(
+        None, description="Elasticsearch 8 URL, e.g. http://127.0.0.1:9200, for the store and the actuators' "
+        "ledger (services on several hosts); unset: the SQLite store at store_path.",
+    )
+    elasticsearch_index: str = Field(
+        "images", description="Index of the image records; the ledger uses <index>-ledger.",
+    )
+    elasticsearch_api_key: SecretStr | None = Field(None, description="Elasticsearch API key (encoded form).")
+    elasticsearch_username: str | None = Field(None, description="Elasticsearch user (basic authentication).")
+    elasticsearch_password: SecretStr | None = Field(None, description="Password of elasticsearch_username.")
+    elasticsearch_ca_certs: Path | None = Field(
+        None, description="CA certificate file (PEM) that signed the Elasticsearch server's certificate.",
+    )
     journal_directory: Path = Field(
         default_factory=lambda: data_dir() / "journals", description="Where each run's journal of actions is written."
     )
@@ -120,7 +133,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
         return value
 
-    @field_validator("source_directories", "duplicates_target_directory", "store_path", "journal_directory")
+    @field_validator(
+        "source_directories", "duplicates_target_directory", "store_path", "journal_directory", "elasticsearch_ca_certs"
+    )
     @classmethod
     def _absolute(cls, value: Any) -> Any:
         if isinstance(value, list):

@@ -211,3 +211,10 @@ def test_config_reference_is_valid_yaml_listing_every_option_and_loads_back(run_
     ref = _yaml(tmp_path, text, "reference.yaml")
     assert load_settings(ref) == load_settings()
     assert load_settings(ref).model_dump() == Settings().model_dump()
+
+
+def test_an_elasticsearch_that_does_not_answer_is_one_line_and_exit_2(run_cli, tmp_path, monkeypatch):
+    (tmp_path / "photos").mkdir()
+    monkeypatch.setenv("IMAGE_DEDUP_ELASTICSEARCH_URL", "http://127.0.0.1:9")  # nothing listens on port 9
+    result = run_cli("deduplicate", tmp_path / "photos")
+    _one_line_error(result, "Elasticsearch at http://127.0.0.1:9 does not answer")

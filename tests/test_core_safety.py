@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from services.actuator import handler as actuator
-from services.actuator.handler import handle_decision
+from services.actuator.handler import PairBusy, handle_decision
 from shared.actions import Journal
 from shared.config import Settings
 from shared.messages import Decision, FileRef, Removal, decode
 from shared.core.safety import Observed, Unsafe, confine, observe, removal_refusal, root_of
 from shared.image.signature import analyze, words
 from shared.store.sqlite import SQLiteStore
+from shared.store.sqlite_ledger import SQLiteLedger
 from shared.store import ImageRecord
 
 from .conftest import save_photo, tree_state
@@ -150,6 +151,7 @@ class World:
         self.X = save_photo(self.root / "sub" / "X.jpg", 7, (200, 150), quality=80)
         self.Y = save_photo(self.root / "Y.jpg", 7, (240, 180), quality=85)
         self.store = SQLiteStore(tmp_path / "store.sqlite")
+        self.ledger = SQLiteLedger(tmp_path / "store.sqlite")
         self.journal_dir = tmp_path / "journals"
         self.journal = Journal.new(self.journal_dir)
         self.published: list = []
@@ -178,12 +180,12 @@ class World:
         return Decision(keep=FileRef(**self.ref(keep)),
                         remove=[Removal(**self.ref(r), distance=distance) for r in remove])
 
-    async def act(self, decision: Decision, **settings):
+    async def act(self, decision: Decision, retry_refused: bool = False, **settings):
         async def publish(msg):
             self.published.append(msg)
 
-        return await handle_decision(decision, store=self.store, settings=self.settings(**settings),
-                                     journal=self.journal, publish=publish)
+        return await handle_decision(decision, store=self.store, ledger=self.ledger, settings=self.settings(**settings),
+                                     journal=self.journal, publish=publish, retry_refused=retry_refused)
 
     def journal_entries(self) -> list[dict]:
         return [json.loads(l) for l in self.journal.path.read_text(encoding="utf-8").splitlines()]
@@ -196,6 +198,7 @@ async def world(tmp_path):
     yield w
     w.journal.close()
     await w.store.close()
+    await w.ledger.close()
 
 
 async def test_removal_happens_when_everything_checks_out(world):
@@ -235,7 +238,7 @@ async def test_dry_run_checks_but_changes_nothing(world):
     assert [o.status for o in outcomes] == ["dry_run", "dry_run"]
     assert tree_state(world.root) == before
     assert world.journal_entries() == [] if world.journal.path.exists() else True
-    # and a dry run claims nothing: a real decision afterwards may still act
+    # and a dry run leases nothing: a real decision afterwards may still act
     [o] = await world.act(world.decision(world.X, world.K))
     assert o.status == "done"
 
@@ -344,14 +347,19 @@ async def test_symlink_out_of_the_root_is_refused(world):
     assert target.exists() and link.is_symlink()
 
 
-async def test_a_kept_file_is_never_removed_by_a_second_conflicting_decision(world):
-    [first] = await world.act(world.decision(world.K, world.X))
-    assert first.status == "done"
-    # a second decision (say, planned from stale data) wants K removed in favour of Y
-    outcomes = await world.act(world.decision(world.Y, world.K))
-    assert [o.status for o in outcomes] == ["skipped"]
-    assert "claimed" in outcomes[0].reason
-    assert world.K.exists() and world.Y.exists()
+async def test_a_pair_leased_by_another_action_is_skipped_locally_and_retried_in_services(world):
+    assert await world.ledger.acquire(str(world.K), str(world.X), "another actuator")
+    before = tree_state(world.root)
+    decision = world.decision(world.Y, world.K)  # wants K, kept by the other action, removed
+    [o] = await world.act(decision)
+    assert o.status == "skipped" and o.reason == "another action on this pair is in progress"
+    with pytest.raises(PairBusy, match="another action on this pair is in progress"):
+        await world.act(decision, retry_refused=True)
+    assert tree_state(world.root) == before
+    assert not world.journal.path.exists() or world.journal_entries() == []
+    await world.ledger.release(str(world.K), str(world.X), "another actuator")
+    [o] = await world.act(decision, retry_refused=True)  # the retry, once the other action ended
+    assert o.status == "done" and not world.K.exists() and world.Y.exists()
 
 
 async def test_two_decisions_cannot_remove_both_files_of_a_pair(world):
@@ -361,16 +369,6 @@ async def test_two_decisions_cannot_remove_both_files_of_a_pair(world):
     assert len(done) == 1
     assert world.K.exists() or world.Y.exists()
     assert sum(p.exists() for p in (world.K, world.Y)) == 1
-
-
-async def test_a_file_claimed_for_removal_cannot_keep(world):
-    granted = await world.store.claim(str(world.K), [str(world.X)])
-    assert granted == [str(world.X)]
-    assert await world.store.claim(str(world.X), [str(world.Y)]) == []
-    assert await world.store.claim(str(world.Y), [str(world.K)]) == []  # K is kept
-    assert await world.store.claim(str(world.K), [str(world.X)]) == [str(world.X)]  # redelivery
-    await world.store.release_claims()
-    assert await world.store.claim(str(world.Y), [str(world.K)]) == [str(world.K)]
 
 
 async def test_hardlink_action_through_the_actuator(world):
@@ -396,3 +394,4 @@ async def test_failed_action_is_reported_as_error_not_raised(world, monkeypatch)
     monkeypatch.undo()
     assert o.status == "error" and "Permission denied" in o.reason
     assert world.X.exists()
+    assert await world.ledger.acquire(str(world.X), str(world.K), "next")  # the lease ended with the action

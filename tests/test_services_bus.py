@@ -13,6 +13,7 @@ from shared.config import Settings
 from shared.messages import FileEvent, ImageSigned
 from shared.bus.rabbitmq import RabbitBus
 from shared.store.sqlite import SQLiteStore
+from shared.store.sqlite_ledger import SQLiteLedger
 from tests.services_support import broker_url, dead_letters, photo, queue_depths, vhost  # noqa: F401
 
 
@@ -90,7 +91,7 @@ async def test_bad_image_is_dead_lettered_by_the_hasher(vhost, tmp_path):
     (root / "empty.jpg").write_bytes(b"")
     photo(1).save(root / "good.jpg")
     settings = Settings(source_directories=[root], store_path=tmp_path / "s.sqlite", threads=1, max_retries=1)
-    store = SQLiteStore(settings.store_path)
+    store, ledger = SQLiteStore(settings.store_path), SQLiteLedger(settings.store_path)
     bus = await RabbitBus(url, prefix, max_retries=1, service="hasher").connect()
     signed = []
 
@@ -98,7 +99,7 @@ async def test_bad_image_is_dead_lettered_by_the_hasher(vhost, tmp_path):
         signed.append(message.path)
 
     try:
-        await start_hasher(Context(settings, store, bus))
+        await start_hasher(Context(settings, store, bus, ledger))
         await bus.subscribe("image.signed", on_signed)
         await bus.publish(FileEvent(path=str(root / "empty.jpg")))
         await bus.publish(FileEvent(path=str(root / "good.jpg")))
@@ -107,6 +108,7 @@ async def test_bad_image_is_dead_lettered_by_the_hasher(vhost, tmp_path):
     finally:
         await bus.close()
         await store.close()
+        await ledger.close()
     letters = await dead_letters(url, prefix)
     assert len(letters) == 1
     body, headers = letters[0]

@@ -173,7 +173,7 @@ def test_services_reconnect_after_a_broker_restart(world):
 
 def test_concurrent_actuators_never_remove_both_files_or_a_kept_one(world):
     """Conflicting decisions (A over B and B over A; A over B and B over C) delivered to two
-    actuator processes at once: the store's claim lets exactly one side win."""
+    actuator processes at once: the ledger's leases let exactly one side win."""
     from shared.messages import Decision, FileRef, Removal
     from shared.bus.rabbitmq import RabbitBus
     from shared.image.signature import analyze, words

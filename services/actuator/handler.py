@@ -4,6 +4,7 @@ kept twin exists, is unchanged and still matches. Paths in a decision are untrus
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from shared.config import Settings
 from shared.messages import Decision, FileRemoved
 from shared.core.safety import Unsafe, confine, observe, removal_refusal, root_of
 from shared.image.signature import distance
-from shared.store import Store
+from shared.store import Ledger, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,18 @@ class ActionOutcome:
     reason: str = ""
     target: str | None = None
     bytes_freed: int = 0
+
+
+BUSY = "another action on this pair is in progress"
+
+
+class PairBusy(Exception):
+    """A lease was refused (services mode): the decision is retried later, by the bus policy.
+    ``outcomes`` are those of the decision's other removals, already carried out."""
+
+    def __init__(self, outcomes: list[ActionOutcome]):
+        super().__init__(BUSY)
+        self.outcomes = outcomes
 
 
 def target_for(path: Path, settings: Settings) -> Path:
@@ -63,10 +76,14 @@ async def handle_decision(
     decision: Decision,
     *,
     store: Store,
+    ledger: Ledger,
     settings: Settings,
     journal: Journal,
     publish: Callable[[FileRemoved], Awaitable[None]],
+    retry_refused: bool = False,
 ) -> list[ActionOutcome]:
+    """``retry_refused``: raise PairBusy when a pair is leased by another action (services)
+    instead of reporting it as skipped (local mode, where nothing retries)."""
     action = settings.effective_action
     roots = settings.source_directories
     outcomes: list[ActionOutcome] = []
@@ -113,19 +130,27 @@ async def handle_decision(
             outcomes.append(ActionOutcome(
                 str(victim), str(keep), action, "dry_run", removal.distance, "dry run", None, removal.size))
         return outcomes
-    granted = set(await store.claim(str(keep), [str(v) for v, _ in approved]))
+    # the same decision delivered again (after a crash) is the same owner and may go on at once
+    owner = "decision-" + hashlib.blake2b(decision.model_dump_json().encode(), digest_size=16).hexdigest()
+    busy = False
     for victim, removal in approved:
-        if str(victim) not in granted:
-            skip(str(victim), removal.distance, "another decision claimed this file or its kept twin")
+        if not await ledger.acquire(str(keep), str(victim), owner):
+            busy = True
+            skip(str(victim), removal.distance, BUSY)
             continue
         try:
-            target, how = await asyncio.to_thread(_act, action, victim, keep, settings, journal, removal.distance)
-        except OSError as exc:
-            skip(str(victim), removal.distance, f"{action} failed: {exc.strerror or exc}", "error")
-            continue
-        await store.delete(str(victim))
+            try:
+                target, how = await asyncio.to_thread(_act, action, victim, keep, settings, journal, removal.distance)
+            except OSError as exc:
+                skip(str(victim), removal.distance, f"{action} failed: {exc.strerror or exc}", "error")
+                continue
+            await store.delete(str(victim))
+        finally:
+            await ledger.release(str(keep), str(victim), owner)
         outcomes.append(
             ActionOutcome(str(victim), str(keep), action, "done", removal.distance, how, target, removal.size)
         )
         await publish(FileRemoved(path=str(victim), keep=str(keep), action=action, target=target))
+    if busy and retry_refused:
+        raise PairBusy([o for o in outcomes if o.reason != BUSY])
     return outcomes

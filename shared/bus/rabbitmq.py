@@ -3,8 +3,8 @@
 ``connect_robust`` reconnects after a broker restart and restores the channels, the declared
 exchanges/queues/bindings, the prefetch and the consumers. Messages that were unacked when the
 connection dropped are redelivered by the broker, so every handler must be idempotent (they are:
-the hasher skips unchanged files, the store's ``claim`` grants a repeated decision again and the
-actuator re-checks the disk). ``publish`` waits for the connection to come back (up to
+the hasher skips unchanged files, the ledger grants a redelivered decision its lease again and
+the actuator re-checks the disk). ``publish`` waits for the connection to come back (up to
 ``publish_timeout`` seconds) instead of failing during a broker restart.
 
 The failure policy (retry header, dead-letter exchange, reasons) is described in

@@ -20,6 +20,10 @@ from typing import Protocol
 import numpy as np
 
 
+class StoreUnavailable(Exception):
+    """The store's server does not answer (or refuses us); one line naming its URL."""
+
+
 @dataclass(frozen=True, slots=True)
 class ImageRecord:
     """What the hasher learned about one file. ``error`` is set (and the descriptors are None)

@@ -2,16 +2,17 @@
 
 Candidates come through a word index like image-match's Elasticsearch one: each signature
 contributes 63 words (position, value); images sharing words with the query are counted in SQL
-and only the best-sharing ones have their full signatures compared.
+and only the best-sharing ones have their full signatures compared. Similar embeddings are
+found by an exact search over all of them, held in memory and reloaded when the file changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -35,7 +36,11 @@ CREATE TABLE IF NOT EXISTS images (
     exif_tags INTEGER NOT NULL DEFAULT 0,
     exif_date TEXT,
     signature BLOB,
-    error TEXT
+    error TEXT,
+    digest TEXT,
+    frames INTEGER NOT NULL DEFAULT 1,
+    embedding BLOB,
+    thumb BLOB
 );
 CREATE TABLE IF NOT EXISTS words (
     pos INTEGER NOT NULL,
@@ -57,11 +62,6 @@ END;
 CREATE TRIGGER IF NOT EXISTS words_uncounted AFTER DELETE ON words BEGIN
     UPDATE word_counts SET n = n - 1 WHERE pos = old.pos AND word = old.word;
 END;
-CREATE TABLE IF NOT EXISTS claims (
-    path TEXT PRIMARY KEY,
-    role TEXT NOT NULL CHECK (role IN ('keep', 'remove')),
-    keep TEXT NOT NULL
-);
 """
 
 # Only the rarest words of a query are looked up. A word shared by a large part of the library
@@ -71,26 +71,41 @@ CREATE TABLE IF NOT EXISTS claims (
 # rarest ones that anybody else has too; the full signatures then decide.
 QUERY_WORDS = 24
 
-_COLUMNS = "path, root, size, mtime_ns, format, width, height, exif_tags, exif_date, signature, error"
+_COLUMNS = ("path, root, size, mtime_ns, format, width, height, exif_tags, exif_date, signature, error, "
+            "digest, frames, embedding, thumb")
+_I_COLUMNS = ", ".join("i." + c for c in _COLUMNS.split(", "))
+# Columns added after the first release: an older file gets them (NULL: the hasher analyses
+# those records again) when it is opened.
+_ADDED_COLUMNS = {
+    "digest": "TEXT",
+    "frames": "INTEGER NOT NULL DEFAULT 1",
+    "embedding": "BLOB",
+    "thumb": "BLOB",
+}
+
+
+def _int8(a: np.ndarray | None) -> bytes | None:
+    return None if a is None else np.ascontiguousarray(a, dtype=np.int8).tobytes()
 
 
 def _row_to_record(row: tuple) -> ImageRecord:
-    blob = row[9]
-    signature = None if blob is None else np.frombuffer(blob, dtype=np.int8)
     return ImageRecord(
         path=row[0], root=row[1], size=row[2], mtime_ns=row[3], format=row[4], width=row[5], height=row[6],
-        exif_tags=row[7], exif_date=row[8], signature=signature, error=row[10],
+        exif_tags=row[7], exif_date=row[8],
+        signature=None if row[9] is None else np.frombuffer(row[9], dtype=np.int8), error=row[10],
+        digest=row[11], frames=row[12],
+        embedding=None if row[13] is None else np.frombuffer(row[13], dtype=np.int8), thumb=row[14],
     )
 
 
-class SQLiteStore:
-    """All SQLite calls run on one private thread, off the event loop."""
+class SQLiteFile:
+    """One connection to the store file; all its calls run on one private thread, off the
+    event loop."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
-        self._local = threading.local()
         self._run_sync(self._connect)
 
     def _connect(self) -> None:
@@ -98,9 +113,6 @@ class SQLiteStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
-        db.executescript(SCHEMA)
-        if db.execute("SELECT NOT EXISTS (SELECT 1 FROM word_counts) AND EXISTS (SELECT 1 FROM words)").fetchone()[0]:
-            db.execute("INSERT INTO word_counts SELECT pos, word, COUNT(*) FROM words GROUP BY pos, word")
         self._db = db
 
     def _run_sync(self, fn: Callable[..., T], *args: Any) -> T:
@@ -109,34 +121,81 @@ class SQLiteStore:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    # -- writes ---------------------------------------------------------------------------
-    def _upsert(self, r: ImageRecord) -> None:
-        db = self._db
-        blob = None if r.signature is None else np.ascontiguousarray(r.signature, dtype=np.int8).tobytes()
-        db.execute("BEGIN IMMEDIATE")
+    def _transaction(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn`` inside BEGIN IMMEDIATE: one writer at a time across processes."""
+        self._db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute("DELETE FROM images WHERE path = ?", (r.path,))
-            cur = db.execute(
-                f"INSERT INTO images ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (r.path, r.root, r.size, r.mtime_ns, r.format, r.width, r.height, r.exif_tags, r.exif_date, blob, r.error),
-            )
-            if r.signature is not None:
-                words = r.words or sig.words(r.signature)
-                db.executemany(
-                    "INSERT INTO words (pos, word, image_id) VALUES (?,?,?)",
-                    [(pos, word, cur.lastrowid) for pos, word in enumerate(words)],
-                )
-            db.execute("COMMIT")
+            result = fn(*args)
+            self._db.execute("COMMIT")
+            return result
         except BaseException:
-            db.execute("ROLLBACK")
+            self._db.execute("ROLLBACK")
             raise
 
+    async def close(self) -> None:
+        await self._run(self._db.close)
+        self._executor.shutdown(wait=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Embeddings:
+    """Every stored embedding as a float32 matrix of the int8 values (their dot products are
+    integers below 2**24, so exact), with the norms, as of one state of the file."""
+
+    version: tuple[int, int]
+    paths: list[str]
+    matrix: np.ndarray  # (n, D) float32
+    norms: np.ndarray  # (n,) float64
+
+
+class SQLiteStore(SQLiteFile):
+    def __init__(self, path: Path | str):
+        self._writes = 0  # PRAGMA data_version only counts the commits of other connections
+        self._embeddings: _Embeddings | None = None
+        super().__init__(path)
+
+    def _connect(self) -> None:
+        super()._connect()
+        db = self._db
+        db.executescript(SCHEMA)
+        present = {row[1] for row in db.execute("PRAGMA table_info(images)")}
+        for column, decl in _ADDED_COLUMNS.items():
+            if column not in present:
+                db.execute(f"ALTER TABLE images ADD COLUMN {column} {decl}")
+        db.execute("CREATE INDEX IF NOT EXISTS images_digest ON images (digest)")
+        db.execute("DROP TABLE IF EXISTS claims")  # replaced by the ledger (shared.store.sqlite_ledger)
+        if db.execute("SELECT NOT EXISTS (SELECT 1 FROM word_counts) AND EXISTS (SELECT 1 FROM words)").fetchone()[0]:
+            db.execute("INSERT INTO word_counts SELECT pos, word, COUNT(*) FROM words GROUP BY pos, word")
+
+    # -- writes ---------------------------------------------------------------------------
+    def _insert(self, r: ImageRecord) -> None:
+        db = self._db
+        db.execute("DELETE FROM images WHERE path = ?", (r.path,))
+        cur = db.execute(
+            f"INSERT INTO images ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (r.path, r.root, r.size, r.mtime_ns, r.format, r.width, r.height, r.exif_tags, r.exif_date,
+             _int8(r.signature), r.error, r.digest, r.frames, _int8(r.embedding), r.thumb),
+        )
+        if r.signature is not None:
+            words = r.words or sig.words(r.signature)
+            db.executemany(
+                "INSERT INTO words (pos, word, image_id) VALUES (?,?,?)",
+                [(pos, word, cur.lastrowid) for pos, word in enumerate(words)],
+            )
+
+    def _upsert_many(self, records: Sequence[ImageRecord]) -> None:
+        self._writes += 1
+        self._transaction(lambda: [self._insert(r) for r in records])
+
     async def upsert(self, record: ImageRecord) -> None:
-        await self._run(self._upsert, record)
+        await self._run(self._upsert_many, [record])
+
+    async def upsert_many(self, records: Sequence[ImageRecord]) -> None:
+        await self._run(self._upsert_many, records)
 
     def _delete(self, path: str) -> None:
+        self._writes += 1
         self._db.execute("DELETE FROM images WHERE path = ?", (path,))
-        self._db.execute("DELETE FROM claims WHERE path = ?", (path,))
 
     async def delete(self, path: str) -> None:
         await self._run(self._delete, path)
@@ -179,8 +238,7 @@ class SQLiteStore:
         values = ",".join("(?,?)" for _ in query)
         rows = self._db.execute(
             f"""WITH q(pos, word) AS (VALUES {values})
-                SELECT i.path, i.root, i.size, i.mtime_ns, i.format, i.width, i.height, i.exif_tags,
-                       i.exif_date, i.signature, i.error
+                SELECT {_I_COLUMNS}
                 FROM (SELECT w.image_id, COUNT(*) AS shared FROM q JOIN words w
                       ON w.pos = q.pos AND w.word = q.word GROUP BY w.image_id
                       ORDER BY shared DESC LIMIT ?) AS best
@@ -199,6 +257,48 @@ class SQLiteStore:
     async def candidates(self, record: ImageRecord, max_dist: float, limit: int = 100) -> list[Candidate]:
         return await self._run(self._candidates, record, max_dist, limit)
 
+    def _current_embeddings(self) -> _Embeddings:
+        version = (self._db.execute("PRAGMA data_version").fetchone()[0], self._writes)
+        if self._embeddings is None or self._embeddings.version != version:
+            rows = self._db.execute("SELECT path, embedding FROM images WHERE embedding IS NOT NULL").fetchall()
+            matrix = (np.stack([np.frombuffer(blob, dtype=np.int8) for _, blob in rows]).astype(np.float32)
+                      if rows else np.zeros((0, 0), np.float32))
+            norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix).astype(np.float64))
+            self._embeddings = _Embeddings(version, [path for path, _ in rows], matrix, norms)
+        return self._embeddings
+
+    def _similar(self, record: ImageRecord, min_similarity: float, limit: int) -> list[Candidate]:
+        if record.embedding is None:
+            return []
+        index = self._current_embeddings()
+        if not index.paths:
+            return []
+        query = np.asarray(record.embedding, dtype=np.float32)
+        norm = float(np.sqrt(float(query @ query)))
+        if norm == 0.0:
+            return []
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cosines = (index.matrix @ query).astype(np.float64) / (index.norms * norm)
+        hits = [(1.0 - float(cosines[i]), index.paths[i]) for i in np.flatnonzero(cosines >= min_similarity)
+                if index.paths[i] != record.path]
+        hits.sort()
+        found = self._get_many([path for _, path in hits[:limit]])
+        return [Candidate(found[path], d) for d, path in hits[:limit] if path in found]
+
+    async def similar(self, record: ImageRecord, min_similarity: float, limit: int = 100) -> list[Candidate]:
+        return await self._run(self._similar, record, min_similarity, limit)
+
+    def _same_digest(self, record: ImageRecord) -> list[ImageRecord]:
+        if record.digest is None:
+            return []
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM images WHERE digest = ? AND path != ? ORDER BY path", (record.digest, record.path)
+        )
+        return [_row_to_record(row) for row in rows]
+
+    async def same_digest(self, record: ImageRecord) -> list[ImageRecord]:
+        return await self._run(self._same_digest, record)
+
     async def iter_paths(self) -> AsyncIterator[str]:
         last = ""
         while True:
@@ -213,43 +313,3 @@ class SQLiteStore:
             for (path,) in rows:
                 yield path
             last = rows[-1][0]
-
-    # -- claims ---------------------------------------------------------------------------
-    def _claim(self, keep: str, remove: Sequence[str]) -> list[str]:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")  # one writer at a time across processes
-        try:
-            existing = dict(
-                ((p, (role, k)) for p, role, k in db.execute(
-                    f"SELECT path, role, keep FROM claims WHERE path IN ({','.join('?' * (len(remove) + 1))})",
-                    [keep, *remove],
-                ))
-            )
-            if existing.get(keep, ("keep",))[0] == "remove":
-                db.execute("COMMIT")
-                return []
-            db.execute("INSERT OR IGNORE INTO claims (path, role, keep) VALUES (?, 'keep', ?)", (keep, keep))
-            granted = []
-            for path in remove:
-                role_keep = existing.get(path)
-                if role_keep is None:
-                    db.execute("INSERT INTO claims (path, role, keep) VALUES (?, 'remove', ?)", (path, keep))
-                    granted.append(path)
-                elif role_keep == ("remove", keep):
-                    granted.append(path)  # the same decision delivered again
-            db.execute("COMMIT")
-            return granted
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-
-    async def claim(self, keep: str, remove: Sequence[str]) -> list[str]:
-        return await self._run(self._claim, keep, remove)
-
-    async def release_claims(self) -> None:
-        """Forget all claims: a local run plans the whole library afresh."""
-        await self._run(self._db.execute, "DELETE FROM claims")
-
-    async def close(self) -> None:
-        await self._run(self._db.close)
-        self._executor.shutdown(wait=True)

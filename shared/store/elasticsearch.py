@@ -1,0 +1,383 @@
+"""The store and the ledger in Elasticsearch 8, for services on several hosts.
+
+Index ``<index>`` (default ``images``) holds one document per file, its _id a hash of the path
+(an _id is limited to 512 bytes, a path is not). The signature's 63 words are keyword fields
+``w0`` .. ``w62``, searched as image-match does (a ``should`` of ``term``s); the returned full
+signatures then decide, exactly as in SQLite. The embedding is a ``dense_vector`` of bytes
+searched with ``knn``, and the cosines of the hits are computed again from their int8 values.
+
+Index ``<index>-ledger`` holds the leases (one document per leased file, changed only by
+conditional writes: ``op_type=create`` or ``if_seq_no``/``if_primary_term``) and the distinct
+pairs. Writes that searches must see are made with ``refresh="wait_for"``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import elasticsearch
+import numpy as np
+from elasticsearch import AsyncElasticsearch
+from elasticsearch.helpers import async_bulk
+
+from ..image import signature as sig
+from . import Candidate, ImageRecord, StoreUnavailable
+
+EMBEDDING_DIMS = 512
+WORDS = 63
+PAGE = 5000  # hits per page when listing everything
+# Writes wait for the refresh that makes them searchable (the matcher searches right after the
+# hasher's upsert); a refresh more often than the default 1 s keeps that wait short.
+REFRESH_INTERVAL = "200ms"
+
+_KEYWORD = {"type": "keyword"}
+_STORED_ONLY = {"type": "keyword", "index": False, "doc_values": False}
+IMAGES_MAPPING: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "path": _KEYWORD,  # no ignore_above: every path is searchable and sortable
+        "root": _KEYWORD,
+        "size": {"type": "long"},
+        "mtime_ns": {"type": "long"},
+        "format": _KEYWORD,
+        "width": {"type": "integer"},
+        "height": {"type": "integer"},
+        "exif_tags": {"type": "integer"},
+        "exif_date": _KEYWORD,
+        "error": _STORED_ONLY,
+        "digest": _KEYWORD,
+        "frames": {"type": "integer"},
+        "signature": {"type": "binary"},
+        **{f"w{i}": _KEYWORD for i in range(WORDS)},
+        "embedding": {"type": "dense_vector", "element_type": "byte", "dims": EMBEDDING_DIMS,
+                      "index": True, "similarity": "cosine"},
+        "thumb": {"type": "binary"},
+    },
+}
+LEDGER_MAPPING: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "kind": _KEYWORD,  # "lease" or "distinct"
+        "path": _STORED_ONLY,
+        "role": _KEYWORD,
+        "holders": {"type": "object", "enabled": False},  # [{"owner": str, "expires": float}]
+        "a": _KEYWORD,
+        "b": _KEYWORD,
+    },
+}
+
+
+def _hash_id(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def _to_doc(r: ImageRecord) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "path": r.path, "root": r.root, "size": r.size, "mtime_ns": r.mtime_ns, "format": r.format,
+        "width": r.width, "height": r.height, "exif_tags": r.exif_tags, "exif_date": r.exif_date,
+        "error": r.error, "digest": r.digest, "frames": r.frames, "thumb": _b64(r.thumb),
+    }
+    if r.signature is not None:
+        signature = np.ascontiguousarray(r.signature, dtype=np.int8)
+        doc["signature"] = _b64(signature.tobytes())
+        doc.update({f"w{i}": str(w) for i, w in enumerate(r.words or sig.words(signature))})
+    if r.embedding is not None:
+        doc["embedding"] = np.asarray(r.embedding, dtype=np.int8).tolist()
+    return doc
+
+
+def _to_record(doc: dict[str, Any]) -> ImageRecord:
+    signature = None
+    words: tuple[int, ...] = ()
+    if doc.get("signature") is not None:
+        signature = np.frombuffer(base64.b64decode(doc["signature"]), dtype=np.int8)
+        words = tuple(int(doc[f"w{i}"]) for i in range(WORDS))
+    embedding = doc.get("embedding")
+    thumb = doc.get("thumb")
+    return ImageRecord(
+        path=doc["path"], root=doc["root"], size=doc["size"], mtime_ns=doc["mtime_ns"], format=doc["format"],
+        width=doc["width"], height=doc["height"], exif_tags=doc["exif_tags"], exif_date=doc.get("exif_date"),
+        signature=signature, words=words, error=doc.get("error"), digest=doc.get("digest"),
+        frames=doc.get("frames", 1),
+        embedding=None if embedding is None else np.asarray(embedding, dtype=np.int8),
+        thumb=None if thumb is None else base64.b64decode(thumb),
+    )
+
+
+def _client(url: str, api_key: str | None, username: str | None, password: str | None,
+            ca_certs: Path | None) -> AsyncElasticsearch:
+    return AsyncElasticsearch(
+        url, api_key=api_key, basic_auth=(username, password or "") if username else None,
+        ca_certs=None if ca_certs is None else str(ca_certs), request_timeout=30,
+    )
+
+
+class _Index:
+    """One index and its client; turns a server that does not answer into StoreUnavailable."""
+
+    def __init__(self, url: str, index: str, mapping: dict[str, Any], *, api_key: str | None = None,
+                 username: str | None = None, password: str | None = None, ca_certs: Path | None = None):
+        self.url = url
+        self.index = index
+        self._mapping = mapping
+        self._es = _client(url, api_key, username, password, ca_certs)
+
+    @contextmanager
+    def _reachable(self) -> Iterator[None]:
+        try:
+            yield
+        except elasticsearch.ConnectionError as exc:
+            raise StoreUnavailable(f"Elasticsearch at {self.url} does not answer ({exc.message})") from None
+        except (elasticsearch.AuthenticationException, elasticsearch.AuthorizationException) as exc:
+            raise StoreUnavailable(f"Elasticsearch at {self.url} refused us: {exc.message}") from None
+
+    async def open(self) -> None:
+        """Create the index with its mapping unless it exists (first use); fails early and in
+        one line when the server cannot be used."""
+        with self._reachable():
+            if await self._es.indices.exists(index=self.index):
+                return
+            try:
+                await self._es.indices.create(index=self.index, mappings=self._mapping,
+                                              settings={"refresh_interval": REFRESH_INTERVAL})
+            except elasticsearch.BadRequestError as exc:
+                if exc.error != "resource_already_exists_exception":  # another process was first
+                    raise
+
+    async def _pages(self, query: dict[str, Any], sort: list[Any], source: Any) -> AsyncIterator[list[dict]]:
+        """All hits of ``query`` in ``sort`` order, page by page, through a point in time."""
+        pit = (await self._es.open_point_in_time(index=self.index, keep_alive="2m"))["id"]
+        try:
+            after = None
+            while True:
+                page = await self._es.search(
+                    pit={"id": pit, "keep_alive": "2m"}, query=query, sort=sort, size=PAGE, source=source,
+                    search_after=after, track_total_hits=False,
+                )
+                pit = page["pit_id"]
+                hits = page["hits"]["hits"]
+                if not hits:
+                    return
+                yield hits
+                after = hits[-1]["sort"]
+        finally:
+            await self._es.close_point_in_time(id=pit)
+
+    async def close(self) -> None:
+        await self._es.close()
+
+
+class ElasticsearchStore(_Index):
+    def __init__(self, url: str, index: str = "images", **auth: Any):
+        super().__init__(url, index, IMAGES_MAPPING, **auth)
+
+    async def upsert(self, record: ImageRecord) -> None:
+        with self._reachable():
+            await self._es.index(index=self.index, id=_hash_id(record.path), document=_to_doc(record),
+                                 refresh="wait_for")
+
+    async def upsert_many(self, records: Sequence[ImageRecord]) -> None:
+        if not records:
+            return
+        with self._reachable():
+            await async_bulk(self._es, (
+                {"_index": self.index, "_id": _hash_id(r.path), "_source": _to_doc(r)} for r in records
+            ), chunk_size=1000)
+            await self._es.indices.refresh(index=self.index)  # once for all the chunks
+
+    async def get_many(self, paths: Sequence[str]) -> dict[str, ImageRecord]:
+        out: dict[str, ImageRecord] = {}
+        with self._reachable():
+            for start in range(0, len(paths), 1000):
+                chunk = [_hash_id(p) for p in paths[start : start + 1000]]
+                docs = (await self._es.mget(index=self.index, ids=chunk))["docs"]
+                out.update((d["_source"]["path"], _to_record(d["_source"])) for d in docs if d.get("found"))
+        return out
+
+    async def get(self, path: str) -> ImageRecord | None:
+        return (await self.get_many([path])).get(path)
+
+    async def _search(self, **request: Any) -> list[ImageRecord]:
+        with self._reachable():
+            hits = (await self._es.search(index=self.index, track_total_hits=False, **request))["hits"]["hits"]
+        return [_to_record(h["_source"]) for h in hits]
+
+    async def candidates(self, record: ImageRecord, max_dist: float, limit: int = 100) -> list[Candidate]:
+        if record.signature is None:
+            return []
+        words = record.words or sig.words(record.signature)
+        found = await self._search(size=limit, query={"bool": {
+            "should": [{"term": {f"w{i}": str(w)}} for i, w in enumerate(words)],
+            "minimum_should_match": 1,
+            "must_not": [{"term": {"path": record.path}}],
+        }})
+        if not found:
+            return []
+        dists = sig.distances(record.signature, np.stack([r.signature for r in found]))
+        hits = [Candidate(r, float(d)) for r, d in zip(found, dists) if d <= max_dist]
+        hits.sort(key=lambda c: (c.distance, c.record.path))
+        return hits
+
+    async def similar(self, record: ImageRecord, min_similarity: float, limit: int = 100) -> list[Candidate]:
+        if record.embedding is None:
+            return []
+        query = np.asarray(record.embedding, dtype=np.int8)
+        norm = float(np.linalg.norm(query.astype(np.float64)))
+        if norm == 0.0:
+            return []
+        found = await self._search(size=limit, knn={
+            "field": "embedding", "query_vector": query.tolist(), "k": limit,
+            "num_candidates": min(max(2 * limit, 100), 10_000),
+            "similarity": min_similarity - 1e-3,  # a floor with slack: the exact cosine decides below
+            "filter": {"bool": {"must_not": [{"term": {"path": record.path}}]}},
+        })
+        hits = []
+        for r in found:
+            e = np.asarray(r.embedding, dtype=np.float64)
+            cosine = float(e @ query) / (float(np.linalg.norm(e)) * norm)
+            if cosine >= min_similarity:
+                hits.append(Candidate(r, 1.0 - cosine))
+        hits.sort(key=lambda c: (c.distance, c.record.path))
+        return hits
+
+    async def same_digest(self, record: ImageRecord) -> list[ImageRecord]:
+        if record.digest is None:
+            return []
+        return await self._search(size=10_000, sort=[{"path": "asc"}], query={"bool": {
+            "filter": [{"term": {"digest": record.digest}}], "must_not": [{"term": {"path": record.path}}],
+        }})
+
+    async def delete(self, path: str) -> None:
+        with self._reachable():
+            try:
+                await self._es.delete(index=self.index, id=_hash_id(path), refresh="wait_for")
+            except elasticsearch.NotFoundError:
+                pass
+
+    async def iter_paths(self) -> AsyncIterator[str]:
+        with self._reachable():
+            async for hits in self._pages({"match_all": {}}, [{"path": "asc"}], False):
+                for h in hits:
+                    yield h["sort"][0]
+
+
+Holders = list[dict[str, Any]]
+# A change of one lease document: from (role, holders) or None (no lease) to the new
+# (role, holders), or None (no lease left); False refuses the change.
+Change = Callable[[tuple[str, Holders] | None], tuple[str, Holders] | None | bool]
+CONFLICT_RETRIES = 20
+
+
+class ElasticsearchLedger(_Index):
+    """Leases as one document per leased file, changed only by conditional writes, so that the
+    checks of ``acquire`` hold for the document they were made on. See the Ledger Protocol."""
+
+    def __init__(self, url: str, index: str = "images", lease_seconds: float = 600.0, **auth: Any):
+        super().__init__(url, f"{index}-ledger", LEDGER_MAPPING, **auth)
+        self.lease_seconds = lease_seconds
+
+    async def _change(self, path: str, change: Change) -> bool:
+        """Apply ``change`` to ``path``'s lease; read again and retry when another writer came
+        between (a keep lease is shared, so two keepers may write it at once)."""
+        doc_id = "lease-" + _hash_id(path)
+        with self._reachable():
+            for _ in range(CONFLICT_RETRIES):
+                try:
+                    got = await self._es.get(index=self.index, id=doc_id)
+                    state = (got["_source"]["role"], got["_source"]["holders"])
+                    condition = {"if_seq_no": got["_seq_no"], "if_primary_term": got["_primary_term"]}
+                except elasticsearch.NotFoundError:
+                    state, condition = None, None
+                new = change(state)
+                if new is False:
+                    return False
+                try:
+                    if new is None:
+                        if condition is not None:
+                            await self._es.delete(index=self.index, id=doc_id, **condition)
+                        return True
+                    role, holders = new  # type: ignore[misc]
+                    document = {"kind": "lease", "path": path, "role": role, "holders": holders}
+                    if condition is None:
+                        await self._es.index(index=self.index, id=doc_id, document=document, op_type="create")
+                    else:
+                        await self._es.index(index=self.index, id=doc_id, document=document, **condition)
+                    return True
+                except (elasticsearch.ConflictError, elasticsearch.NotFoundError):
+                    continue
+        return False  # contended throughout: refused, the caller tries again later
+
+    def _others(self, holders: Holders, owner: str, now: float) -> Holders:
+        """The unexpired leases of other owners."""
+        return [h for h in holders if h["owner"] != owner and h["expires"] > now]
+
+    async def acquire(self, keep: str, remove: str, owner: str) -> bool:
+        if keep == remove:
+            return False
+        now = time.time()
+        mine = {"owner": owner, "expires": now + self.lease_seconds}
+
+        def take_remove(state: tuple[str, Holders] | None) -> tuple[str, Holders] | bool:
+            if state is not None and self._others(state[1], owner, now):
+                return False  # leased by another action, in either role
+            return "remove", [mine]
+
+        def take_keep(state: tuple[str, Holders] | None) -> tuple[str, Holders] | bool:
+            if state is None:
+                return "keep", [mine]
+            role, holders = state
+            others = self._others(holders, owner, now)
+            if role == "remove":
+                return False if others else ("keep", [mine])
+            return "keep", [*others, mine]
+
+        if not await self._change(remove, take_remove):
+            return False
+        if await self._change(keep, take_keep):
+            return True
+        await self._change(remove, self._dropper(owner))
+        return False
+
+    def _dropper(self, owner: str) -> Change:
+        def drop(state: tuple[str, Holders] | None) -> tuple[str, Holders] | None | bool:
+            if state is None:
+                return None
+            rest = self._others(state[1], owner, time.time())
+            return (state[0], rest) if rest else None
+
+        return drop
+
+    async def release(self, keep: str, remove: str, owner: str) -> None:
+        await self._change(remove, self._dropper(owner))
+        await self._change(keep, self._dropper(owner))
+
+    async def mark_distinct(self, a: str, b: str) -> None:
+        if a == b:
+            return
+        a, b = sorted((a, b))
+        with self._reachable():
+            await self._es.index(index=self.index, id="distinct-" + _hash_id(a, b),
+                                 document={"kind": "distinct", "a": a, "b": b}, refresh="wait_for")
+
+    async def distinct(self, digests: Sequence[str]) -> set[frozenset[str]]:
+        wanted = sorted(set(digests))
+        if len(wanted) < 2:
+            return set()
+        query = {"bool": {"filter": [
+            {"term": {"kind": "distinct"}}, {"terms": {"a": wanted}}, {"terms": {"b": wanted}},
+        ]}}
+        out: set[frozenset[str]] = set()
+        with self._reachable():
+            async for hits in self._pages(query, [{"a": "asc"}, {"b": "asc"}], ["a", "b"]):
+                out.update(frozenset((h["_source"]["a"], h["_source"]["b"])) for h in hits)
+        return out

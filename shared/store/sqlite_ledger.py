@@ -1,0 +1,88 @@
+"""The ledger in SQLite: leases and distinct pairs in their own tables, in the store's file or
+any other. One BEGIN IMMEDIATE transaction per acquire makes it atomic across the processes of
+one host."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .sqlite import SQLiteFile
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    path TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('keep', 'remove')),
+    expires REAL NOT NULL,
+    PRIMARY KEY (path, owner)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS distinct_pairs (
+    a TEXT NOT NULL,
+    b TEXT NOT NULL,
+    PRIMARY KEY (a, b),
+    CHECK (a < b)
+) WITHOUT ROWID;
+"""
+
+
+class SQLiteLedger(SQLiteFile):
+    """A lease lasts ``lease_seconds`` (wall clock): long enough for any one action, short
+    enough that the lease of a crashed actuator does not hold its pair for long."""
+
+    def __init__(self, path: Path | str, lease_seconds: float = 600.0):
+        self.lease_seconds = lease_seconds
+        super().__init__(path)
+
+    def _connect(self) -> None:
+        super()._connect()
+        self._db.executescript(SCHEMA)
+
+    def _blocking(self, path: str, owner: str, now: float, roles: tuple[str, ...]) -> bool:
+        return self._db.execute(
+            f"SELECT EXISTS (SELECT 1 FROM leases WHERE path = ? AND owner != ? AND expires > ? "
+            f"AND role IN ({','.join('?' * len(roles))}))",
+            (path, owner, now, *roles),
+        ).fetchone()[0] == 1
+
+    def _acquire(self, keep: str, remove: str, owner: str) -> bool:
+        if keep == remove:
+            return False
+        now = time.time()
+        if self._blocking(remove, owner, now, ("keep", "remove")) or self._blocking(keep, owner, now, ("remove",)):
+            return False
+        self._db.execute("DELETE FROM leases WHERE path IN (?, ?) AND expires <= ?", (keep, remove, now))
+        self._db.executemany(
+            "INSERT OR REPLACE INTO leases (path, owner, role, expires) VALUES (?, ?, ?, ?)",
+            [(remove, owner, "remove", now + self.lease_seconds), (keep, owner, "keep", now + self.lease_seconds)],
+        )
+        return True
+
+    async def acquire(self, keep: str, remove: str, owner: str) -> bool:
+        return await self._run(self._transaction, self._acquire, keep, remove, owner)
+
+    async def release(self, keep: str, remove: str, owner: str) -> None:
+        await self._run(
+            self._db.execute, "DELETE FROM leases WHERE owner = ? AND path IN (?, ?)", (owner, keep, remove)
+        )
+
+    async def mark_distinct(self, a: str, b: str) -> None:
+        if a != b:
+            await self._run(self._db.execute, "INSERT OR IGNORE INTO distinct_pairs (a, b) VALUES (?, ?)",
+                            tuple(sorted((a, b))))
+
+    def _distinct(self, digests: Sequence[str]) -> set[frozenset[str]]:
+        wanted = set(digests)
+        out: set[frozenset[str]] = set()
+        ordered = sorted(wanted)
+        for start in range(0, len(ordered), 500):  # every pair has its smaller digest in some chunk
+            chunk = ordered[start : start + 500]
+            rows = self._db.execute(
+                f"SELECT a, b FROM distinct_pairs WHERE a IN ({','.join('?' * len(chunk))})", chunk
+            )
+            out.update(frozenset(row) for row in rows if row[1] in wanted)
+        return out
+
+    async def distinct(self, digests: Sequence[str]) -> set[frozenset[str]]:
+        return await self._run(self._distinct, digests)

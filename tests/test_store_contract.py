@@ -1,0 +1,381 @@
+"""The Store and Ledger Protocols, held to one contract by SQLite and by a real Elasticsearch.
+
+Elasticsearch tests talk to the node at ``$IMAGE_DEDUP_TEST_ELASTICSEARCH_URL`` (default
+http://127.0.0.1:9200; ``scripts/ensure-elasticsearch.sh`` starts one). They are skipped only
+when ``IMAGE_DEDUP_TEST_ELASTICSEARCH=off``: a node that does not answer fails them. Each test
+uses its own random index and deletes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import uuid
+
+import numpy as np
+import pytest
+
+from shared.image.signature import orientations, words
+from shared.store import ImageRecord, StoreUnavailable
+from shared.store.sqlite import SQLiteStore
+from shared.store.sqlite_ledger import SQLiteLedger
+
+ES_URL = os.environ.get("IMAGE_DEDUP_TEST_ELASTICSEARCH_URL", "http://127.0.0.1:9200")
+ES_OFF = os.environ.get("IMAGE_DEDUP_TEST_ELASTICSEARCH") == "off"
+
+
+class Backend:
+    """Opens stores and ledgers of one kind over one place, and removes that place after."""
+
+    def __init__(self, kind: str, tmp_path):
+        self.kind = kind
+        self.file = tmp_path / "store.sqlite"
+        self.index = f"test-{uuid.uuid4().hex[:12]}"
+        self.opened: list = []
+
+    async def store(self):
+        if self.kind == "sqlite":
+            return self._opened(SQLiteStore(self.file))
+        from shared.store.elasticsearch import ElasticsearchStore
+
+        store = self._opened(ElasticsearchStore(ES_URL, self.index))
+        await store.open()
+        return store
+
+    async def ledger(self, lease_seconds: float = 600.0):
+        if self.kind == "sqlite":
+            return self._opened(SQLiteLedger(self.file, lease_seconds=lease_seconds))
+        from shared.store.elasticsearch import ElasticsearchLedger
+
+        ledger = self._opened(ElasticsearchLedger(ES_URL, self.index, lease_seconds=lease_seconds))
+        await ledger.open()
+        return ledger
+
+    def _opened(self, thing):
+        self.opened.append(thing)  # closed at the end even if opening fails
+        return thing
+
+    async def tear_down(self) -> None:
+        for thing in self.opened:
+            await thing.close()
+        if self.kind == "elasticsearch":
+            from elasticsearch import AsyncElasticsearch
+
+            es = AsyncElasticsearch(ES_URL)
+            try:
+                await es.indices.delete(index=[self.index, f"{self.index}-ledger"], ignore_unavailable=True)
+            finally:
+                await es.close()
+
+
+@pytest.fixture(params=["sqlite", "elasticsearch"])
+async def backend(request, tmp_path):
+    if request.param == "elasticsearch" and ES_OFF:
+        pytest.skip("IMAGE_DEDUP_TEST_ELASTICSEARCH=off")
+    b = Backend(request.param, tmp_path)
+    yield b
+    await b.tear_down()
+
+
+@pytest.fixture
+async def store(backend):
+    return await backend.store()
+
+
+@pytest.fixture
+async def ledger(backend):
+    return await backend.ledger()
+
+
+RNG = np.random.default_rng(11)
+
+
+def signature(rng=RNG) -> np.ndarray:
+    return rng.integers(-2, 3, 648).astype(np.int8)
+
+
+def embedding(rng=RNG, base: np.ndarray | None = None, noise: float = 0.0) -> np.ndarray:
+    """Like the model's: unit length times 127, as int8; ``base`` plus ``noise`` for a near one."""
+    v = rng.normal(size=512) if base is None else base.astype(np.float64) / 127 + rng.normal(scale=noise, size=512)
+    return np.clip(np.round(v / np.linalg.norm(v) * 127), -127, 127).astype(np.int8)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def record(path: str, sig: np.ndarray | None = None, emb: np.ndarray | None = None, **kw) -> ImageRecord:
+    return ImageRecord(path, "/r", kw.pop("size", 10), kw.pop("mtime_ns", 20), signature=sig,
+                       words=() if sig is None else words(sig), embedding=emb, **kw)
+
+
+def near(sig: np.ndarray, changes: int = 20, rng=RNG) -> np.ndarray:
+    out = sig.copy()
+    where = rng.choice(648, changes, replace=False)
+    out[where] = np.clip(out[where] + rng.choice([-1, 1], changes), -2, 2)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# records
+
+
+async def test_a_record_comes_back_as_it_was_stored(store):
+    sig, emb = signature(), embedding()
+    full = record("/r/a.jpg", sig, emb, format="JPEG", width=640, height=480, exif_tags=7,
+                  exif_date="2020:01:02 03:04:05", digest="ab" * 32, frames=3, thumb=b"\x00\xffthumb")
+    await store.upsert(full)
+    got = await store.get("/r/a.jpg")
+    assert got == full  # the compared fields
+    assert np.array_equal(got.signature, sig) and got.signature.dtype == np.int8
+    assert np.array_equal(got.embedding, emb) and got.embedding.dtype == np.int8
+    assert got.thumb == b"\x00\xffthumb"
+    assert await store.get("/r/missing.jpg") is None
+
+
+async def test_a_record_without_descriptors_has_none(store):
+    bad = record("/r/bad.jpg", error="cannot identify image file")
+    await store.upsert(bad)
+    got = await store.get("/r/bad.jpg")
+    assert got == bad and got.error == "cannot identify image file"
+    assert got.signature is None and got.embedding is None and got.thumb is None and got.digest is None
+
+
+async def test_upsert_replaces_and_delete_forgets(store):
+    await store.upsert(record("/r/a.jpg", signature(), size=1))
+    await store.upsert(record("/r/a.jpg", signature(), size=2))
+    await store.upsert(record("/r/b.jpg", size=3))
+    got = await store.get_many(["/r/a.jpg", "/r/b.jpg", "/r/none.jpg"])
+    assert {p: r.size for p, r in got.items()} == {"/r/a.jpg": 2, "/r/b.jpg": 3}
+    await store.delete("/r/a.jpg")
+    await store.delete("/r/never-stored.jpg")
+    assert await store.get("/r/a.jpg") is None
+    assert [p async for p in store.iter_paths()] == ["/r/b.jpg"]
+
+
+async def test_upsert_many_stores_every_record(store):
+    records = [record(f"/r/{i:03}.jpg", signature(), embedding(), digest=f"{i:064x}") for i in range(120)]
+    await store.upsert_many(records)
+    got = await store.get_many([r.path for r in records])
+    assert set(got) == {r.path for r in records}
+    assert all(np.array_equal(got[r.path].embedding, r.embedding) for r in records)
+    assert (await store.same_digest(record("/r/other.jpg", digest=f"{5:064x}"))) == [got["/r/005.jpg"]]
+
+
+async def test_a_long_path_is_stored_found_listed_and_deleted(store):
+    long = "/r/" + "d" * 300 + "/" + "é" * 292 + ".jpg"  # 600 characters, 892 bytes
+    assert len(long) == 600
+    sig = signature()
+    await store.upsert(record(long, sig, digest="cd" * 32))
+    assert (await store.get(long)).path == long
+    [found] = await store.candidates(record("/r/q.jpg", near(sig)), 0.2)
+    assert found.record.path == long
+    assert [r.path for r in await store.same_digest(record("/r/q.jpg", digest="cd" * 32))] == [long]
+    assert [p async for p in store.iter_paths()] == [long]
+    await store.delete(long)
+    assert await store.get(long) is None
+
+
+async def test_iter_paths_lists_more_than_ten_thousand_in_order(store):
+    paths = [f"/r/{i:05}.jpg" for i in range(10_050)]
+    shuffled = list(paths)
+    np.random.default_rng(3).shuffle(shuffled)
+    await store.upsert_many([ImageRecord(p, "/r", 1, 1) for p in shuffled])
+    assert [p async for p in store.iter_paths()] == paths
+
+
+# --------------------------------------------------------------------------------------------
+# the three ways to find a twin
+
+
+async def test_candidates_finds_a_near_copy_and_not_an_unrelated_image(store):
+    rng = np.random.default_rng(5)
+    original = signature(rng)
+    await store.upsert(record("/r/a.jpg", original))
+    await store.upsert(record("/r/a-copy.jpg", near(original, 20, rng)))
+    await store.upsert_many([record(f"/r/other{i}.jpg", signature(rng)) for i in range(30)])
+    found = await store.candidates(record("/r/a.jpg", original), 0.2)
+    assert [c.record.path for c in found] == ["/r/a-copy.jpg"]
+    assert 0 < found[0].distance <= 0.2
+    assert await store.candidates(record("/r/new.jpg", signature(rng)), 0.2) == []
+    assert await store.candidates(record("/r/bad.jpg"), 0.2) == []  # no signature, nothing to look for
+
+
+async def test_a_turned_query_under_a_stored_path_finds_the_turned_copy(store):
+    rng = np.random.default_rng(1)
+    original = signature(rng)
+    mirrored = orientations(original)[4]
+    await store.upsert(record("/r/a.jpg", original))
+    await store.upsert(record("/r/a-mirrored.jpg", mirrored))
+    await store.upsert_many([record(f"/r/other{i}.jpg", signature(rng)) for i in range(20)])
+    found = await store.candidates(record("/r/a.jpg", mirrored), 0.1)
+    assert [c.record.path for c in found] == ["/r/a-mirrored.jpg"]
+    assert await store.candidates(record("/r/a.jpg", original), 0.1) == []
+
+
+async def test_similar_finds_near_embeddings_with_their_exact_cosine(store):
+    rng = np.random.default_rng(7)
+    base = embedding(rng)
+    close, farther = embedding(rng, base, 0.01), embedding(rng, base, 0.04)
+    await store.upsert_many([
+        record("/r/a.jpg", emb=base), record("/r/close.jpg", emb=close), record("/r/farther.jpg", emb=farther),
+        record("/r/no-embedding.jpg", signature()), *(record(f"/r/other{i}.jpg", emb=embedding(rng)) for i in range(40)),
+    ])
+    threshold = (cosine(base, farther) + cosine(base, close)) / 2
+    assert cosine(base, farther) > 0.5 and cosine(base, close) > threshold
+    found = await store.similar(record("/r/a.jpg", emb=base), 0.5)
+    assert [c.record.path for c in found] == ["/r/close.jpg", "/r/farther.jpg"]
+    assert found[0].distance == pytest.approx(1 - cosine(base, close), abs=1e-12)
+    assert np.array_equal(found[0].record.embedding, close)
+    assert [c.record.path for c in await store.similar(record("/r/a.jpg", emb=base), threshold)] == ["/r/close.jpg"]
+    assert len(await store.similar(record("/r/a.jpg", emb=base), 0.5, limit=1)) == 1
+    assert await store.similar(record("/r/q.jpg"), 0.5) == []
+
+
+async def test_similar_sees_writes_made_after_it_was_first_asked(backend, store):
+    """SQLite keeps the embeddings in memory: its own writes and another process's must show."""
+    rng = np.random.default_rng(8)
+    base = embedding(rng)
+    await store.upsert(record("/r/a.jpg", emb=base))
+    assert await store.similar(record("/r/a.jpg", emb=base), 0.9) == []
+    await store.upsert(record("/r/b.jpg", emb=base))
+    assert [c.record.path for c in await store.similar(record("/r/a.jpg", emb=base), 0.9)] == ["/r/b.jpg"]
+    other = await backend.store()  # another connection, as another process would have
+    await other.upsert(record("/r/c.jpg", emb=base))
+    await other.delete("/r/b.jpg")
+    assert [c.record.path for c in await store.similar(record("/r/a.jpg", emb=base), 0.9)] == ["/r/c.jpg"]
+
+
+async def test_same_digest_finds_the_byte_identical_others(store):
+    await store.upsert(record("/r/a.jpg", digest="11" * 32))
+    await store.upsert(record("/r/b.jpg", digest="11" * 32))
+    await store.upsert(record("/r/c.jpg", digest="22" * 32))
+    await store.upsert(record("/r/d.jpg"))
+    assert [r.path for r in await store.same_digest(record("/r/a.jpg", digest="11" * 32))] == ["/r/b.jpg"]
+    assert await store.same_digest(record("/r/c.jpg", digest="22" * 32)) == []
+    assert await store.same_digest(record("/r/d.jpg")) == []
+
+
+# --------------------------------------------------------------------------------------------
+# the ledger
+
+
+async def test_a_pair_is_leased_and_released(ledger):
+    assert await ledger.acquire("/r/K", "/r/X", "one")
+    assert not await ledger.acquire("/r/K", "/r/X", "two")  # X is being removed
+    await ledger.release("/r/K", "/r/X", "one")
+    assert await ledger.acquire("/r/K", "/r/X", "two")
+
+
+async def test_both_files_of_a_pair_are_never_leased_for_removal(ledger):
+    assert await ledger.acquire("/r/K", "/r/Y", "one")
+    assert not await ledger.acquire("/r/Y", "/r/K", "two")  # K is kept, Y removed
+    assert not await ledger.acquire("/r/Z", "/r/K", "two")  # a kept file is not removed
+    assert not await ledger.acquire("/r/Y", "/r/Z", "two")  # a file being removed cannot keep
+    # the refused attempts left nothing behind: Z is free
+    assert await ledger.acquire("/r/W", "/r/Z", "three")
+
+
+async def test_concurrent_opposite_pairs_never_both_win(backend):
+    ledgers = [await backend.ledger(), await backend.ledger()]  # two actuators
+    for i in range(15):
+        a, b = f"/r/{i}a", f"/r/{i}b"
+        won = await asyncio.gather(ledgers[0].acquire(a, b, f"one{i}"), ledgers[1].acquire(b, a, f"two{i}"))
+        assert won.count(True) <= 1, (i, won)
+
+
+async def test_the_kept_file_is_shared_by_two_removals(ledger):
+    assert await ledger.acquire("/r/K", "/r/X", "one")
+    assert await ledger.acquire("/r/K", "/r/Y", "two")
+    await ledger.release("/r/K", "/r/X", "one")
+    assert not await ledger.acquire("/r/Z", "/r/K", "three")  # still kept by two
+    await ledger.release("/r/K", "/r/Y", "two")
+    assert await ledger.acquire("/r/Z", "/r/K", "three")
+
+
+async def test_an_expired_lease_is_taken_over(backend):
+    crashed, alive = await backend.ledger(lease_seconds=1.0), await backend.ledger()
+    assert await crashed.acquire("/r/K", "/r/X", "crashed")
+    assert not await alive.acquire("/r/X", "/r/K", "next")
+    await asyncio.sleep(1.2)
+    assert await alive.acquire("/r/X", "/r/K", "next")  # roles swapped: both leases expired
+    assert not await crashed.acquire("/r/K", "/r/X", "crashed")
+
+
+async def test_the_same_owner_may_take_its_lease_again(ledger):
+    assert await ledger.acquire("/r/K", "/r/X", "decision-1")
+    assert await ledger.acquire("/r/K", "/r/X", "decision-1")  # redelivered
+    await ledger.release("/r/K", "/r/X", "decision-1")
+    assert await ledger.acquire("/r/X", "/r/K", "decision-2")
+
+
+async def test_a_file_is_not_its_own_pair(ledger):
+    assert not await ledger.acquire("/r/K", "/r/K", "one")
+
+
+async def test_distinct_pairs_are_remembered_in_either_order(ledger):
+    await ledger.mark_distinct("d1", "d2")
+    await ledger.mark_distinct("d3", "d1")
+    await ledger.mark_distinct("d2", "d1")  # again, the other way round
+    assert await ledger.distinct(["d1", "d2", "d3", "d4"]) == {frozenset({"d1", "d2"}), frozenset({"d1", "d3"})}
+    assert await ledger.distinct(["d2", "d3"]) == set()
+    assert await ledger.distinct(["d3", "d1"]) == {frozenset({"d1", "d3"})}
+
+
+# --------------------------------------------------------------------------------------------
+# one backend only
+
+
+OLD_SCHEMA = """
+CREATE TABLE images (
+    id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, root TEXT NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, format TEXT NOT NULL DEFAULT '', width INTEGER NOT NULL DEFAULT 0,
+    height INTEGER NOT NULL DEFAULT 0, exif_tags INTEGER NOT NULL DEFAULT 0, exif_date TEXT,
+    signature BLOB, error TEXT
+);
+CREATE TABLE words (pos INTEGER NOT NULL, word INTEGER NOT NULL,
+                    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE);
+CREATE INDEX words_lookup ON words (pos, word, image_id);
+CREATE TABLE claims (path TEXT PRIMARY KEY, role TEXT NOT NULL, keep TEXT NOT NULL);
+"""
+
+
+async def test_an_old_sqlite_file_is_migrated_in_place(tmp_path):
+    path = tmp_path / "old.sqlite"
+    sig = signature()
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA)
+    db.execute("INSERT INTO images (id, path, root, size, mtime_ns, format, signature) VALUES (1, '/r/a.jpg', '/r', 5, 6, 'JPEG', ?)",
+               (sig.tobytes(),))
+    db.executemany("INSERT INTO words VALUES (?, ?, 1)", list(enumerate(words(sig))))
+    db.commit()
+    db.close()
+    store = SQLiteStore(path)
+    try:
+        old = await store.get("/r/a.jpg")
+        assert np.array_equal(old.signature, sig) and old.format == "JPEG"
+        assert old.embedding is None and old.digest is None and old.thumb is None and old.frames == 1
+        await store.upsert(record("/r/b.jpg", near(sig), embedding(), digest="ee" * 32))
+        assert [c.record.path for c in await store.candidates(record("/r/b.jpg", near(sig)), 0.2)] == ["/r/a.jpg"]
+        assert (await store.get("/r/b.jpg")).embedding is not None
+    finally:
+        await store.close()
+    store = SQLiteStore(path)  # opened again: nothing left to migrate
+    try:
+        assert set(await store.get_many(["/r/a.jpg", "/r/b.jpg"])) == {"/r/a.jpg", "/r/b.jpg"}
+    finally:
+        await store.close()
+
+
+async def test_an_elasticsearch_that_does_not_answer_is_named_in_one_line():
+    from shared.store.elasticsearch import ElasticsearchStore
+
+    store = ElasticsearchStore("http://127.0.0.1:9", "images")  # nothing listens on port 9
+    try:
+        with pytest.raises(StoreUnavailable, match=r"^Elasticsearch at http://127\.0\.0\.1:9 does not answer") as exc:
+            await store.open()
+        assert "\n" not in str(exc.value)
+    finally:
+        await store.close()
