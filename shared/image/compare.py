@@ -126,6 +126,13 @@ def _displaced_share(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[
     return (moved / total if total else 1.0), total
 
 
+def _prefilter(grey: np.ndarray, shrink: float) -> np.ndarray:
+    """Blur a picture about to be shrunk by ``shrink`` so that it does not alias."""
+    if shrink <= 1.2:
+        return grey
+    return cv2.GaussianBlur(grey, (0, 0), 0.5 * shrink)
+
+
 def agreement(a: Features, b: Features, mirrors: bool = True) -> Agreement:
     """Compare picture ``b`` (a candidate copy) with picture ``a``."""
     found = [(t, mirrored) for mirrored in ((False, True) if mirrors else (False,))
@@ -147,12 +154,12 @@ def agreement(a: Features, b: Features, mirrors: bool = True) -> Agreement:
     if scale > 1:  # b is the smaller picture: bring a into b's frame
         inverse = cv2.invertAffineTransform(m)
         h, w = bg.shape
-        x = cv2.warpAffine(a.grey, inverse, (w, h), flags=cv2.INTER_AREA)
+        x = cv2.warpAffine(_prefilter(a.grey, scale), inverse, (w, h), flags=cv2.INTER_LINEAR)
         inside = cv2.warpAffine(np.full(a.grey.shape, 255, np.uint8), inverse, (w, h), flags=cv2.INTER_NEAREST)
         y = bg
     else:
         h, w = a.grey.shape
-        y = cv2.warpAffine(bg, m, (w, h), flags=cv2.INTER_AREA)
+        y = cv2.warpAffine(_prefilter(bg, 1.0 / max(scale, 1e-6)), m, (w, h), flags=cv2.INTER_LINEAR)
         inside = cv2.warpAffine(np.full(bg.shape, 255, np.uint8), m, (w, h), flags=cv2.INTER_NEAREST)
         x = a.grey
     inside = cv2.erode(inside, np.ones((5, 5), np.uint8)) > 0
