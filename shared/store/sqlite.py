@@ -74,11 +74,25 @@ QUERY_WORDS = 24
 _COLUMNS = "path, root, size, mtime_ns, format, width, height, exif_tags, exif_date, signature, error"
 
 
+def _to_db(path: str) -> str | bytes:
+    """SQLite keeps text as UTF-8; a file name that is not valid UTF-8 (held as surrogate
+    escapes) is kept as its raw bytes instead, a BLOB, which never equals any text."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape")
+
+
+def _from_db(value: str | bytes) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
 def _row_to_record(row: tuple) -> ImageRecord:
     blob = row[9]
     signature = None if blob is None else np.frombuffer(blob, dtype=np.int8)
     return ImageRecord(
-        path=row[0], root=row[1], size=row[2], mtime_ns=row[3], format=row[4], width=row[5], height=row[6],
+        path=_from_db(row[0]), root=_from_db(row[1]), size=row[2], mtime_ns=row[3], format=row[4], width=row[5], height=row[6],
         exif_tags=row[7], exif_date=row[8], signature=signature, error=row[10],
     )
 
@@ -115,10 +129,10 @@ class SQLiteStore:
         blob = None if r.signature is None else np.ascontiguousarray(r.signature, dtype=np.int8).tobytes()
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute("DELETE FROM images WHERE path = ?", (r.path,))
+            db.execute("DELETE FROM images WHERE path = ?", (_to_db(r.path),))
             cur = db.execute(
                 f"INSERT INTO images ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (r.path, r.root, r.size, r.mtime_ns, r.format, r.width, r.height, r.exif_tags, r.exif_date, blob, r.error),
+                (_to_db(r.path), _to_db(r.root), r.size, r.mtime_ns, r.format, r.width, r.height, r.exif_tags, r.exif_date, blob, r.error),
             )
             if r.signature is not None:
                 words = r.words or sig.words(r.signature)
@@ -135,6 +149,7 @@ class SQLiteStore:
         await self._run(self._upsert, record)
 
     def _delete(self, path: str) -> None:
+        path = _to_db(path)  # type: ignore[assignment]
         self._db.execute("DELETE FROM images WHERE path = ?", (path,))
         self._db.execute("DELETE FROM claims WHERE path = ?", (path,))
 
@@ -145,10 +160,11 @@ class SQLiteStore:
     def _get_many(self, paths: Sequence[str]) -> dict[str, ImageRecord]:
         out: dict[str, ImageRecord] = {}
         for start in range(0, len(paths), 500):
-            chunk = list(paths[start : start + 500])
+            chunk = [_to_db(p) for p in paths[start : start + 500]]
             marks = ",".join("?" * len(chunk))
             for row in self._db.execute(f"SELECT {_COLUMNS} FROM images WHERE path IN ({marks})", chunk):
-                out[row[0]] = _row_to_record(row)
+                record = _row_to_record(row)
+                out[record.path] = record
         return out
 
     async def get_many(self, paths: Sequence[str]) -> dict[str, ImageRecord]:
@@ -170,7 +186,8 @@ class SQLiteStore:
         # a word that only the stored record under the query's own path has cannot find anything
         # (the query may be a turned version of that record, so compare the words themselves)
         own = set(self._db.execute(
-            "SELECT w.pos, w.word FROM words w JOIN images i ON i.id = w.image_id WHERE i.path = ?", (record.path,)
+            "SELECT w.pos, w.word FROM words w JOIN images i ON i.id = w.image_id WHERE i.path = ?",
+            (_to_db(record.path),)
         ))
         shared = [pw for pw in words if counts.get(pw, 0) > (pw in own)]
         query = sorted(shared, key=lambda pw: (counts[pw], pw))[:QUERY_WORDS]
@@ -186,7 +203,7 @@ class SQLiteStore:
                       ORDER BY shared DESC LIMIT ?) AS best
                 JOIN images i ON i.id = best.image_id
                 WHERE i.path != ?""",
-            [x for pair in query for x in pair] + [limit + 1, record.path],
+            [x for pair in query for x in pair] + [limit + 1, _to_db(record.path)],
         ).fetchall()
         if not rows:
             return []
@@ -200,7 +217,7 @@ class SQLiteStore:
         return await self._run(self._candidates, record, max_dist, limit)
 
     async def iter_paths(self) -> AsyncIterator[str]:
-        last = ""
+        last: str | bytes = ""  # as stored: BLOB names sort after all text ones
         while True:
             rows = await self._run(
                 lambda after: self._db.execute(
@@ -211,11 +228,13 @@ class SQLiteStore:
             if not rows:
                 return
             for (path,) in rows:
-                yield path
+                yield _from_db(path)
             last = rows[-1][0]
 
     # -- claims ---------------------------------------------------------------------------
     def _claim(self, keep: str, remove: Sequence[str]) -> list[str]:
+        names = {_to_db(p): p for p in (keep, *remove)}
+        keep, remove = _to_db(keep), [_to_db(p) for p in remove]  # type: ignore[assignment]
         db = self._db
         db.execute("BEGIN IMMEDIATE")  # one writer at a time across processes
         try:
@@ -238,7 +257,7 @@ class SQLiteStore:
                 elif role_keep == ("remove", keep):
                     granted.append(path)  # the same decision delivered again
             db.execute("COMMIT")
-            return granted
+            return [names[p] for p in granted]
         except BaseException:
             db.execute("ROLLBACK")
             raise
