@@ -109,14 +109,17 @@ def test_scanning_a_second_folder_keeps_the_first_ones_analyses(run_cli, tmp_pat
     one, two = tmp_path / "one", tmp_path / "two"
     _pair(one, 72)
     _pair(two, 73)
+    save_photo(one / "twin of two.jpg", 73, (800, 600))  # would be the best copy of two's photo
     store = tmp_path / "store.sqlite"
     assert run_cli("deduplicate", one).code == 0
     assert run_cli("deduplicate", two).code == 0
     with sqlite3.connect(store) as db:
         assert {Path(p).parent.name for (p,) in db.execute("SELECT path FROM images")} == {"one", "two"}
     (one / "dup.jpg").unlink()  # vanished from disk: forgotten, even though not scanned now
-    third = run_cli("deduplicate", two)
+    third = run_cli("deduplicate", two, "--across-dirs")
     assert summary_rows(third.out)["analysed now"] == "0"
+    assert [(g["keep"], g["remove"]) for g in third.report["groups"]] == [(str(two / "keep.jpg"), [str(two / "dup.jpg")])], \
+        "a root not scanned now takes no part"
     with sqlite3.connect(store) as db:
         assert str(one / "dup.jpg") not in {p for (p,) in db.execute("SELECT path FROM images")}
     assert summary_rows(run_cli("deduplicate", one).out)["analysed now"] == "0"

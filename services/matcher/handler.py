@@ -35,7 +35,8 @@ async def _neighbours(record: ImageRecord, store: Store, settings: Settings) -> 
     return [
         c for c in best.values()
         if c.record.error is None
-        and root_of(c.record.path, settings.source_directories) is not None  # the store keeps other roots too
+        # the store keeps the analyses of roots not scanned now: match across current roots only
+        and (c.record.root == record.root or root_of(c.record.path, settings.source_directories) is not None)
         and pair_allowed(record, c.record, settings.across_dirs, settings.max_file_modification_time_diff)
         and not (c.distance == 0 and _same_file(record.path, c.record.path))
     ]
