@@ -21,6 +21,7 @@ from shared.actions import Journal, remove_empty_folders
 from shared.bus import InProcessBus
 from shared.config import Settings
 from shared.messages import Decision, FileEvent, Message
+from shared.store import Ledger, Store
 from shared.store.open import open_stores
 
 
@@ -110,7 +111,6 @@ async def deduplicate(
     phases = Phases(console, quiet)
     signer = ProcessSigner(settings.threads) if sign is None else None
     sign = sign or signer
-    journal: Journal | None = None
     try:
         with phases.progress:
             # 1. forget what vanished
@@ -150,38 +150,52 @@ async def deduplicate(
                 groups = await plan([f.path for f in found], store=store, settings=settings, on_progress=advance)
             summary.decisions = [to_decision(g) for g in groups]
 
-            # 5. act (or, in a dry run, check and say what would be done)
-            if not settings.dry_run:
-                journal = Journal.new(settings.journal_directory)
-                summary.journal = journal.path
-            with phases.phase("act", sum(len(d.remove) for d in summary.decisions)) as advance:
-                async def act(decision: Message) -> None:
-                    outcomes = await handle_decision(
-                        decision, store=store, ledger=ledger, settings=settings, journal=journal, publish=bus.publish
-                    )
-                    summary.outcomes += outcomes
-                    advance(len(outcomes))
-
-                await bus.subscribe("group.decision", act, concurrency=1)
-                for decision in summary.decisions:
-                    await bus.publish(decision)
-                await bus.join("group.decision")
-            summary.problems += [(d.message.keep.path, d.reason) for d in bus.dead]
-
-            # 6. remove the folders this run emptied
-            if settings.remove_empty_folders and not settings.dry_run:
-                emptied = [Path(o.path).parent for o in summary.outcomes if o.status == "done" and o.action != "hardlink"]
-                summary.removed_folders = remove_empty_folders(emptied, settings.source_directories)
+            # 5. and 6.
+            await act(summary, settings, store, ledger, bus, phases)
     finally:
         await bus.close()
         if signer is not None:
             signer.close()
-        if journal is not None:
-            journal.close()
         await store.close()
         await ledger.close()
     return summary
 
 
+async def act(
+    summary: Summary, settings: Settings, store: Store, ledger: Ledger, bus: InProcessBus, phases: Phases
+) -> None:
+    """Phases 5 and 6 for ``summary.decisions``, shared by ``deduplicate`` and ``apply``: each
+    decision goes through the actuator (every safety check, journaled), then the folders this
+    run emptied are removed."""
+    journal = Journal.new(settings.journal_directory)
+    try:
+        # 5. act (or, in a dry run, check and say what would be done)
+        with phases.phase("act", sum(len(d.remove) for d in summary.decisions)) as advance:
+            async def on_decision(decision: Message) -> None:
+                outcomes = await handle_decision(
+                    decision, store=store, ledger=ledger, settings=settings, journal=journal, publish=bus.publish
+                )
+                summary.outcomes += outcomes
+                advance(len(outcomes))
+
+            await bus.subscribe("group.decision", on_decision, concurrency=1)
+            for decision in summary.decisions:
+                await bus.publish(decision)
+            await bus.join("group.decision")
+        summary.problems += [(d.message.keep.path, d.reason) for d in bus.dead]
+    finally:
+        journal.close()
+    if journal.written:
+        summary.journal = journal.path
+
+    # 6. remove the folders this run emptied
+    if settings.remove_empty_folders and not settings.dry_run:
+        emptied = [Path(o.path).parent for o in summary.outcomes if o.status == "done" and o.action != "hardlink"]
+        summary.removed_folders = remove_empty_folders(emptied, settings.source_directories)
+
+
 def write_report(summary: Summary, settings: Settings, path: Path) -> None:
-    path.write_text(json.dumps(summary.report(settings), indent=1, ensure_ascii=False), encoding="utf-8")
+    """UTF-8 JSON; a file name that is not valid UTF-8 (surrogate escapes) becomes the JSON
+    escape ``\\udcXX``, which ``json.loads`` turns back into the same name."""
+    text = json.dumps(summary.report(settings), indent=1, ensure_ascii=False)
+    path.write_bytes(text.encode("utf-8", "backslashreplace"))  # only lone surrogates need it

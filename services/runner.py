@@ -20,7 +20,9 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import time
+from urllib.parse import urlsplit
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,8 +163,9 @@ async def start_matcher(ctx: Context, prefetch: int | None = None) -> None:
 # -- actuator ---------------------------------------------------------------------------------
 async def start_actuator(ctx: Context) -> None:
     settings = ctx.settings
-    journal = Journal.new(settings.journal_directory, "actuator")  # thread-safe
-    log.info("journal: %s%s", journal.path, " (dry run: nothing will be changed)" if settings.dry_run else "")
+    journal = Journal.new(settings.journal_directory, "actuator")  # thread-safe, created on its first entry
+    log.info("journal: %s%s", journal.path, " (dry run: nothing will be changed)" if settings.dry_run else
+             " (written on the first action)")
 
     def report(outcomes: list[ActionOutcome]) -> None:
         for o in outcomes:
@@ -393,13 +396,13 @@ async def publish_rescan(settings: Settings, path: str | None) -> None:
 
 
 # -- command line -----------------------------------------------------------------------------
-def add_service_commands(sub: argparse._SubParsersAction) -> None:
-    service = sub.add_parser("service", help="run one service of services mode (RabbitMQ)")
+def add_service_commands(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    service = sub.add_parser("service", parents=parents, help="run one service of services mode (RabbitMQ)")
     service.add_argument("role", choices=ROLES)
     service.add_argument("--log-level", default="INFO")
-    daemon = sub.add_parser("daemon", help="all four services in one long-running process, no broker needed")
+    daemon = sub.add_parser("daemon", parents=parents, help="all four services in one long-running process, no broker needed")
     daemon.add_argument("--log-level", default="INFO")
-    rescan = sub.add_parser("rescan", help="ask the watcher service to rescan (all roots or PATH)")
+    rescan = sub.add_parser("rescan", parents=parents, help="ask the watcher service to rescan (all roots or PATH)")
     rescan.add_argument("path", nargs="?", help="a folder below a root (default: all roots)")
 
 
@@ -408,9 +411,22 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     if args.command == "rescan":
-        asyncio.run(publish_rescan(settings, args.path))
+        # a one-shot command: its own one line below says whether the broker was reached
+        logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+        logging.getLogger("shared.bus.rabbitmq").setLevel(logging.ERROR)
+        try:
+            asyncio.run(publish_rescan(settings, args.path))
+        except Exception as exc:  # the broker's client raises many kinds; the user needs one line
+            print(f"image-dedup: cannot publish the rescan to {_without_password(settings.broker_url)}: "
+                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+            return 1
         print(f"rescan of {args.path or 'all roots'} published to {settings.broker_prefix}")
         return 0
     roles = [args.role] if args.command == "service" else list(ROLES)
     asyncio.run(serve(roles, settings, in_process=args.command == "daemon"))
     return 0
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl() if parts.hostname else url

@@ -19,13 +19,23 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_to_bytes
+
+IDENTICAL = "identical already there"  # how a move ended that only deleted its source
+
+
+class JournalError(Exception):
+    """A journal cannot be read; ``str(exc)`` says why in one line."""
 
 
 class Journal:
+    """Created on its first entry, so a run or a daemon start that acts on nothing leaves no
+    empty journal behind. Entries are ASCII JSON: a file name that is not valid UTF-8 (held as
+    surrogate escapes) is written as ``\\udcXX`` and comes back intact through ``json.loads``."""
+
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "a", encoding="utf-8")
+        self._fh = None
         self._lock = threading.Lock()  # actions run on worker threads
 
     @classmethod
@@ -37,13 +47,21 @@ class Journal:
         entry.setdefault("id", uuid.uuid4().hex)
         entry["at"] = time.time()
         with self._lock:
-            self._fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            if self._fh is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = open(self.path, "a", encoding="ascii")
+            self._fh.write(json.dumps(entry) + "\n")
             self._fh.flush()
             os.fsync(self._fh.fileno())
         return entry["id"]
 
+    @property
+    def written(self) -> bool:
+        return self._fh is not None
+
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
 
 
 def _sha256(path: Path) -> str:
@@ -78,15 +96,16 @@ def move_file(src: Path, dst: Path) -> tuple[Path | None, str]:
     """Move ``src`` to ``dst`` without overwriting anything.
 
     Returns (final path, how). If an identical file already sits at ``dst`` the source is just
-    deleted and the final path is ``dst`` itself. Across filesystems the file is copied to a
-    temporary name, fsynced and verified by SHA-256 before the source is unlinked.
+    deleted, the final path is ``dst`` itself and ``how`` is IDENTICAL (undo then copies it
+    back and leaves that file alone: it was not this move's). Across filesystems the file is
+    copied, fsynced and verified by SHA-256 before the source is unlinked.
     """
     if os.path.realpath(src) == os.path.realpath(dst):
         raise OSError(errno.EINVAL, f"{src} would be moved onto itself")
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.is_file() and filecmp.cmp(src, dst, shallow=False):
         os.unlink(src)
-        return dst, "identical file already at target"
+        return dst, IDENTICAL
     try:
         final = _link_no_overwrite(src, dst)
         os.unlink(src)
@@ -94,6 +113,15 @@ def move_file(src: Path, dst: Path) -> tuple[Path | None, str]:
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
             raise
+    final = copy_verified(src, dst)
+    os.unlink(src)
+    return final, "copied across filesystems and verified"
+
+
+def copy_verified(src: Path, dst: Path) -> Path:
+    """Copy ``src`` to ``dst`` (or a free variant of it) through a temporary name, fsynced and
+    verified by SHA-256, never replacing a file; returns the name used."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
         shutil.copy2(src, tmp)
@@ -106,8 +134,71 @@ def move_file(src: Path, dst: Path) -> tuple[Path | None, str]:
     finally:
         if tmp.exists():
             tmp.unlink()
-    os.unlink(src)
-    return final, "copied across filesystems and verified"
+    return final
+
+
+# -- the desktop trash (freedesktop.org trash spec, through send2trash) -----------------------
+
+
+def trash_file(path: Path) -> tuple[Path, Path]:
+    """Move ``path`` to the desktop trash; returns (the file in the trash, its .trashinfo), so
+    the journal can say where it went and undo can bring it back."""
+    from send2trash import plat_other
+
+    # send2trash reads XDG_DATA_HOME once, at import; a daemon (or a test) may have changed it
+    plat_other.XDG_DATA_HOME = os.path.expanduser(os.environb.get(b"XDG_DATA_HOME", b"~/.local/share"))
+    plat_other.HOMETRASH_B = os.path.join(plat_other.XDG_DATA_HOME, b"Trash")
+    plat_other.HOMETRASH = os.fsdecode(plat_other.HOMETRASH_B)
+    st = os.stat(path)
+    plat_other.send2trash(os.fsencode(path))
+    found = find_trashed(path, st.st_size, st.st_mtime_ns, st.st_ino)
+    if found is None:
+        raise OSError(errno.ENOENT, f"{path} went to the trash, but its entry there was not found")
+    return found
+
+
+def _trash_dirs(path: Path) -> list[tuple[bytes, bytes]]:
+    """(trash folder, the top folder its relative Path= entries start from) where send2trash
+    may have put ``path``: the home trash, or the trash at the top of path's filesystem."""
+    data_home = os.path.expanduser(os.environb.get(b"XDG_DATA_HOME", b"~/.local/share"))
+    dirs = [(os.path.join(data_home, b"Trash"), data_home)]
+    top = os.fsencode(os.path.realpath(path.parent))
+    while not os.path.ismount(top):
+        top = os.path.dirname(top)
+    uid = str(os.getuid()).encode()
+    dirs += [(os.path.join(top, b".Trash", uid), top), (os.path.join(top, b".Trash-" + uid), top)]
+    return dirs
+
+
+def find_trashed(path: Path, size: int, mtime_ns: int, ino: int | None = None) -> tuple[Path, Path] | None:
+    """The trashed copy of ``path``: a .trashinfo whose Path is ``path`` and whose file has the
+    size and mtime ``path`` had (the same inode preferred); the newest such entry wins."""
+    wanted = os.fsencode(os.path.abspath(path))
+    stem = os.path.splitext(os.path.basename(wanted))[0]
+    best: tuple[tuple, bytes, bytes] | None = None
+    for trash, top in _trash_dirs(path):
+        info_dir, files_dir = os.path.join(trash, b"info"), os.path.join(trash, b"files")
+        try:
+            entries = [e for e in os.scandir(info_dir) if e.name.startswith(stem) and e.name.endswith(b".trashinfo")]
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                with open(entry.path, "rb") as fh:
+                    lines = fh.read().splitlines()
+                [spelled] = [line[5:] for line in lines if line.startswith(b"Path=")]
+                st = os.lstat(os.path.join(files_dir, entry.name[: -len(b".trashinfo")]))
+                info_mtime = entry.stat().st_mtime_ns
+            except (OSError, ValueError):
+                continue
+            if os.path.join(top, unquote_to_bytes(spelled)) != wanted or (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+                continue
+            rank = (st.st_ino == ino, info_mtime)
+            if best is None or rank > best[0]:
+                best = (rank, os.path.join(files_dir, entry.name[: -len(b".trashinfo")]), entry.path)
+    if best is None:
+        return None
+    return Path(os.fsdecode(best[1])), Path(os.fsdecode(best[2]))
 
 
 def hardlink_file(keep: Path, victim: Path) -> None:
@@ -138,33 +229,60 @@ def remove_empty_folders(folders: Iterable[Path], roots: Iterable[Path]) -> list
     return removed
 
 
+def read_journal(journal_path: Path) -> list[dict]:
+    """The entries of a journal; raises JournalError (one line) for a missing file or one that
+    is not a journal."""
+    try:
+        text = journal_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JournalError(f"cannot read journal {journal_path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        entries = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError:
+        raise JournalError(f"{journal_path} is not an image-dedup journal (not JSON lines)") from None
+    for e in entries:
+        if not (isinstance(e, dict) and isinstance(e.get("id"), str) and e.get("state") in ("intent", "done")
+                and (e["state"] == "done" or (isinstance(e.get("path"), str) and "action" in e))):
+            raise JournalError(f"{journal_path} is not an image-dedup journal (unexpected entry)")
+    return entries
+
+
 def undo(journal_path: Path) -> list[str]:
     """Revert a journal's confirmed actions, newest first; returns one line per action."""
-    entries = [json.loads(line) for line in journal_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    done = {e["intent"] for e in entries if e.get("state") == "done"}
-    final_targets = {e["intent"]: e["target"] for e in entries if e.get("state") == "done" and e.get("target")}
+    entries = read_journal(journal_path)
+    done = {e["intent"]: e for e in entries if e.get("state") == "done"}
     lines = []
     for entry in reversed([e for e in entries if e.get("state") == "intent"]):
         # the confirmation holds where the file really went (a free name if the target was taken)
-        src, target, op = Path(entry["path"]), final_targets.get(entry["id"]), entry["action"]
-        if op == "move":
-            if entry["id"] not in done:
-                # crashed between the move and its confirmation: find the moved file by its
-                # size and mtime (a move keeps both) among the names it may have been given
-                target = _moved_copy(Path(entry["target"]), entry) if entry.get("target") else None
-                if target is None:
+        confirmed = done.get(entry["id"])
+        src, op = Path(entry["path"]), entry["action"]
+        target = confirmed.get("target") if confirmed else None
+        if op in ("move", "trash"):
+            trashinfo = confirmed.get("trashinfo") if confirmed else None
+            if confirmed is None:
+                # crashed between the action and its confirmation: find the file by its size and
+                # mtime (a move keeps both) where it may have gone
+                found = _unconfirmed(entry)
+                if found is None:
                     lines.append(f"not done, nothing to undo: {src}")
                     continue
+                target, trashinfo = found
             if src.exists():
                 lines.append(f"skipped, {src} exists again")
             elif not Path(target).exists():
                 lines.append(f"cannot restore {src}: {target} is gone")
             elif not _matches(Path(target), entry, check_mtime=False):
                 lines.append(f"skipped, {target} changed since it was moved there")
+            elif confirmed is not None and confirmed.get("how") == IDENTICAL:
+                # the file at the target was there before this run: copy it back, leave it there
+                final = copy_verified(Path(target), src)
+                lines.append(f"restored {final} (copied from the identical {target}, which stays)")
             else:
                 final, how = move_file(Path(target), src)
-                lines.append(f"restored {final} ({how})")
-        elif entry["id"] not in done:
+                if trashinfo and os.path.exists(trashinfo):
+                    os.unlink(trashinfo)
+                lines.append(f"restored {final} ({'from the trash' if op == 'trash' else how})")
+        elif confirmed is None:
             lines.append(f"not done, nothing to undo: {src}")
         elif op == "hardlink":
             if src.exists():
@@ -175,6 +293,17 @@ def undo(journal_path: Path) -> list[str]:
         else:
             lines.append(f"cannot restore deleted {src}; its kept twin is {entry['keep']}")
     return lines
+
+
+def _unconfirmed(entry: dict) -> tuple[str, str | None] | None:
+    """Where an action without confirmation left its file, if it did: (file, .trashinfo)."""
+    if entry["action"] == "trash":
+        if "size" not in entry:
+            return None
+        found = find_trashed(Path(entry["path"]), entry["size"], entry["mtime_ns"])
+        return None if found is None else (str(found[0]), str(found[1]))
+    moved = _moved_copy(Path(entry["target"]), entry) if entry.get("target") else None
+    return None if moved is None else (str(moved), None)
 
 
 def _matches(path: Path, entry: dict, check_mtime: bool = True) -> bool:

@@ -6,6 +6,7 @@ descriptions below are the user-facing documentation of every option.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -29,6 +30,7 @@ RuleName = Literal[
     "higher_score",
 ]
 DEFAULT_RULES: list[RuleName] = list(RuleName.__args__)  # type: ignore[attr-defined]
+log = logging.getLogger("image_dedup.config")
 DEFAULT_EXTENSIONS = [".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"]
 
 
@@ -78,12 +80,13 @@ class Settings(BaseSettings):
     )
     duplicates_target_directory: Path | None = Field(
         None, description="Move duplicates here, to <target>/<root folder name>/<path below the root>; "
-        "unset: delete them."
+        "unset: move them to the desktop trash."
     )
-    action: Literal["move", "delete", "hardlink"] | None = Field(
+    action: Literal["move", "trash", "delete", "hardlink"] | None = Field(
         None,
-        description="What to do with a duplicate; unset: move if a target directory is set, else delete. "
-        "hardlink replaces it by a hard link to the kept file (same filesystem only).",
+        description="What to do with a duplicate; unset: move if a target directory is set, else trash "
+        "(the desktop trash, restorable). delete removes it for good; hardlink replaces it by a hard link "
+        "to the kept file (same filesystem and same format only).",
     )
     remove_empty_folders: bool = Field(False, description="Remove folders that this run emptied (never a root).")
     dry_run: bool = Field(True, description="Only report what would be done; change nothing on disk.")
@@ -150,10 +153,23 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _target_outside_roots(self) -> Settings:
+    def _distinct_roots(self) -> Settings:
+        """A root given twice, or inside another root, is one root: its files are found once."""
+        roots = list(dict.fromkeys(self.source_directories))
+        self.source_directories = [r for r in roots if not any(o in r.parents for o in roots)]
+        return self
+
+    @model_validator(mode="after")
+    def _target_fits_action(self) -> Settings:
         target = self.duplicates_target_directory
         if target is None:
+            if self.action == "move":
+                raise ValueError("action move needs duplicates_target_directory (--target FOLDER)")
             return self
+        if self.action not in (None, "move"):
+            raise ValueError(f"duplicates_target_directory is only used by action move, not {self.action}")
+        if target.exists() and not target.is_dir():
+            raise ValueError(f"duplicates_target_directory {target} is a file, not a folder")
         for root in self.source_directories:
             moved_to = target / root.name  # where this root's duplicates go (actuator.target_for)
             if moved_to in self.source_directories:
@@ -170,10 +186,11 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def effective_action(self) -> Literal["move", "delete", "hardlink"]:
+    def effective_action(self) -> Literal["move", "trash", "delete", "hardlink"]:
+        """Deleting for good only when asked for: without a target, duplicates go to the trash."""
         if self.action:
             return self.action
-        return "move" if self.duplicates_target_directory else "delete"
+        return "move" if self.duplicates_target_directory else "trash"
 
     def is_excluded(self, path: str) -> bool:
         return any(re.search(p, path) for p in self.exclusions)
@@ -219,6 +236,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         if content is not None and not isinstance(content, dict):
             raise ConfigError(f"config file {path} must hold a mapping of option: value")
     _yaml_file_in_use = path
+    for key in sorted(os.environ):
+        if key.startswith("IMAGE_DEDUP_") and key != "IMAGE_DEDUP_CONFIG" and key[12:].lower() not in Settings.model_fields:
+            log.warning("ignoring unknown environment variable %s (no option %s)", key, key[12:].lower())
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:

@@ -84,12 +84,12 @@ class Decision(_Message):
 
 
 class FileRemoved(_Message):
-    """The actuator moved, deleted or hard-linked a duplicate."""
+    """The actuator moved, trashed, deleted or hard-linked a duplicate."""
 
     kind: Literal["file.removed"] = "file.removed"
     path: str
     keep: str
-    action: Literal["move", "delete", "hardlink"]
+    action: Literal["move", "trash", "delete", "hardlink"]
     target: str | None = None
 
 

@@ -117,7 +117,7 @@ def local_removed(library: Path, work: Path, **overrides) -> set[str]:
     before = snapshot(copy)
     settings = Settings(
         source_directories=[copy], store_path=work / "store.sqlite", journal_directory=work / "journals",
-        dry_run=False, threads=2, **{"max_dist": FIXTURE_MAX_DIST, **overrides},
+        dry_run=False, threads=2, **{"max_dist": FIXTURE_MAX_DIST, "action": "delete", **overrides},
     )
     asyncio.run(deduplicate(settings, Console(stderr=True, quiet=True), quiet=True))
     return before - snapshot(copy)
@@ -138,6 +138,7 @@ class Services:
             "journal_directory": str(base / "journals"), "dry_run": "false", "broker_url": url,
             "broker_prefix": prefix, "threads": "1", "match_delay": "1", "watch_debounce": "0.5",
             "max_retries": "3", "concurrency": "4", "max_dist": str(FIXTURE_MAX_DIST),
+            "action": "delete",  # explicit: the default, trash, would use the user's own trash
         }
         values.update({k: str(v) for k, v in settings.items()})
         self.env.update({f"IMAGE_DEDUP_{k.upper()}": v for k, v in values.items()})

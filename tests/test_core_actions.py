@@ -166,10 +166,103 @@ def test_journal_lines_are_json_fsynced_and_appended(tmp_path, monkeypatch):
 
 
 def _journaled_move(journal: Journal, src: Path, dst: Path) -> Path:
-    intent = journal.write(state="intent", action="move", path=str(src), keep="/k.jpg", target=str(dst))
-    final, _ = move_file(src, dst)
-    journal.write(state="done", intent=intent, target=str(final))
+    """As the actuator journals a move (services/actuator/handler.py _act)."""
+    st = src.stat()
+    intent = journal.write(state="intent", action="move", path=str(src), keep="/k.jpg", target=str(dst),
+                           size=st.st_size, mtime_ns=st.st_mtime_ns)
+    final, how = move_file(src, dst)
+    journal.write(state="done", intent=intent, target=str(final), how=how)
     return final
+
+
+def test_journal_is_created_on_its_first_entry_only(tmp_path):
+    journal = Journal.new(tmp_path / "journals")
+    journal.close()
+    assert not (tmp_path / "journals").exists(), "a run that acted on nothing leaves no journal"
+    journal = Journal.new(tmp_path / "journals")
+    journal.write(state="intent", action="delete", path="/r/a.jpg", keep="/r/b.jpg")
+    journal.close()
+    assert journal.written and journal.path.is_file()
+
+
+def test_journal_keeps_names_that_are_not_utf8(tmp_path):
+    name = os.fsdecode(b"caf\xe9\nlatte.jpg")
+    journal = Journal.new(tmp_path / "j")
+    journal.write(state="intent", action="delete", path=f"/r/{name}", keep="/r/k.jpg")
+    journal.close()
+    raw = journal.path.read_bytes()
+    assert b"\\udce9" in raw and raw.count(b"\n") == 1, "one ASCII line per entry"
+    [entry] = actions.read_journal(journal.path)
+    assert os.fsencode(entry["path"]) == b"/r/caf\xe9\nlatte.jpg"
+
+
+def test_undo_of_a_move_onto_an_identical_file_copies_it_back_and_leaves_that_file(tmp_path):
+    """The file at the target was there before the run: undo restores the source from it by
+    copying, and the pre-existing file stays where it was, untouched."""
+    journal = Journal.new(tmp_path / "j")
+    src = _write(tmp_path / "lib" / "a.jpg", b"same bytes")
+    existing = _write(tmp_path / "t" / "a.jpg", b"same bytes")
+    before = existing.stat()
+    _journaled_move(journal, src, existing)
+    journal.close()
+    [done] = [e for e in actions.read_journal(journal.path) if e["state"] == "done"]
+    assert done["how"] == actions.IDENTICAL
+    [line] = undo(journal.path)
+    assert src.read_bytes() == b"same bytes" and "copied" in line
+    after = existing.stat()
+    assert existing.read_bytes() == b"same bytes" and (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert src.stat().st_ino != after.st_ino
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read journal"),
+    (b"not json at all\n", "is not an image-dedup journal"),
+    (b'{"some": "json"}\n', "is not an image-dedup journal"),
+])
+def test_undo_of_something_that_is_not_a_journal_says_so(tmp_path, content, message):
+    path = tmp_path / "j.jsonl"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(actions.JournalError, match=message):
+        undo(path)
+
+
+def test_trash_records_where_the_file_went_and_undo_brings_it_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    trash = tmp_path / "data" / "Trash"
+    # an older entry for the same path (another file, trashed earlier) must not be taken
+    older = _write(tmp_path / "lib" / "a.jpg", b"an older photo")
+    actions.trash_file(older)
+    src = _write(tmp_path / "lib" / "a.jpg", b"the duplicate")
+    journal = Journal.new(tmp_path / "j")
+    st = src.stat()
+    intent = journal.write(state="intent", action="trash", path=str(src), keep="/k.jpg", target=None,
+                           size=st.st_size, mtime_ns=st.st_mtime_ns)
+    trashed, info = actions.trash_file(src)
+    journal.write(state="done", intent=intent, target=str(trashed), trashinfo=str(info))
+    journal.close()
+    assert trashed == trash / "files" / "a 1.jpg" and trashed.read_bytes() == b"the duplicate"
+    assert info == trash / "info" / "a 1.jpg.trashinfo" and not src.exists()
+    [line] = undo(journal.path)
+    assert line.startswith("restored") and src.read_bytes() == b"the duplicate"
+    assert not trashed.exists() and not info.exists()
+    assert (trash / "files" / "a.jpg").read_bytes() == b"an older photo", "the older entry stays in the trash"
+
+
+def test_undo_of_an_unconfirmed_trash_finds_the_file_in_the_trash(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    src = _write(tmp_path / "lib" / os.fsdecode(b"caf\xe9.jpg"), b"photo")
+    journal = Journal.new(tmp_path / "j")
+    st = src.stat()
+    journal.write(state="intent", action="trash", path=str(src), keep="/k.jpg", target=None,
+                  size=st.st_size, mtime_ns=st.st_mtime_ns)
+    actions.trash_file(src)  # then the process died before confirming
+    journal.close()
+    [line] = undo(journal.path)
+    assert line.startswith("restored") and src.read_bytes() == b"photo"
+    assert os.listdir(tmp_path / "data" / "Trash" / "info") == []
 
 
 def test_undo_restores_moved_files(tmp_path):

@@ -29,7 +29,7 @@ def test_defaults(isolated_env):
     assert s.source_directories == []
     assert s.prioritization_rules == DEFAULT_RULES
     assert s.recursive is True and s.across_dirs is False and s.remove_empty_folders is False
-    assert s.effective_action == "delete"
+    assert s.effective_action == "trash", "never deleted for good unless asked"
     assert s.store_path == isolated_env / "data" / "image-dedup" / "store.sqlite"
     assert s.journal_directory == isolated_env / "data" / "image-dedup" / "journals"
 
@@ -97,8 +97,40 @@ def test_target_that_would_put_duplicates_back_into_a_root_is_a_config_error(tmp
 
 def test_effective_action():
     assert load_settings(duplicates_target_directory=Path("/t")).effective_action == "move"
-    assert load_settings(action="hardlink", duplicates_target_directory=Path("/t")).effective_action == "hardlink"
+    assert load_settings().effective_action == "trash"
+    assert load_settings(action="hardlink").effective_action == "hardlink"
     assert load_settings(action="delete").effective_action == "delete"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(action="move"), "action move needs duplicates_target_directory"),
+    (dict(action="hardlink", duplicates_target_directory=Path("/t")), "only used by action move, not hardlink"),
+    (dict(action="delete", duplicates_target_directory=Path("/t")), "only used by action move, not delete"),
+])
+def test_action_and_target_must_fit(flags, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(**flags)
+
+
+def test_a_target_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "t").write_text("a file")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        load_settings(duplicates_target_directory=tmp_path / "t")
+
+
+def test_a_root_given_twice_or_inside_another_counts_once(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    s = load_settings(source_directories=[tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / ".." / "a"])
+    assert s.source_directories == [tmp_path / "a"]
+
+
+def test_unknown_environment_variables_are_warned_about(monkeypatch, caplog):
+    monkeypatch.setenv("IMAGE_DEDUP_DRYRUN", "false")
+    with caplog.at_level("WARNING"):
+        s = load_settings()
+    assert s.dry_run is True
+    [record] = [r for r in caplog.records if "IMAGE_DEDUP_DRYRUN" in r.getMessage()]
+    assert "unknown environment variable" in record.getMessage() and "\n" not in record.getMessage()
 
 
 @pytest.mark.parametrize("kwargs, key", [

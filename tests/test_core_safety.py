@@ -168,6 +168,8 @@ class World:
     def settings(self, **kw) -> Settings:
         base = dict(source_directories=[self.root], dry_run=False, journal_directory=self.journal_dir,
                     store_path=self.store.path)
+        if "duplicates_target_directory" not in kw:
+            base["action"] = "delete"  # not the default trash: these tests are about the checks
         base.update(kw)
         return Settings(**base)
 

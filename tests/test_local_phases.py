@@ -4,9 +4,12 @@ phase: clean-up, count, analysis (incremental), matching, actions, empty folders
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
+import json
 import os
 import sqlite3
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -77,7 +80,7 @@ def test_dry_run_finds_the_planted_groups_keeps_the_best_and_changes_nothing(run
     assert rows["files found"] == str(N_IMAGES)
     assert rows["analysed now"] == str(N_IMAGES)
     assert rows["duplicate groups"] == "4"
-    assert rows["deleted (would be)"] == "5"
+    assert rows["trashed (would be)"] == "5" and rows["deleted (would be)"] == "0"
     assert rows["errors"] == "0"
     assert "dry run" in result.out
     assert tree_state(lib) == before, "a dry run changes nothing on disk"
@@ -120,27 +123,59 @@ def test_move_to_target_keeps_the_relative_path_and_undo_restores(run_cli, lib, 
     assert all_files(target) == set()
 
 
-def test_without_target_duplicates_are_deleted(run_cli, lib):
+def test_without_target_duplicates_go_to_the_trash_and_undo_brings_them_back(run_cli, lib, isolated_env):
     before = tree_state(lib)
     result = run_cli("deduplicate", lib, "--no-dry-run")
     assert result.code == 0, result.err
     assert all_files(lib) == {*EXPECTED, *SINGLES, "notes.txt"}
     for keep in EXPECTED:  # kept files untouched
         assert tree_state(lib)[str(lib / keep)] == before[str(lib / keep)]
-    assert summary_rows(result.out)["deleted (were)"] == "5"
+    rows = summary_rows(result.out)
+    assert rows["trashed (were)"] == "5" and rows["deleted (were)"] == "0"
+    assert rows["bytes freed (were)"] == "0", "the trash still holds them"
+    trash = isolated_env / "data" / "Trash"
+    removed = [lib / p for v in EXPECTED.values() for p in v]
+    assert sorted(os.listdir(trash / "files")) == sorted(p.name for p in removed)
+    for p in removed:
+        assert hashlib.sha256((trash / "files" / p.name).read_bytes()).hexdigest() == before[str(p)][1]
+        assert f"Path={urllib.parse.quote(str(p))}" in (trash / "info" / f"{p.name}.trashinfo").read_text()
+    # the journal says where each went; undo puts them back and removes their .trashinfo
+    [journal] = list((isolated_env / "data" / "image-dedup" / "journals").glob("*.jsonl"))
+    done = [json.loads(line) for line in journal.read_text().splitlines() if '"done"' in line]
+    assert sorted(Path(e["target"]).name for e in done) == sorted(p.name for p in removed)
+    assert all(Path(e["trashinfo"]).parent == trash / "info" for e in done)
+    undone = run_cli("undo", journal)
+    assert undone.code == 0 and undone.out.count("restored") == 5, undone.out
+    assert tree_state(lib) == before
+    assert os.listdir(trash / "files") == [] and os.listdir(trash / "info") == []
+
+
+def test_delete_only_when_asked_for(run_cli, lib, isolated_env):
+    result = run_cli("deduplicate", lib, "--no-dry-run", "--action", "delete")
+    assert result.code == 0, result.err
+    assert all_files(lib) == {*EXPECTED, *SINGLES, "notes.txt"}
+    rows = summary_rows(result.out)
+    assert rows["deleted (were)"] == "5" and rows["bytes freed (were)"] != "0"
+    assert not (isolated_env / "data" / "Trash").exists()
     # a second run finds nothing left to do
     again = run_cli("deduplicate", lib, "--no-dry-run")
     assert again.report["groups"] == []
 
 
-def test_hardlink_action_links_the_duplicate_to_the_kept_file(run_cli, lib):
+def test_hardlink_action_links_duplicates_of_the_same_format_only(run_cli, lib):
     result = run_cli("deduplicate", lib, "--no-dry-run", "--action", "hardlink")
     assert result.code == 0, result.err
-    for keep, removes in EXPECTED.items():
+    same_format = {k: v for k, v in EXPECTED.items() if k != "misc/flower.png"}
+    for keep, removes in same_format.items():
         for rel in removes:
             assert (lib / rel).stat().st_ino == (lib / keep).stat().st_ino
         assert (lib / keep).stat().st_nlink == 1 + len(removes)
-    assert summary_rows(result.out)["hard-linked (were)"] == "5"
+    # a .jpg name must not end up holding the kept PNG's bytes
+    assert (lib / "misc/old/flower.jpg").stat().st_nlink == 1
+    assert (lib / "misc/old/flower.jpg").read_bytes()[:2] == b"\xff\xd8"
+    assert f"skipped: {lib / 'misc/old/flower.jpg'}: not hard-linked: the kept file is PNG, the duplicate JPEG" in result.out
+    rows = summary_rows(result.out)
+    assert rows["hard-linked (were)"] == "4" and rows["skipped (safety checks)"] == "1"
 
 
 def test_remove_empty_folders_removes_only_folders_the_run_emptied(run_cli, lib, tmp_path):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from shared.actions import Journal, hardlink_file, move_file
+from shared.actions import IDENTICAL, Journal, hardlink_file, move_file, trash_file
 from shared.config import Settings
 from shared.messages import Decision, FileRemoved
 from shared.core.safety import Unsafe, confine, observe, removal_refusal, root_of
@@ -23,12 +23,13 @@ from shared.store import Ledger, Store
 class ActionOutcome:
     path: str
     keep: str
-    action: Literal["move", "delete", "hardlink"]
+    action: Literal["move", "trash", "delete", "hardlink"]
     status: Literal["done", "dry_run", "skipped", "error"]
     distance: float
     reason: str = ""
     target: str | None = None
-    bytes_freed: int = 0
+    size: int = 0
+    freed: bool = False  # did the bytes leave this filesystem (not just another folder or the trash)?
 
 
 BUSY = "another action on this pair is in progress"
@@ -60,16 +61,25 @@ def _act(action: str, victim: Path, keep: Path, settings: Settings, journal: Jou
         target=None if target is None else str(target), distance=distance_,
         size=st.st_size, mtime_ns=st.st_mtime_ns,
     )
-    how = ""
+    how, trashinfo = "", None
     if action == "move":
-        final, how = move_file(victim, target)
-        target = final
+        target, how = move_file(victim, target)
+    elif action == "trash":
+        target, trashinfo = trash_file(victim)
+        how = "moved to the trash"
     elif action == "hardlink":
         hardlink_file(keep, victim)
     else:
         os.unlink(victim)
-    journal.write(state="done", intent=intent, target=None if target is None else str(target))
+    journal.write(state="done", intent=intent, target=None if target is None else str(target), how=how,
+                  trashinfo=None if trashinfo is None else str(trashinfo))
     return (None if target is None else str(target)), how
+
+
+def _frees_space(action: str, how: str) -> bool:
+    """A delete or hard link frees the duplicate's bytes; a move only when it left the
+    filesystem (or found an identical file there already); the trash keeps them until emptied."""
+    return action in ("delete", "hardlink") or how in (IDENTICAL, "copied across filesystems and verified")
 
 
 async def handle_decision(
@@ -119,6 +129,8 @@ async def handle_decision(
             distance_now=current, max_dist=settings.max_dist,
             same_file=os.path.samefile(keep, victim) if os.path.exists(victim) and os.path.exists(keep) else False,
         )
+        if refusal is None and action == "hardlink":
+            refusal = _format_refusal(keep_record, victim_record)
         if refusal:
             skip(removal.path, removal.distance, refusal)
         else:
@@ -128,7 +140,8 @@ async def handle_decision(
     if settings.dry_run:
         for victim, removal in approved:
             outcomes.append(ActionOutcome(
-                str(victim), str(keep), action, "dry_run", removal.distance, "dry run", None, removal.size))
+                str(victim), str(keep), action, "dry_run", removal.distance, "dry run", None, removal.size,
+                _frees_space(action, "")))
         return outcomes
     # the same decision delivered again (after a crash) is the same owner and may go on at once
     owner = "decision-" + hashlib.blake2b(decision.model_dump_json().encode(), digest_size=16).hexdigest()
@@ -148,9 +161,18 @@ async def handle_decision(
         finally:
             await ledger.release(str(keep), str(victim), owner)
         outcomes.append(
-            ActionOutcome(str(victim), str(keep), action, "done", removal.distance, how, target, removal.size)
+            ActionOutcome(str(victim), str(keep), action, "done", removal.distance, how, target, removal.size,
+                          _frees_space(action, how))
         )
         await publish(FileRemoved(path=str(victim), keep=str(keep), action=action, target=target))
     if busy and retry_refused:
         raise PairBusy([o for o in outcomes if o.reason != BUSY])
     return outcomes
+
+
+def _format_refusal(keep, victim) -> str | None:
+    """A hard link gives the duplicate's name the kept file's bytes: only between files of one
+    format, or a ``.png`` name would hold JPEG data."""
+    if keep is not None and victim is not None and keep.format != victim.format:
+        return f"not hard-linked: the kept file is {keep.format or 'unknown'}, the duplicate {victim.format or 'unknown'}"
+    return None

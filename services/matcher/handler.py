@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from shared.config import Settings
 from shared.messages import Decision, FileRef, Removal
 from shared.core.ranking import Group, pair_allowed, plan_groups
+from shared.core.safety import root_of
 from shared.image.signature import orientations, words
 from shared.store import Candidate, ImageRecord, Store
 
@@ -34,6 +35,8 @@ async def _neighbours(record: ImageRecord, store: Store, settings: Settings) -> 
     return [
         c for c in best.values()
         if c.record.error is None
+        # the store keeps the analyses of roots not scanned now: match across current roots only
+        and (c.record.root == record.root or root_of(c.record.path, settings.source_directories) is not None)
         and pair_allowed(record, c.record, settings.across_dirs, settings.max_file_modification_time_diff)
         and not (c.distance == 0 and _same_file(record.path, c.record.path))
     ]

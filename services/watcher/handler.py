@@ -68,14 +68,19 @@ def walk(
 
 
 async def clean_up(store: Store, settings: Settings) -> list[str]:
-    """Phase 1: forget store entries whose file vanished or is no longer wanted."""
+    """Phase 1: forget store entries whose file vanished, or that lie below a current root but
+    are no longer wanted there. Entries of other roots stay: scanning a second folder must not
+    throw away the first one's analyses."""
     stale = []
     async for path in store.iter_paths():
-        try:
-            confine(path, settings.source_directories)
-            keep = wanted(path, settings)
-        except Unsafe:
-            keep = False
+        if root_of(path, settings.source_directories) is not None:
+            try:
+                confine(path, settings.source_directories)
+                keep = wanted(path, settings)
+            except Unsafe:
+                keep = False
+        else:
+            keep = os.path.lexists(path)
         if not keep:
             stale.append(path)
     for path in stale:

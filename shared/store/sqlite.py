@@ -88,9 +88,23 @@ def _int8(a: np.ndarray | None) -> bytes | None:
     return None if a is None else np.ascontiguousarray(a, dtype=np.int8).tobytes()
 
 
+def _to_db(path: str) -> str | bytes:
+    """SQLite keeps text as UTF-8; a file name that is not valid UTF-8 (held as surrogate
+    escapes) is kept as its raw bytes instead, a BLOB, which never equals any text."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape")
+
+
+def _from_db(value: str | bytes) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
 def _row_to_record(row: tuple) -> ImageRecord:
     return ImageRecord(
-        path=row[0], root=row[1], size=row[2], mtime_ns=row[3], format=row[4], width=row[5], height=row[6],
+        path=_from_db(row[0]), root=_from_db(row[1]), size=row[2], mtime_ns=row[3], format=row[4], width=row[5], height=row[6],
         exif_tags=row[7], exif_date=row[8],
         signature=None if row[9] is None else np.frombuffer(row[9], dtype=np.int8), error=row[10],
         digest=row[11], frames=row[12],
@@ -170,10 +184,10 @@ class SQLiteStore(SQLiteFile):
     # -- writes ---------------------------------------------------------------------------
     def _insert(self, r: ImageRecord) -> None:
         db = self._db
-        db.execute("DELETE FROM images WHERE path = ?", (r.path,))
+        db.execute("DELETE FROM images WHERE path = ?", (_to_db(r.path),))
         cur = db.execute(
             f"INSERT INTO images ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (r.path, r.root, r.size, r.mtime_ns, r.format, r.width, r.height, r.exif_tags, r.exif_date,
+            (_to_db(r.path), _to_db(r.root), r.size, r.mtime_ns, r.format, r.width, r.height, r.exif_tags, r.exif_date,
              _int8(r.signature), r.error, r.digest, r.frames, _int8(r.embedding), r.thumb),
         )
         if r.signature is not None:
@@ -195,6 +209,7 @@ class SQLiteStore(SQLiteFile):
 
     def _delete(self, path: str) -> None:
         self._writes += 1
+        path = _to_db(path)  # type: ignore[assignment]
         self._db.execute("DELETE FROM images WHERE path = ?", (path,))
 
     async def delete(self, path: str) -> None:
@@ -204,10 +219,11 @@ class SQLiteStore(SQLiteFile):
     def _get_many(self, paths: Sequence[str]) -> dict[str, ImageRecord]:
         out: dict[str, ImageRecord] = {}
         for start in range(0, len(paths), 500):
-            chunk = list(paths[start : start + 500])
+            chunk = [_to_db(p) for p in paths[start : start + 500]]
             marks = ",".join("?" * len(chunk))
             for row in self._db.execute(f"SELECT {_COLUMNS} FROM images WHERE path IN ({marks})", chunk):
-                out[row[0]] = _row_to_record(row)
+                record = _row_to_record(row)
+                out[record.path] = record
         return out
 
     async def get_many(self, paths: Sequence[str]) -> dict[str, ImageRecord]:
@@ -229,7 +245,8 @@ class SQLiteStore(SQLiteFile):
         # a word that only the stored record under the query's own path has cannot find anything
         # (the query may be a turned version of that record, so compare the words themselves)
         own = set(self._db.execute(
-            "SELECT w.pos, w.word FROM words w JOIN images i ON i.id = w.image_id WHERE i.path = ?", (record.path,)
+            "SELECT w.pos, w.word FROM words w JOIN images i ON i.id = w.image_id WHERE i.path = ?",
+            (_to_db(record.path),)
         ))
         shared = [pw for pw in words if counts.get(pw, 0) > (pw in own)]
         query = sorted(shared, key=lambda pw: (counts[pw], pw))[:QUERY_WORDS]
@@ -244,7 +261,7 @@ class SQLiteStore(SQLiteFile):
                       ORDER BY shared DESC LIMIT ?) AS best
                 JOIN images i ON i.id = best.image_id
                 WHERE i.path != ?""",
-            [x for pair in query for x in pair] + [limit + 1, record.path],
+            [x for pair in query for x in pair] + [limit + 1, _to_db(record.path)],
         ).fetchall()
         if not rows:
             return []
@@ -264,7 +281,7 @@ class SQLiteStore(SQLiteFile):
             matrix = (np.stack([np.frombuffer(blob, dtype=np.int8) for _, blob in rows]).astype(np.float32)
                       if rows else np.zeros((0, 0), np.float32))
             norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix).astype(np.float64))
-            self._embeddings = _Embeddings(version, [path for path, _ in rows], matrix, norms)
+            self._embeddings = _Embeddings(version, [_from_db(path) for path, _ in rows], matrix, norms)
         return self._embeddings
 
     def _similar(self, record: ImageRecord, min_similarity: float, limit: int) -> list[Candidate]:
@@ -292,7 +309,7 @@ class SQLiteStore(SQLiteFile):
         if record.digest is None:
             return []
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM images WHERE digest = ? AND path != ? ORDER BY path", (record.digest, record.path)
+            f"SELECT {_COLUMNS} FROM images WHERE digest = ? AND path != ? ORDER BY path", (record.digest, _to_db(record.path))
         )
         return [_row_to_record(row) for row in rows]
 
@@ -300,7 +317,7 @@ class SQLiteStore(SQLiteFile):
         return await self._run(self._same_digest, record)
 
     async def iter_paths(self) -> AsyncIterator[str]:
-        last = ""
+        last: str | bytes = ""  # as stored: BLOB names sort after all text ones
         while True:
             rows = await self._run(
                 lambda after: self._db.execute(
@@ -311,5 +328,5 @@ class SQLiteStore(SQLiteFile):
             if not rows:
                 return
             for (path,) in rows:
-                yield path
+                yield _from_db(path)
             last = rows[-1][0]
