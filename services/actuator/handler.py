@@ -144,7 +144,7 @@ async def handle_decision(
                 _frees_space(action, "")))
         return outcomes
     # the same decision delivered again (after a crash) is the same owner and may go on at once
-    owner = "decision-" + hashlib.blake2b(decision.model_dump_json().encode(), digest_size=16).hexdigest()
+    owner = "decision-" + hashlib.blake2b(repr(decision).encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
     busy = False
     for victim, removal in approved:
         if not await ledger.acquire(str(keep), str(victim), owner):

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .sqlite import SQLiteFile
+from .sqlite import SQLiteFile, _to_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
@@ -60,11 +60,11 @@ class SQLiteLedger(SQLiteFile):
         return True
 
     async def acquire(self, keep: str, remove: str, owner: str) -> bool:
-        return await self._run(self._transaction, self._acquire, keep, remove, owner)
+        return await self._run(self._transaction, self._acquire, _to_db(keep), _to_db(remove), owner)
 
     async def release(self, keep: str, remove: str, owner: str) -> None:
         await self._run(
-            self._db.execute, "DELETE FROM leases WHERE owner = ? AND path IN (?, ?)", (owner, keep, remove)
+            self._db.execute, "DELETE FROM leases WHERE owner = ? AND path IN (?, ?)", (owner, _to_db(keep), _to_db(remove))
         )
 
     async def mark_distinct(self, a: str, b: str) -> None:
