@@ -14,6 +14,7 @@ from rich.table import Table
 
 from shared.actions import undo
 from shared.config import ConfigError, Settings, load_settings, reference_yaml
+from services.review import command as review_command
 from services.runner import SERVICE_COMMANDS, add_service_commands, run_command
 
 
@@ -44,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 
     undo_parser = sub.add_parser("undo", help="restore what a run's journal moved")
     undo_parser.add_argument("journal", type=Path)
+    review_command.add_parser(sub)
     add_service_commands(sub)
     return parser
 
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             for line in undo(args.journal):
                 console.print(line, highlight=False, markup=False, soft_wrap=True)
             return 0
+        if args.command == "review":
+            return review_command.run(args)
         settings = _settings(args)
         if args.command in SERVICE_COMMANDS:
             return run_command(args, settings)
