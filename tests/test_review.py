@@ -123,6 +123,15 @@ def test_filters_by_folder_stage_distance_score_and_status():
     assert shown(status="pending") == [0, 2]
 
 
+def test_a_page_shows_folders_below_their_root_and_each_files_facts():
+    review = Review(copy.deepcopy(REPORT))
+    [first, *_] = review.page(0, 1, Filters())["groups"]
+    assert [(f["id"], f["name"], f["folder"]) for f in first["files"]] == [
+        (0, "a.jpg", "p/2020"), (1, "a small.jpg", "p/2020"), (2, "a-1.jpg", "p/phone")]
+    assert first["files"][0]["distance"] is None and first["files"][2]["distance"] == 0.02
+    assert first["files"][2]["evidence"]["score"] == 0.99 and first["rule"] == "more_pixels"
+
+
 def test_pages_are_bounded_and_a_page_past_the_end_shows_the_last_one():
     report = copy.deepcopy(REPORT)
     report["groups"] = [_group(f"/p/{i}.jpg", [f"/p/{i} copy.jpg"]) for i in range(450)]

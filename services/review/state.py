@@ -137,6 +137,14 @@ class Review:
             "totals": self.totals(),
         }
 
+    def _folder(self, path: str) -> str:
+        """The folder as the person knows it: below its root's name, as the target mirrors it."""
+        folder = os.path.dirname(path)
+        for root in self.report.get("roots", []):
+            if folder == root or folder.startswith(root.rstrip(os.sep) + os.sep):
+                return os.path.join(os.path.basename(root), os.path.relpath(folder, root)).removesuffix(os.sep + ".")
+        return folder
+
     def view(self, g: GroupState) -> dict:
         facts, group = g.group["files"], g.group
         return {
@@ -150,7 +158,7 @@ class Review:
                 {
                     "id": i,
                     "name": os.path.basename(p),
-                    "folder": os.path.dirname(p),
+                    "folder": self._folder(p),
                     **{k: facts[p].get(k) for k in ("size", "mtime_ns", "width", "height", "format", "frames")},
                     "distance": group.get("distances", {}).get(p),
                     "evidence": group.get("evidence", {}).get(p),

@@ -80,7 +80,7 @@ function fileCard(g, f) {
   return el("div", { class: `file${keep ? " keep" : ""}`, "data-file": f.id },
     el("div", { class: "thumb", title: "full size", onclick: () => view(g, f) }, thumb),
     el("span", { class: "num" }, String(f.id + 1)),
-    keep ? el("span", { class: "badge" }, `keep · ${g.rule || "rule"}`) : "",
+    keep ? el("span", { class: "badge" }, `keep · ${g.rule || "ranking"}`) : "",
     el("div", { class: "name" }, f.name),
     el("div", { class: "folder" }, f.folder),
     el("div", { class: "facts" }, `${f.width}×${f.height} · ${bytes(f.size)} · ${f.format || "?"} · ${date}`),
@@ -93,12 +93,12 @@ function groupCard(g, i) {
   const status = { pending: "pending", accepted: "accepted", distinct: "not duplicates" }[g.status];
   return el("section", {
     class: `group ${g.status}${i === state.focus ? " focus" : ""}`, "data-group": g.index,
-    onmousedown: () => focusGroup(state.groups.findIndex((x) => x.index === g.index)),
+    onmousedown: () => focusGroup(state.groups.findIndex((x) => x.index === g.index), false),
   },
     el("h2", {},
       `Group ${g.index + 1}`,
       el("span", { class: "status" }, status),
-      el("span", {}, g.keep === g.proposed_keep ? `kept copy chosen by: ${g.rule}` : `kept copy picked by you (proposed: ${g.proposed_rule})`),
+      el("span", {}, g.keep === g.proposed_keep ? `kept copy chosen by: ${g.rule || "the ranking rules"}` : "kept copy picked by you"),
       el("button", { class: "accept", onclick: () => decide(g, "accept") }, "accept (a)"),
       el("button", { class: "distinct", onclick: () => decide(g, "distinct") }, "not duplicates (n)"),
       el("button", { class: "compare", onclick: () => compare(g) }, "compare (c)"),
@@ -117,12 +117,12 @@ function render() {
   showTotals();
 }
 
-function focusGroup(i) {
+function focusGroup(i, scroll = true) {
   if (i >= state.groups.length) { if (state.offset + PAGE < state.total) load(state.offset + PAGE, 0); return; }
   if (i < 0) { if (state.offset > 0) load(state.offset - PAGE, -1); return; }
   state.focus = i;
   document.querySelectorAll(".group").forEach((n, j) => n.classList.toggle("focus", j === i));
-  document.querySelectorAll(".group")[i].scrollIntoView({ block: "nearest" });
+  if (scroll) document.querySelectorAll(".group")[i].scrollIntoView({ block: "nearest" });
 }
 
 async function decide(g, action, keep = null) {
