@@ -187,7 +187,10 @@ async def apply(request: web.Request) -> web.Response:
     async with lock:
         report = app[REVIEW].reviewed_report()
         write_json(app[OUT], report)
-        summary = await app[CONFIG]["apply"](report, app[CONFIG]["apply_settings"])
+        try:
+            summary = await app[CONFIG]["apply"](report, app[CONFIG]["apply_settings"])
+        except Exception as exc:  # e.g. a report apply refuses as a whole: the page shows why
+            raise web.HTTPInternalServerError(text=f"{type(exc).__name__}: {exc}") from exc
     outcomes = [
         {"path": o.path, "status": o.status, "action": o.action, "reason": o.reason, "target": o.target,
          "bytes_freed": o.bytes_freed}
