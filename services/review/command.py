@@ -29,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     review.add_argument("--store", type=Path, dest="store_path", help="SQLite store file")
     review.add_argument("--target", type=Path, dest="duplicates_target_directory", help="Apply moves duplicates here")
     review.add_argument("--action", choices=["move", "delete", "hardlink"], help="what Apply does with a duplicate")
+    review.add_argument("--max-dist", type=float, help="largest distance Apply still accepts when it checks a pair again")
     review.add_argument("--threads", type=int, help="parallel thumbnail decoders (default: cores)")
     review.add_argument("--dry-run", action="store_true", help="Apply only checks and reports, changes nothing")
 
@@ -49,7 +50,7 @@ async def _apply(report: dict, settings: Settings):
 
 
 def run(args: argparse.Namespace) -> int:
-    flags = {k: getattr(args, k) for k in ("store_path", "duplicates_target_directory", "action", "threads")}
+    flags = {k: getattr(args, k) for k in ("store_path", "duplicates_target_directory", "action", "threads", "max_dist")}
     report = _load_report(args.report) if args.report else None
     try:
         return asyncio.run(_serve(args, report, flags))
@@ -60,14 +61,14 @@ def run(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace, report: dict | None, flags: dict) -> int:
     # the report's own roots: files are served, and Apply acts, only below them
     roots = [Path(r) for r in report.get("roots", [])] if report else None
-    settings = load_settings(args.config, **flags, source_directories=roots or None)
+    settings = load_settings(getattr(args, "config", None), **flags, source_directories=roots or None)
     store = SQLiteStore(settings.store_path)
     thumbs = None
     runner = None
     try:
         if report is None:
             if not settings.source_directories:
-                settings = load_settings(args.config, **flags, source_directories=await store_roots(store) or None)
+                settings = load_settings(getattr(args, "config", None), **flags, source_directories=await store_roots(store) or None)
             report = await report_from_store(store, settings)
         review = Review(report)
         out = args.out or reviewed_path(args.report, settings.store_path)

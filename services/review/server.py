@@ -10,6 +10,7 @@ them below the roots.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import os
@@ -191,12 +192,7 @@ async def apply(request: web.Request) -> web.Response:
             summary = await app[CONFIG]["apply"](report, app[CONFIG]["apply_settings"])
         except Exception as exc:  # e.g. a report apply refuses as a whole: the page shows why
             raise web.HTTPInternalServerError(text=f"{type(exc).__name__}: {exc}") from exc
-    outcomes = [
-        {"path": o.path, "status": o.status, "action": o.action, "reason": o.reason, "target": o.target,
-         "bytes_freed": o.bytes_freed}
-        for o in summary.outcomes
-    ]
-    return web.json_response({"outcomes": outcomes, "journal": str(summary.journal) if summary.journal else None,
+    return web.json_response({"outcomes": [dataclasses.asdict(o) for o in summary.outcomes], "journal": str(summary.journal) if summary.journal else None,
                               "problems": [{"path": p, "reason": r} for p, r in summary.problems]})
 
 
