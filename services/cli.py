@@ -20,6 +20,7 @@ from shared.config import ConfigError, Settings, load_settings, reference_yaml
 from shared.store import StoreUnavailable
 from services.apply import ReportError, apply_report
 from services.local import Summary, deduplicate, write_report
+from services.review import command as review_command
 from services.runner import SERVICE_COMMANDS, add_service_commands, run_command
 
 
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
     undo_parser = sub.add_parser("undo", parents=[common], help="restore what a run's journal moved or trashed")
     undo_parser.add_argument("journal", type=Path)
+    review_command.add_parser(sub)
     add_service_commands(sub, [common])
     return parser
 
@@ -203,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             for line in undo(args.journal):
                 console.print(shown(line), highlight=False, markup=False, soft_wrap=True)
             return 0
+        if args.command == "review":
+            return review_command.run(args)
         settings = _settings(args)
         if args.command in SERVICE_COMMANDS:
             return run_command(args, settings)

@@ -79,12 +79,16 @@ async def plan(
     return groups
 
 
+def _facts(record: ImageRecord) -> dict:
+    """What a person reviewing the group sees of each file besides its path."""
+    return dict(path=record.path, size=record.size, mtime_ns=record.mtime_ns, width=record.width,
+                height=record.height, format=record.format, frames=record.frames)
+
+
 def to_decision(group: Group) -> Decision:
     return Decision(
-        keep=FileRef(path=group.keep.path, size=group.keep.size, mtime_ns=group.keep.mtime_ns),
-        remove=[
-            Removal(path=r.path, size=r.size, mtime_ns=r.mtime_ns, distance=round(d, 6)) for r, d in group.remove
-        ],
+        keep=FileRef(**_facts(group.keep)),
+        remove=[Removal(**_facts(r), distance=round(d, 6)) for r, d in group.remove],
     )
 
 
