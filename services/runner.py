@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,8 +31,9 @@ from services.matcher.handler import handle_signed
 from services.watcher.handler import clean_up, handle_rescan, walk, wanted
 from shared import metrics
 from shared.actions import Journal, remove_empty_folders
-from shared.bus import Bus, InProcessBus
+from shared.bus import Bus, InProcessBus, Reject
 from shared.config import Settings
+from shared.core.safety import Unsafe, below_root, confine_folder
 from shared.messages import Decision, FileEvent, ImageSigned, Message, Rescan
 from shared.store.sqlite import SQLiteStore
 from shared.bus.topology import PREFETCH
@@ -148,6 +150,10 @@ async def start_matcher(ctx: Context, prefetch: int | None = None) -> None:
 
     async def on_signed(message: Message) -> None:
         assert isinstance(message, ImageSigned)
+        try:
+            below_root(message.path, settings.source_directories)
+        except Unsafe as exc:  # never matched: dead-lettered with the reason, not acked as done
+            raise Reject(str(exc)) from None
         await batcher.submit(message.path)
 
     ctx.on_stop.append(batcher.flush_soon)
@@ -395,6 +401,12 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     if args.command == "rescan":
+        if args.path is not None:
+            try:
+                confine_folder(args.path, settings.source_directories)
+            except Unsafe as exc:  # the watcher would refuse it too, but silently to the user
+                print(f"image-dedup: rescan refused: {exc}", file=sys.stderr)
+                return 2
         asyncio.run(publish_rescan(settings, args.path))
         print(f"rescan of {args.path or 'all roots'} published to {settings.broker_prefix}")
         return 0

@@ -5,15 +5,22 @@ per-service metrics. Against the real RabbitMQ and real service processes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
 import uuid
 from pathlib import Path
 
+from services.hasher.handler import handle_file_event
+from services.runner import Context, start_actuator, start_matcher, start_watcher
 from shared.bus.rabbitmq import RabbitBus
-from shared.messages import FileEvent
+from shared.config import Settings
+from shared.image.signature import analyze
+from shared.messages import Decision, FileEvent, FileRef, ImageSigned, Removal, Rescan
+from shared.store.sqlite import SQLiteStore
 from tests.services_support import (  # noqa: F401
-    Services, broker_url, get, metric, photo, vhost, wait_for,
+    VENV_BIN, Services, broker_url, dead_letters, get, metric, photo, queue_depths, vhost, wait_for,
 )
 
 
@@ -78,3 +85,113 @@ def test_decoder_processes_die_with_a_killed_hasher(tmp_path, vhost):
                  lambda: f"survived their service: {sorted(left & set(_parents()))}")
     finally:
         services.stop()
+
+
+async def test_a_deleted_event_for_a_file_that_is_there_keeps_its_record(tmp_path):
+    """Events can arrive late (a file replaced in place): the disk, not the event, decides."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    path = root / "a.jpg"
+    photo(1).save(path)
+    settings = Settings(source_directories=[root], store_path=tmp_path / "s.sqlite", threads=1)
+    store = SQLiteStore(settings.store_path)
+    published = []
+
+    async def sign(p):
+        return await asyncio.to_thread(analyze, p)
+
+    async def publish(message):
+        published.append(message)
+
+    handle = lambda change: handle_file_event(FileEvent(path=str(path), change=change), store=store,
+                                              settings=settings, sign=sign, publish=publish)
+    try:
+        assert (await handle("upsert")).status == "signed"
+        assert (await handle("deleted")).status == "unchanged"
+        assert (await store.get(str(path))).signature is not None
+        path.unlink()
+        assert (await handle("deleted")).status == "forgotten"
+        assert await store.get(str(path)) is None
+    finally:
+        await store.close()
+
+
+async def test_refused_paths_are_dead_lettered_with_the_reason(tmp_path, vhost):
+    """Matcher, actuator and watcher refuse paths outside the roots (and a rescan through a
+    symbolic link) by dead-lettering them, never by acking them as done."""
+    url, prefix = broker_url(vhost), _prefix()
+    root, outside = tmp_path / "photos", tmp_path / "outside"
+    (root / "album").mkdir(parents=True)
+    outside.mkdir()
+    (root / "link").symlink_to(outside)
+    inside = root / "album" / "a.jpg"
+    photo(1).save(inside)
+    photo(1).save(outside / "b.jpg")
+    settings = Settings(source_directories=[root], store_path=tmp_path / "s.sqlite", match_delay=0.1,
+                        journal_directory=tmp_path / "journals", dry_run=False)
+    store = SQLiteStore(settings.store_path)
+    bus = await RabbitBus(url, prefix, service="test").connect()
+    ctx = Context(settings, store, bus)
+    ref = lambda p: FileRef(path=str(p), size=p.stat().st_size, mtime_ns=p.stat().st_mtime_ns)
+    escaped = f"{root}/../outside/b.jpg"
+    refused = [
+        (ImageSigned(path=str(outside / "b.jpg")), "not below a configured root"),
+        (ImageSigned(path=escaped), "not below a configured root"),
+        (Decision(keep=ref(inside), remove=[Removal(**ref(outside / "b.jpg").model_dump(), distance=0)]),
+         "not below a configured root"),
+        (Decision(keep=FileRef(**{**ref(outside / "b.jpg").model_dump(), "path": escaped}),
+                  remove=[Removal(**ref(inside).model_dump(), distance=0)]), "not below a configured root"),
+        (Rescan(path=str(root / "link")), "symbolic link"),
+        (Rescan(path=str(outside)), "not a configured root or below one"),
+    ]
+    try:
+        for start in (start_matcher, start_actuator, start_watcher):
+            await start(ctx)
+        for message, _ in refused:
+            await bus.publish(message)
+        await bus.publish(ImageSigned(path=str(inside)))  # fine: acked, not dead-lettered
+        await bus.publish(Rescan(path=str(root / "album")))
+        for _ in range(200):  # the refused ones dead, the rest taken (file.event has no consumer here)
+            depths = await queue_depths(url, prefix)
+            if depths[f"{prefix}.dead"][0] >= len(refused) and all(
+                    depths[f"{prefix}.{kind}"][0] == 0 for kind in ("watcher.rescan", "image.signed", "group.decision")):
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+    finally:
+        for task in ctx.tasks:
+            task.cancel()
+        await bus.close()
+        await store.close()
+    letters = {body: headers["x-death-reason"] for body, headers in await dead_letters(url, prefix)}
+    expected = {m.model_dump_json().encode(): why for m, why in refused}
+    assert set(letters) == set(expected), letters
+    for body, why in expected.items():
+        assert why in letters[body], (body, letters[body])
+    assert inside.exists() and (outside / "b.jpg").exists()
+
+
+def test_rescan_cli_refuses_a_folder_outside_the_roots_or_through_a_symlink(tmp_path, vhost):
+    url, prefix = broker_url(vhost), _prefix()
+    root, outside = tmp_path / "photos", tmp_path / "outside"
+    (root / "album").mkdir(parents=True)
+    outside.mkdir()
+    (root / "link").symlink_to(outside)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_DEDUP_")}
+    env.update(IMAGE_DEDUP_SOURCE_DIRECTORIES=json.dumps([str(root)]), IMAGE_DEDUP_BROKER_URL=url,
+               IMAGE_DEDUP_BROKER_PREFIX=prefix, XDG_CONFIG_HOME=str(tmp_path / "config"))
+
+    async def declare_and_count() -> int:
+        await (await RabbitBus(url, prefix, service="test").connect()).close()
+        return (await queue_depths(url, prefix))[f"{prefix}.watcher.rescan"][0]
+
+    assert asyncio.run(declare_and_count()) == 0
+    rescan = lambda path: subprocess.run([str(VENV_BIN / "image-dedup"), "rescan", str(path)], env=env,
+                                         capture_output=True, text=True, timeout=60)
+    for path, why in ((outside, "not a configured root or below one"), (root / "link", "symbolic link")):
+        done = rescan(path)
+        assert done.returncode == 2 and done.stdout == "", done
+        assert done.stderr.count("\n") == 1 and "rescan refused" in done.stderr and why in done.stderr, done.stderr
+    assert asyncio.run(declare_and_count()) == 0
+    assert rescan(root / "album").returncode == 0
+    assert asyncio.run(declare_and_count()) == 1

@@ -72,7 +72,7 @@ async def handle_file_event(
     Raises Reject for what can never succeed (a path outside the roots, a bad image): the bad
     image is also recorded in the store, so it is not decoded again until it changes.
     """
-    if event.change == "deleted":
+    if event.change == "deleted" and not os.path.lexists(event.path):  # else: back already, or never gone
         await store.delete(event.path)
         return HashOutcome(event.path, "forgotten")
     try:
