@@ -398,8 +398,6 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
     logging.getLogger().setLevel(getattr(args, "log_level", "INFO").upper())
-    logging.getLogger("aio_pika").setLevel(logging.WARNING)
-    logging.getLogger("aiormq").setLevel(logging.WARNING)
     if args.command == "rescan":
         if args.path is not None:
             try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from shared.image.signature import analyze
 from shared.messages import Decision, FileEvent, FileRef, ImageSigned, Removal, Rescan
 from shared.store.sqlite import SQLiteStore
 from tests.services_support import (  # noqa: F401
-    VENV_BIN, Services, broker_url, dead_letters, get, metric, photo, queue_depths, vhost, wait_for,
+    VENV_BIN, Services, broker_url, dead_letters, get, metric, photo, queue_depths, rabbitmqctl, vhost, wait_for,
 )
 
 
@@ -51,6 +52,14 @@ def _descendants(pid: int) -> set[int]:
         frontier = {p for p, pp in parents.items() if pp in frontier} - found
         found |= frontier
     return found
+
+
+async def wait_for_async(condition, timeout: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.05)
 
 
 async def _publish(url: str, prefix: str, *messages) -> None:
@@ -195,3 +204,38 @@ def test_rescan_cli_refuses_a_folder_outside_the_roots_or_through_a_symlink(tmp_
     assert asyncio.run(declare_and_count()) == 0
     assert rescan(root / "album").returncode == 0
     assert asyncio.run(declare_and_count()) == 1
+
+
+async def test_a_lost_connection_costs_one_log_line_not_one_per_message(vhost, caplog):
+    """Messages in hand when the broker drops the connection cannot be acked; the broker
+    redelivers them. That is one event, so it is one line, without tracebacks."""
+    url, prefix = broker_url(vhost), _prefix()
+    bus = await RabbitBus(url, prefix, service="test").connect()
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    async def handler(message):
+        seen.append(message.path)
+        await release.wait()
+
+    caplog.set_level(logging.WARNING)
+    try:
+        await bus.subscribe("file.event", handler, concurrency=30)
+        for i in range(30):
+            await bus.publish(FileEvent(path=f"/p/{i}.jpg"))
+        wait = lambda condition: wait_for_async(condition, 20)
+        await wait(lambda: len(seen) == 30)
+        rabbitmqctl("close_all_connections", "-p", vhost, "test: broker restart")
+        await wait(lambda: not bus.ready)
+        await wait(lambda: bus.ready)
+        release.set()  # the handlers finish on the dead channel, then get their messages again
+        await wait(lambda: len(seen) == 60)
+        await bus.drain(10)
+    finally:
+        await bus.close()
+    assert sorted(seen) == sorted(f"/p/{i}.jpg" for i in range(30) for _ in range(2))  # redelivered once
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [r for r in lines if r.exc_info], [r.getMessage() for r in lines if r.exc_info]
+    assert [r.getMessage().split(" (")[0] for r in lines] == ["lost the broker connection",
+                                                              "could not settle 30 file.event messages"]
+    assert "CONNECTION_FORCED" in lines[0].getMessage() and "ChannelInvalidStateError" in lines[1].getMessage()
