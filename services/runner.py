@@ -67,11 +67,12 @@ async def _call_all(callbacks: list) -> None:
 async def start_hasher(ctx: Context) -> None:
     settings = ctx.settings
     sign = ProcessSigner(settings.threads)
+    signed = metrics.hasher().signed
 
     async def on_event(message: Message) -> None:
         outcome = await handle_file_event(message, store=ctx.store, settings=settings, sign=sign, publish=ctx.bus.publish)
         if outcome.status == "signed":
-            metrics.SIGNED.inc()
+            signed.inc()
 
     ctx.on_close.append(sign.close)
     # enough messages in hand to keep every decoder process busy
@@ -139,12 +140,15 @@ class Batcher:
 async def start_matcher(ctx: Context, prefetch: int | None = None) -> None:
     settings = ctx.settings
     size = prefetch or PREFETCH["image.signed"]
+    measured = metrics.matcher()
 
     async def run(paths: list[str]) -> None:
         started = time.monotonic()
         decisions = await handle_signed(paths, store=ctx.store, settings=settings, publish=ctx.bus.publish)
-        metrics.GROUPS.inc(len(decisions))
-        log.info("matched %d signed images: %d groups in %.2fs", len(paths), len(decisions), time.monotonic() - started)
+        seconds = time.monotonic() - started
+        measured.batch.observe(seconds)
+        measured.groups.inc(len(decisions))
+        log.info("matched %d signed images: %d groups in %.2fs", len(paths), len(decisions), seconds)
 
     batcher = Batcher(run, settings.match_delay, size, max(10 * settings.match_delay, 10.0))
 
@@ -165,16 +169,15 @@ async def start_actuator(ctx: Context) -> None:
     settings = ctx.settings
     journal = Journal.new(settings.journal_directory, "actuator")  # thread-safe
     log.info("journal: %s%s", journal.path, " (dry run: nothing will be changed)" if settings.dry_run else "")
+    actions = metrics.actuator().actions
 
     async def on_decision(message: Message) -> None:
         assert isinstance(message, Decision)
         outcomes = await handle_decision(message, store=ctx.store, settings=settings, journal=journal, publish=ctx.bus.publish)
         for o in outcomes:
-            metrics.ACTIONS.labels(o.action, o.status).inc()
+            actions.labels(o.action, o.status).inc()
             level = logging.WARNING if o.status == "error" else logging.INFO
             log.log(level, "%s %s %s (keep %s)%s", o.status, o.action, o.path, o.keep, f": {o.reason}" if o.reason else "")
-            if o.status == "error":
-                metrics.ERRORS.labels("action").inc()
         if settings.remove_empty_folders and not settings.dry_run:
             emptied = [Path(o.path).parent for o in outcomes if o.status == "done" and o.action != "hardlink"]
             for folder in remove_empty_folders(emptied, settings.source_directories):
@@ -199,6 +202,7 @@ class LiveWatch:
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
+        self.published = metrics.watcher().file_events.labels("watch")
         self.settings = ctx.settings
         self.debounce = ctx.settings.watch_debounce
         self.pending: dict[str, tuple[float, tuple[int, int] | None]] = {}
@@ -233,7 +237,7 @@ class LiveWatch:
                 del self.pending[path]
                 change = "deleted" if current is None else "upsert"
                 await self.ctx.bus.publish(FileEvent(path=path, change=change))
-                metrics.FILE_EVENTS.labels("watch").inc()
+                self.published.inc()
             if self.cleanup_due is not None and self.cleanup_due <= now:
                 self.cleanup_due = None
                 forgotten = await clean_up(self.ctx.store, self.settings)
@@ -262,16 +266,17 @@ class LiveWatch:
 async def start_watcher(ctx: Context, live: bool = True) -> None:
     settings = ctx.settings
     lock = asyncio.Lock()  # one rescan at a time
+    measured = metrics.watcher()
 
     async def publish(event: Message) -> None:
         await ctx.bus.publish(event)
-        metrics.FILE_EVENTS.labels("rescan").inc()
+        measured.file_events.labels("rescan").inc()
 
     async def rescan(command: Rescan) -> None:
         async with lock:
             started = time.monotonic()
             n = await handle_rescan(command, store=ctx.store, settings=settings, publish=publish)
-            metrics.RESCANS.inc()
+            measured.rescans.inc()
             log.info("rescan of %s: %d new or changed files in %.1fs", command.path or "all roots", n,
                      time.monotonic() - started)
 
@@ -295,7 +300,7 @@ async def serve(roles: list[str], settings: Settings, *, in_process: bool = Fals
     name = "daemon" if in_process else "+".join(roles)
     store = SQLiteStore(settings.store_path)
     store_open = True
-    observe = metrics.observe_message(name)
+    observe = metrics.observe_messages(roles)
     if in_process:
         bus: Any = _ObservedInProcessBus(settings.max_retries, observe)
     else:
@@ -357,8 +362,8 @@ class _ObservedInProcessBus(InProcessBus):
             started = time.monotonic()
             try:
                 await handler(message)
-            except Exception:
-                self.observe(kind, "failed", time.monotonic() - started)
+            except Exception as exc:
+                self.observe(kind, "rejected" if isinstance(exc, Reject) else "failed", time.monotonic() - started)
                 raise
             self.observe(kind, "ok", time.monotonic() - started)
 
@@ -370,7 +375,6 @@ class _ObservedInProcessBus(InProcessBus):
             await asyncio.sleep(1)
             for letter in self.dead[seen:]:
                 log.warning("dead letter %s: %s", letter.message.kind, letter.reason)
-                metrics.ERRORS.labels("dead_lettered").inc()
             seen = len(self.dead)
 
 

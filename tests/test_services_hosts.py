@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import uuid
@@ -21,7 +22,7 @@ from shared.image.signature import analyze
 from shared.messages import Decision, FileEvent, FileRef, ImageSigned, Removal, Rescan
 from shared.store.sqlite import SQLiteStore
 from tests.services_support import (  # noqa: F401
-    VENV_BIN, Services, broker_url, dead_letters, get, metric, photo, queue_depths, rabbitmqctl, vhost, wait_for,
+    VENV_BIN, Services, broker_url, dead_letters, get, make_library, metric, photo, queue_depths, rabbitmqctl, vhost, wait_for,
 )
 
 
@@ -82,7 +83,7 @@ def test_decoder_processes_die_with_a_killed_hasher(tmp_path, vhost):
         services.wait_ready()
         asyncio.run(_publish(services.env["IMAGE_DEDUP_BROKER_URL"], services.env["IMAGE_DEDUP_BROKER_PREFIX"],
                              *(FileEvent(path=str(p)) for p in sorted(photos.iterdir()))))
-        wait_for(lambda: metric(get(port, "/metrics")[1], "image_dedup_images_signed_total") == 4, 60,
+        wait_for(lambda: metric(get(port, "/metrics")[1], "image_dedup_hasher_images_signed_total") == 4, 60,
                  lambda: services.log_text())
         children = {p for p, pp in _parents().items() if pp == proc.pid}
         workers = {p for p, pp in _parents().items() if pp in children}  # below the forkserver
@@ -239,3 +240,38 @@ async def test_a_lost_connection_costs_one_log_line_not_one_per_message(vhost, c
     assert [r.getMessage().split(" (")[0] for r in lines] == ["lost the broker connection",
                                                               "could not settle 30 file.event messages"]
     assert "CONNECTION_FORCED" in lines[0].getMessage() and "ChannelInvalidStateError" in lines[1].getMessage()
+
+
+def test_each_service_exports_its_own_metrics_and_the_matcher_times_only_its_work(tmp_path, vhost):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    make_library(tmp_path / "library", 3, seed=7)
+    services = Services(tmp_path / "svc", photos, broker_url(vhost), _prefix(), match_delay=2)
+    try:
+        ports = {role: services.start(role)[1] for role in ("watcher", "hasher", "matcher", "actuator")}
+        services.wait_ready()
+        shutil.copytree(tmp_path / "library", photos, dirs_exist_ok=True)
+        wait_for(lambda: metric(get(ports["actuator"], "/metrics")[1], "image_dedup_actuator_actions_total",
+                                status="done") == 3, 60, lambda: services.log_text())
+        scraped = {role: get(port, "/metrics")[1] for role, port in ports.items()}
+    finally:
+        services.stop()
+    common = {"messages": "counter", "message_processing_seconds": "histogram"}
+    expected = {
+        "watcher": {**common, "rescans": "counter", "file_events_published": "counter"},
+        "hasher": {**common, "images_signed": "counter"},
+        "matcher": {"messages": "counter", "duplicate_groups": "counter", "batch_processing_seconds": "histogram"},
+        "actuator": {**common, "actions": "counter"},
+    }
+    for role, text in scraped.items():
+        families = {f.name: f.type for f in text_string_to_metric_families(text) if f.name.startswith("image_dedup_")}
+        assert families == {f"image_dedup_{role}_{name}": kind for name, kind in expected[role].items()}, role
+        assert f"image_dedup_{role}_messages_total" in text  # counters carry the _total suffix
+    matcher = scraped["matcher"]
+    batches = metric(matcher, "image_dedup_matcher_batch_processing_seconds_count")
+    assert batches >= 1 and metric(matcher, "image_dedup_matcher_messages_total", outcome="ok") == 6
+    assert metric(matcher, "image_dedup_matcher_batch_processing_seconds_sum") < 2 * batches  # no batch wait
+    assert metric(scraped["hasher"], "image_dedup_hasher_images_signed_total") == 6
+    assert metric(scraped["watcher"], "image_dedup_watcher_file_events_published_total") == 6
