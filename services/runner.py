@@ -34,8 +34,9 @@ from services.matcher.handler import handle_signed
 from services.watcher.handler import clean_up, handle_rescan, walk, wanted
 from shared import metrics
 from shared.actions import Journal, remove_empty_folders
-from shared.bus import Bus, InProcessBus
+from shared.bus import Bus, InProcessBus, Reject
 from shared.config import Settings
+from shared.core.safety import Unsafe, below_root, confine_folder
 from shared.messages import Decision, FileEvent, ImageSigned, Message, Rescan
 from shared.store import Ledger, Store
 from shared.store.open import open_stores
@@ -71,11 +72,12 @@ async def _call_all(callbacks: list) -> None:
 async def start_hasher(ctx: Context) -> None:
     settings = ctx.settings
     sign = ProcessSigner(settings.threads)
+    signed = metrics.hasher().signed
 
     async def on_event(message: Message) -> None:
         outcome = await handle_file_event(message, store=ctx.store, settings=settings, sign=sign, publish=ctx.bus.publish)
         if outcome.status == "signed":
-            metrics.SIGNED.inc()
+            signed.inc()
 
     ctx.on_close.append(sign.close)
     # enough messages in hand to keep every decoder process busy
@@ -143,17 +145,24 @@ class Batcher:
 async def start_matcher(ctx: Context, prefetch: int | None = None) -> None:
     settings = ctx.settings
     size = prefetch or PREFETCH["image.signed"]
+    measured = metrics.matcher()
 
     async def run(paths: list[str]) -> None:
         started = time.monotonic()
         decisions = await handle_signed(paths, store=ctx.store, settings=settings, publish=ctx.bus.publish)
-        metrics.GROUPS.inc(len(decisions))
-        log.info("matched %d signed images: %d groups in %.2fs", len(paths), len(decisions), time.monotonic() - started)
+        seconds = time.monotonic() - started
+        measured.batch.observe(seconds)
+        measured.groups.inc(len(decisions))
+        log.info("matched %d signed images: %d groups in %.2fs", len(paths), len(decisions), seconds)
 
     batcher = Batcher(run, settings.match_delay, size, max(10 * settings.match_delay, 10.0))
 
     async def on_signed(message: Message) -> None:
         assert isinstance(message, ImageSigned)
+        try:
+            below_root(message.path, settings.source_directories)
+        except Unsafe as exc:  # never matched: dead-lettered with the reason, not acked as done
+            raise Reject(str(exc)) from None
         await batcher.submit(message.path)
 
     ctx.on_stop.append(batcher.flush_soon)
@@ -166,14 +175,13 @@ async def start_actuator(ctx: Context) -> None:
     journal = Journal.new(settings.journal_directory, "actuator")  # thread-safe, created on its first entry
     log.info("journal: %s%s", journal.path, " (dry run: nothing will be changed)" if settings.dry_run else
              " (written on the first action)")
+    actions = metrics.actuator().actions
 
     def report(outcomes: list[ActionOutcome]) -> None:
         for o in outcomes:
-            metrics.ACTIONS.labels(o.action, o.status).inc()
+            actions.labels(o.action, o.status).inc()
             level = logging.WARNING if o.status == "error" else logging.INFO
             log.log(level, "%s %s %s (keep %s)%s", o.status, o.action, o.path, o.keep, f": {o.reason}" if o.reason else "")
-            if o.status == "error":
-                metrics.ERRORS.labels("action").inc()
         if settings.remove_empty_folders and not settings.dry_run:
             emptied = [Path(o.path).parent for o in outcomes if o.status == "done" and o.action != "hardlink"]
             for folder in remove_empty_folders(emptied, settings.source_directories):
@@ -208,6 +216,7 @@ class LiveWatch:
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
+        self.published = metrics.watcher().file_events.labels("watch")
         self.settings = ctx.settings
         self.debounce = ctx.settings.watch_debounce
         self.pending: dict[str, tuple[float, tuple[int, int] | None]] = {}
@@ -242,7 +251,7 @@ class LiveWatch:
                 del self.pending[path]
                 change = "deleted" if current is None else "upsert"
                 await self.ctx.bus.publish(FileEvent(path=path, change=change))
-                metrics.FILE_EVENTS.labels("watch").inc()
+                self.published.inc()
             if self.cleanup_due is not None and self.cleanup_due <= now:
                 self.cleanup_due = None
                 forgotten = await clean_up(self.ctx.store, self.settings)
@@ -271,16 +280,17 @@ class LiveWatch:
 async def start_watcher(ctx: Context, live: bool = True) -> None:
     settings = ctx.settings
     lock = asyncio.Lock()  # one rescan at a time
+    measured = metrics.watcher()
 
     async def publish(event: Message) -> None:
         await ctx.bus.publish(event)
-        metrics.FILE_EVENTS.labels("rescan").inc()
+        measured.file_events.labels("rescan").inc()
 
     async def rescan(command: Rescan) -> None:
         async with lock:
             started = time.monotonic()
             n = await handle_rescan(command, store=ctx.store, settings=settings, publish=publish)
-            metrics.RESCANS.inc()
+            measured.rescans.inc()
             log.info("rescan of %s: %d new or changed files in %.1fs", command.path or "all roots", n,
                      time.monotonic() - started)
 
@@ -304,7 +314,7 @@ async def serve(roles: list[str], settings: Settings, *, in_process: bool = Fals
     name = "daemon" if in_process else "+".join(roles)
     store, ledger = await open_stores(settings)
     store_open = True
-    observe = metrics.observe_message(name)
+    observe = metrics.observe_messages(roles)
     if in_process:
         bus: Any = _ObservedInProcessBus(settings.max_retries, observe)
     else:
@@ -367,8 +377,8 @@ class _ObservedInProcessBus(InProcessBus):
             started = time.monotonic()
             try:
                 await handler(message)
-            except Exception:
-                self.observe(kind, "failed", time.monotonic() - started)
+            except Exception as exc:
+                self.observe(kind, "rejected" if isinstance(exc, Reject) else "failed", time.monotonic() - started)
                 raise
             self.observe(kind, "ok", time.monotonic() - started)
 
@@ -380,7 +390,6 @@ class _ObservedInProcessBus(InProcessBus):
             await asyncio.sleep(1)
             for letter in self.dead[seen:]:
                 log.warning("dead letter %s: %s", letter.message.kind, letter.reason)
-                metrics.ERRORS.labels("dead_lettered").inc()
             seen = len(self.dead)
 
 
@@ -408,9 +417,13 @@ def add_service_commands(sub: argparse._SubParsersAction, parents: list[argparse
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
     logging.getLogger().setLevel(getattr(args, "log_level", "INFO").upper())
-    logging.getLogger("aio_pika").setLevel(logging.WARNING)
-    logging.getLogger("aiormq").setLevel(logging.WARNING)
     if args.command == "rescan":
+        if args.path is not None:
+            try:
+                confine_folder(args.path, settings.source_directories)
+            except Unsafe as exc:  # the watcher would refuse it too, but silently to the user
+                print(f"image-dedup: rescan refused: {exc}", file=sys.stderr)
+                return 2
         # a one-shot command: its own one line below says whether the broker was reached
         logging.getLogger("aiormq").setLevel(logging.CRITICAL)
         logging.getLogger("shared.bus.rabbitmq").setLevel(logging.ERROR)

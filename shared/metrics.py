@@ -7,38 +7,107 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, disable_created_metrics, generate_latest
+
+from .bus.topology import CONSUMED_KINDS
 
 log = logging.getLogger(__name__)
 
-MESSAGES = Counter(
-    "image_dedup_messages_processed", "Messages handled, by outcome (ok, rejected, invalid, retried, dead_lettered).",
-    ["service", "outcome"],
-)
-PROCESSING = Histogram(
-    "image_dedup_message_processing_seconds", "Time from delivery to ack of a message.", ["service"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-)
-SIGNED = Counter("image_dedup_images_signed", "Images whose signature was computed and stored.")
-GROUPS = Counter("image_dedup_duplicate_groups", "Duplicate groups found (decisions published).")
-ACTIONS = Counter("image_dedup_actions", "Actuator outcomes per duplicate.", ["action", "status"])
-ERRORS = Counter("image_dedup_errors", "Errors by kind.", ["kind"])
-RESCANS = Counter("image_dedup_rescans", "Rescans run by the watcher.")
-FILE_EVENTS = Counter("image_dedup_file_events_published", "File events published by the watcher.", ["source"])
+# the text format has no use for a ``<name>_created`` gauge per counter and histogram
+disable_created_metrics()
+
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
-def observe_message(service: str) -> Callable[[str, str, float], None]:
-    """A RabbitBus/daemon observer that records outcome and duration of each message."""
+class ServiceMetrics:
+    """The families of one service, ``image_dedup_<service>_*``. Each is registered when its
+    service starts, so a process exports only the metrics of the services it runs."""
+
+    timed = True  # per-message processing time (the matcher's would include its batch wait)
+
+    def __init__(self, service: str):
+        self.prefix = f"image_dedup_{service}"
+        self.messages = Counter(
+            f"{self.prefix}_messages", "Messages handled, by outcome (ok, rejected, invalid, retried, "
+            "dead_lettered, interrupted, failed).", ["outcome"])
+        self.processing = Histogram(
+            f"{self.prefix}_message_processing_seconds", "Time from delivery to settlement of a message.",
+            buckets=_SECONDS) if self.timed else None
+
+    def observe(self, outcome: str, seconds: float) -> None:
+        self.messages.labels(outcome).inc()
+        if self.processing is not None:
+            self.processing.observe(seconds)
+
+
+class WatcherMetrics(ServiceMetrics):
+    def __init__(self) -> None:
+        super().__init__("watcher")
+        self.rescans = Counter(f"{self.prefix}_rescans", "Rescans run.")
+        self.file_events = Counter(f"{self.prefix}_file_events_published", "File events published, by source "
+                                   "(watch, rescan).", ["source"])
+
+
+class HasherMetrics(ServiceMetrics):
+    def __init__(self) -> None:
+        super().__init__("hasher")
+        self.signed = Counter(f"{self.prefix}_images_signed", "Images whose signature was computed and stored.")
+
+
+class MatcherMetrics(ServiceMetrics):
+    timed = False
+
+    def __init__(self) -> None:
+        super().__init__("matcher")
+        self.groups = Counter(f"{self.prefix}_duplicate_groups", "Duplicate groups found (decisions published).")
+        self.batch = Histogram(f"{self.prefix}_batch_processing_seconds", "Time to match one batch of signed "
+                               "images, without the wait for the batch to fill.", buckets=_SECONDS)
+
+
+class ActuatorMetrics(ServiceMetrics):
+    def __init__(self) -> None:
+        super().__init__("actuator")
+        self.actions = Counter(f"{self.prefix}_actions", "Outcomes per duplicate, by action and status.",
+                               ["action", "status"])
+
+
+@functools.cache
+def watcher() -> WatcherMetrics:
+    return WatcherMetrics()
+
+
+@functools.cache
+def hasher() -> HasherMetrics:
+    return HasherMetrics()
+
+
+@functools.cache
+def matcher() -> MatcherMetrics:
+    return MatcherMetrics()
+
+
+@functools.cache
+def actuator() -> ActuatorMetrics:
+    return ActuatorMetrics()
+
+
+FOR_ROLE: dict[str, Callable[[], ServiceMetrics]] = {
+    "watcher": watcher, "hasher": hasher, "matcher": matcher, "actuator": actuator,
+}
+
+
+def observe_messages(roles: list[str]) -> Callable[[str, str, float], None]:
+    """A RabbitBus/daemon observer: outcome and duration of each message, under the service
+    that consumes its kind."""
+    by_kind = {CONSUMED_KINDS[role]: FOR_ROLE[role]() for role in roles}
 
     def observe(kind: str, outcome: str, seconds: float) -> None:
-        MESSAGES.labels(service, outcome).inc()
-        PROCESSING.labels(service).observe(seconds)
-        if outcome in ("rejected", "invalid", "retried", "dead_lettered"):
-            ERRORS.labels(outcome).inc()
+        by_kind[kind].observe(outcome, seconds)
 
     return observe
 

@@ -13,9 +13,10 @@ import pytest
 from services.actuator import handler as actuator
 from services.actuator.handler import PairBusy, handle_decision
 from shared.actions import Journal
+from shared.bus import Reject
 from shared.config import Settings
 from shared.messages import Decision, FileRef, Removal, decode
-from shared.core.safety import Observed, Unsafe, confine, observe, removal_refusal, root_of
+from shared.core.safety import Observed, Unsafe, confine, confine_folder, observe, removal_refusal, root_of
 from shared.image.signature import analyze, words
 from shared.store.sqlite import SQLiteStore
 from shared.store.sqlite_ledger import SQLiteLedger
@@ -80,6 +81,26 @@ def test_confine_accepts_a_root_that_is_itself_a_symlink(tmp_path):
     alias = tmp_path / "alias"
     alias.symlink_to(real)
     assert confine(alias / "a.jpg", [alias]) == alias / "a.jpg"
+
+
+def test_confine_folder_accepts_roots_and_real_folders_below_them_only(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (root / "dirlink").symlink_to(outside)
+    (root / "inner").symlink_to(root / "sub")
+    (root / "a.jpg").write_bytes(b"x")
+    assert confine_folder(root, [root]) == root
+    assert confine_folder(f"{root}/sub/", [root]) == root / "sub"
+    for folder in (root / "dirlink", root / "dirlink" / ".", root / "inner"):
+        with pytest.raises(Unsafe, match="symbolic link"):
+            confine_folder(folder, [root])
+    for folder in (outside, f"{root}/../outside", tmp_path):
+        with pytest.raises(Unsafe, match="not a configured root or below one"):
+            confine_folder(folder, [root])
+    for folder in (root / "a.jpg", root / "gone"):
+        with pytest.raises(Unsafe, match="not a folder"):
+            confine_folder(folder, [root])
 
 
 def test_confine_refuses_missing_files_and_folders(tmp_path):
@@ -255,6 +276,15 @@ async def _expect_skip(world, decision, reason_part, **settings):
     return outcomes
 
 
+async def _expect_reject(world, decision, reason_part):
+    """A decision that can never be carried out raises Reject (dead-lettered with the reason)."""
+    before = tree_state(world.root, world.outside)
+    with pytest.raises(Reject, match=reason_part):
+        await world.act(decision)
+    assert tree_state(world.root, world.outside) == before
+    assert not world.journal.path.exists() or world.journal_entries() == []
+
+
 async def test_skipped_when_the_kept_file_vanished(world):
     decision = world.decision(world.K, world.X)
     world.K.unlink()
@@ -323,19 +353,24 @@ async def test_decision_paths_outside_the_roots_are_refused(world):
     ref = World.ref(victim)
     for spelled in (str(victim), f"{world.root}/../outside/X.jpg", f"{world.root}/sub/../../outside/X.jpg"):
         decision = Decision(keep=FileRef(**World.ref(world.K)), remove=[Removal(**{**ref, "path": spelled}, distance=0.1)])
-        await _expect_skip(world, decision, "not below a configured root")
+        await _expect_reject(world, decision, "not below a configured root")
     assert victim.exists()
     # a decision that arrives as JSON from the bus is just as untrusted
     body = json.dumps({"kind": "group.decision", "version": 1, "keep": World.ref(world.K),
                        "remove": [{**ref, "path": f"{world.root}/../outside/X.jpg", "distance": 0.1}]})
-    await _expect_skip(world, decode(body), "not below a configured root")
+    await _expect_reject(world, decode(body), "not below a configured root")
+    # one removal outside the roots refuses the whole decision, also the valid removals in it
+    decision = Decision(keep=FileRef(**World.ref(world.K)),
+                        remove=[Removal(**World.ref(world.X), distance=0.1), Removal(**ref, distance=0.1)])
+    await _expect_reject(world, decision, "not below a configured root")
+    assert world.X.exists()
 
 
 async def test_kept_path_outside_the_roots_refuses_the_whole_decision(world):
     outside_keep = save_photo(world.outside / "K.jpg", 7)
     decision = Decision(keep=FileRef(**{**World.ref(outside_keep), "path": f"{world.root}/../outside/K.jpg"}),
                         remove=[Removal(**World.ref(world.X), distance=0.1)])
-    await _expect_skip(world, decision, "kept file refused")
+    await _expect_reject(world, decision, "not below a configured root")
 
 
 async def test_symlink_out_of_the_root_is_refused(world):

@@ -99,24 +99,24 @@ def test_four_services_follow_a_watched_folder_like_local_mode(world):
     assert [b"broken.jpg" in body for body, _ in letters] == [True]
     assert letters[0][1]["x-death-reason"] and letters[0][1]["x-service"] == "hasher"
 
-    signed_metric = lambda: metric(get(ports["hasher"], "/metrics")[1], "image_dedup_images_signed_total")
+    signed_metric = lambda: metric(get(ports["hasher"], "/metrics")[1], "image_dedup_hasher_images_signed_total")
     assert signed_metric() >= 24
-    assert metric(get(ports["matcher"], "/metrics")[1], "image_dedup_duplicate_groups_total") >= 12
+    assert metric(get(ports["matcher"], "/metrics")[1], "image_dedup_matcher_duplicate_groups_total") >= 12
     actuator = get(ports["actuator"], "/metrics")[1]
-    assert metric(actuator, "image_dedup_actions_total", action="delete", status="done") == 12
-    assert metric(actuator, "image_dedup_messages_processed_total", service="actuator", outcome="ok") >= 12
-    assert metric(actuator, "image_dedup_message_processing_seconds_count", service="actuator") >= 12
+    assert metric(actuator, "image_dedup_actuator_actions_total", action="delete", status="done") == 12
+    assert metric(actuator, "image_dedup_actuator_messages_total", outcome="ok") >= 12
+    assert metric(actuator, "image_dedup_actuator_message_processing_seconds_count") >= 12
     hasher = get(ports["hasher"], "/metrics")[1]
-    assert metric(hasher, "image_dedup_errors_total", kind="rejected") == 1
+    assert metric(hasher, "image_dedup_hasher_messages_total", outcome="rejected") == 1
 
     # a manual rescan finds what the store forgot (as if an event had been missed)
     kept = sorted(snapshot(services.photos) - {"broken.jpg"})[0]
     with sqlite3.connect(services.base / "store.sqlite", timeout=30) as db:
         db.execute("DELETE FROM images WHERE path = ?", (str(services.photos / kept),))
     before = signed_metric()
-    assert metric(get(ports["watcher"], "/metrics")[1], "image_dedup_rescans_total") == 1
+    assert metric(get(ports["watcher"], "/metrics")[1], "image_dedup_watcher_rescans_total") == 1
     subprocess.run([str(VENV_BIN / "image-dedup"), "rescan"], env=services.env, check=True, capture_output=True, timeout=60)
-    wait_for(lambda: metric(get(ports["watcher"], "/metrics")[1], "image_dedup_rescans_total") == 2, 20, "no rescan")
+    wait_for(lambda: metric(get(ports["watcher"], "/metrics")[1], "image_dedup_watcher_rescans_total") == 2, 20, "no rescan")
     wait_for(lambda: signed_metric() == before + 1, 20, lambda: f"rescan did not re-sign {kept}\n{services.log_text()}")
     assert snapshot(services.photos) == set(files) - expected
 
@@ -132,12 +132,12 @@ def test_scaled_services_survive_kill9_like_local_mode(world):
     services.start("watcher")
 
     victim, port = hashers[0]
-    wait_for(lambda: metric(get(port, "/metrics")[1], "image_dedup_images_signed_total") >= 3, 60, "hasher idle",
+    wait_for(lambda: metric(get(port, "/metrics")[1], "image_dedup_hasher_images_signed_total") >= 3, 60, "hasher idle",
              interval=0.05)
     services.kill9(victim)
     services.start("hasher")
     victim, port = actuators[0]
-    wait_for(lambda: metric(get(port, "/metrics")[1], "image_dedup_actions_total", status="done") >= 2, 90,
+    wait_for(lambda: metric(get(port, "/metrics")[1], "image_dedup_actuator_actions_total", status="done") >= 2, 90,
              lambda: f"actuator idle\n{services.log_text()}", interval=0.02)
     services.kill9(victim)
     services.start("actuator")
@@ -155,7 +155,7 @@ def test_services_reconnect_after_a_broker_restart(world):
     procs = {role: services.start(role) for role in ("watcher", "hasher", "matcher", "actuator")}
     services.wait_ready()
     shutil.copytree(library / "album0", services.photos / "album0")
-    wait_for(lambda: metric(get(procs["hasher"][1], "/metrics")[1], "image_dedup_images_signed_total") >= 1, 30,
+    wait_for(lambda: metric(get(procs["hasher"][1], "/metrics")[1], "image_dedup_hasher_images_signed_total") >= 1, 30,
              "hasher idle", interval=0.05)
     rabbitmqctl("stop_app")
     try:
@@ -233,7 +233,7 @@ def test_daemon_runs_all_four_in_one_process_without_a_broker(world):
         wait_for(lambda: get(port, "/readyz")[0] == 200, 30, lambda: services.log_text())
         shutil.copytree(library, services.photos, dirs_exist_ok=True)
         wait_for(lambda: snapshot(services.photos) == set(files) - expected, 60, lambda: services.log_text())
-        assert metric(get(port, "/metrics")[1], "image_dedup_actions_total", status="done") == len(expected)
+        assert metric(get(port, "/metrics")[1], "image_dedup_actuator_actions_total", status="done") == len(expected)
     finally:
         proc.terminate()
         assert proc.wait(30) == 0

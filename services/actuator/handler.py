@@ -14,7 +14,8 @@ from typing import Literal
 from shared.actions import IDENTICAL, Journal, hardlink_file, move_file, trash_file
 from shared.config import Settings
 from shared.messages import Decision, FileRemoved
-from shared.core.safety import Unsafe, confine, observe, removal_refusal, root_of
+from shared.bus import Reject
+from shared.core.safety import Unsafe, below_root, confine, observe, removal_refusal, root_of
 from shared.image.signature import distance
 from shared.store import Ledger, Store
 
@@ -97,6 +98,11 @@ async def handle_decision(
     action = settings.effective_action
     roots = settings.source_directories
     outcomes: list[ActionOutcome] = []
+    for path in (decision.keep.path, *(r.path for r in decision.remove)):
+        try:
+            below_root(path, roots)
+        except Unsafe as exc:  # a decision that can never be carried out: dead-lettered whole
+            raise Reject(str(exc)) from None
 
     def skip(path: str, d: float, reason: str, status: str = "skipped") -> None:
         outcomes.append(ActionOutcome(path, decision.keep.path, action, status, d, reason))  # type: ignore[arg-type]

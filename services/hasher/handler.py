@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import threading
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.connection import Connection
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -22,18 +24,38 @@ from services.watcher.handler import wanted
 Sign = Callable[[str], Awaitable[Analysis]]
 
 
+def _die_with_service(lifeline: Connection) -> None:
+    """Worker initializer: exit as soon as the service is gone. Only the service holds the
+    pipe's write end, so the read returns EOF when it dies in any way (kill -9 included);
+    the workers are children of the forkserver, so neither their parent pid nor a parent-death
+    signal would tell."""
+
+    def watch() -> None:
+        try:
+            lifeline.recv_bytes()
+        except (EOFError, OSError):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()
+
+
 class ProcessSigner:
     """``analyze`` in a pool of worker processes: decoding is CPU-bound, so it runs off the
-    event loop, on every core asked for."""
+    event loop, on every core asked for. The workers die with the service."""
 
     def __init__(self, processes: int):
-        self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("forkserver"))
+        context = multiprocessing.get_context("forkserver")
+        lifeline, self._lifeline = context.Pipe(duplex=False)
+        self._pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_die_with_service,
+                                         initargs=(lifeline,))
 
     async def __call__(self, path: str) -> Analysis:
         return await asyncio.get_running_loop().run_in_executor(self._pool, analyze, path)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._lifeline.close()  # after the shutdown: the workers finish what they hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +72,7 @@ async def handle_file_event(
     Raises Reject for what can never succeed (a path outside the roots, a bad image): the bad
     image is also recorded in the store, so it is not decoded again until it changes.
     """
-    if event.change == "deleted":
+    if event.change == "deleted" and not os.path.lexists(event.path):  # else: back already, or never gone
         await store.delete(event.path)
         return HashOutcome(event.path, "forgotten")
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 from shared.bus import Reject
 from shared.config import Settings
 from shared.messages import FileEvent, Rescan
-from shared.core.safety import Unsafe, confine, root_of
+from shared.core.safety import Unsafe, confine, confine_folder, root_of
 from shared.store import Store
 
 
@@ -93,9 +93,10 @@ async def handle_rescan(command: Rescan, *, store: Store, settings: Settings, pu
     or changed file. Returns how many events were published."""
     start = None
     if command.path is not None:
-        start = Path(os.path.abspath(command.path))
-        if root_of(start, settings.source_directories) is None:
-            raise Reject(f"rescan path {command.path} is not below a configured root")
+        try:
+            start = confine_folder(command.path, settings.source_directories)
+        except Unsafe as exc:
+            raise Reject(f"rescan refused: {exc}") from None
     await clean_up(store, settings)
     published = 0
     batch: list[FoundFile] = []

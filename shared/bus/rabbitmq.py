@@ -7,6 +7,11 @@ the hasher skips unchanged files, the ledger grants a redelivered decision its l
 the actuator re-checks the disk). ``publish`` waits for the connection to come back (up to
 ``publish_timeout`` seconds) instead of failing during a broker restart.
 
+A lost connection is reported once, by the bus: one line when it is lost (with the broker's
+reason), one when it is back, and one per consumer channel for the messages that were in hand
+and could not be settled (the broker redelivers them). The client libraries' own records of it
+(several per loss, with tracebacks, one per unsettled message) are shown only at DEBUG level.
+
 The failure policy (retry header, dead-letter exchange, reasons) is described in
 ``shared.bus.topology``.
 """
@@ -14,6 +19,7 @@ The failure policy (retry header, dead-letter exchange, reasons) is described in
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +36,13 @@ log = logging.getLogger(__name__)
 
 # (kind, outcome, seconds); outcome is one of ok, rejected, invalid, retried, dead_lettered
 Observer = Callable[[str, str, float], None]
+
+
+def _quiet_client_logs() -> None:
+    """Leave the story of a lost connection to the bus (see the module doc)."""
+    level = logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
+    for name in ("aiormq", "aio_pika"):
+        logging.getLogger(name).setLevel(level)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -63,11 +76,16 @@ class RabbitBus:
         self._topology: topology.Topology | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._inflight: set[asyncio.Task[None]] = set()
+        # per consumer channel: messages in hand, and those that could not be settled (why)
+        self._in_hand: collections.Counter[object] = collections.Counter()
+        self._unsettled: dict[object, tuple[int, str]] = {}
+        self._closing = False
 
     # -- lifecycle ------------------------------------------------------------------------
     async def connect(self, timeout: float = 60.0) -> RabbitBus:
         """Connect (retrying until ``timeout`` while the broker is not up yet) and declare."""
         deadline = time.monotonic() + timeout
+        _quiet_client_logs()
         while True:
             try:
                 self.connection = await aio_pika.connect_robust(self.url, client_properties={
@@ -78,6 +96,8 @@ class RabbitBus:
                     raise
                 log.warning("broker not reachable (%s), retrying", _one_line(exc))
                 await asyncio.sleep(1)
+        self.connection.close_callbacks.add(self._lost)
+        self.connection.reconnect_callbacks.add(lambda connection: log.info("reconnected to the broker"))
 
         async def declare() -> None:
             channel = await self.connection.channel(publisher_confirms=True)
@@ -102,6 +122,11 @@ class RabbitBus:
                         await asyncio.wait_for(self.connection.connected.wait(), timeout=10)
                     except asyncio.TimeoutError:
                         pass
+
+    def _lost(self, connection: object, reason: BaseException | None) -> None:
+        if not self._closing:
+            log.warning("lost the broker connection (%s); reconnecting, /readyz is 503 meanwhile",
+                        _one_line(reason) if reason is not None else "closed")
 
     @property
     def ready(self) -> bool:
@@ -128,6 +153,7 @@ class RabbitBus:
         await self.drain(timeout)
         for task in list(self._inflight):
             task.cancel()
+        self._closing = True
         if self.connection is not None:
             await self.connection.close()
 
@@ -150,7 +176,9 @@ class RabbitBus:
             except Exception as exc:
                 if time.monotonic() > deadline:
                     raise
-                log.warning("publish to %s failed (%s); waiting for the broker", routing_key, _one_line(exc))
+                # a lost connection was reported once already (_lost)
+                log.log(logging.WARNING if self.ready else logging.DEBUG,
+                        "publish to %s failed (%s); waiting for the broker", routing_key, _one_line(exc))
                 if self.connection is not None:
                     try:
                         await asyncio.wait_for(self.connection.connected.wait(), timeout=5)
@@ -192,6 +220,8 @@ class RabbitBus:
 
     async def _process(self, kind: str, handler: Handler, incoming: AbstractIncomingMessage) -> None:
         started = time.monotonic()
+        channel = incoming.channel
+        self._in_hand[channel] += 1
         headers = dict(incoming.headers or {})
         try:
             retries = int(headers.get(topology.RETRIES_HEADER, 0))  # type: ignore[arg-type]
@@ -239,9 +269,23 @@ class RabbitBus:
             # Acking or re-publishing failed (connection lost): the message stays unacked and
             # the broker delivers it again once we are reconnected.
             outcome = "interrupted"
-            log.warning("could not settle a %s message (%s); the broker will redeliver it", kind, _one_line(exc))
+            count, _ = self._unsettled.get(channel, (0, ""))
+            self._unsettled[channel] = (count + 1, _one_line(exc))
         finally:
             self.observe(kind, outcome, time.monotonic() - started)
+            self._settled(kind, channel)
+
+    def _settled(self, kind: str, channel: object) -> None:
+        """Once a channel has no message in hand any more, say in one line how many of its
+        messages could not be settled."""
+        self._in_hand[channel] -= 1
+        if self._in_hand[channel]:
+            return
+        del self._in_hand[channel]
+        if channel in self._unsettled:
+            count, why = self._unsettled.pop(channel)
+            log.warning("could not settle %d %s message%s (%s); the broker redelivers %s", count, kind,
+                        "s" if count > 1 else "", why, "them" if count > 1 else "it")
 
     def _copy(self, incoming: AbstractIncomingMessage, headers: dict) -> aio_pika.Message:
         return aio_pika.Message(

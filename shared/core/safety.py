@@ -25,17 +25,26 @@ def root_of(path: str | Path, roots: Iterable[Path]) -> Path | None:
     return None
 
 
-def confine(path: str | Path, roots: Iterable[Path]) -> Path:
-    """Return the absolute path if it is a regular file strictly below a root without any
-    symlink on the way; raise Unsafe otherwise."""
-    roots = list(roots)
+def below_root(path: str | Path, roots: Iterable[Path]) -> tuple[Path, Path]:
+    """(the normalised absolute path, its root) if ``path`` lies strictly below a root as
+    spelled; raise Unsafe otherwise. Says nothing about the disk."""
     norm = Path(os.path.normpath(os.path.abspath(path)))
     root = root_of(norm, roots)
     if root is None or norm == root:
         raise Unsafe(f"{path} is not below a configured root")
-    real_root = Path(os.path.realpath(root))
-    if os.path.realpath(norm) != str(real_root / norm.relative_to(root)):
+    return norm, root
+
+
+def _no_symlink(path: str | Path, norm: Path, root: Path) -> None:
+    if os.path.realpath(norm) != str(Path(os.path.realpath(root)) / norm.relative_to(root)):
         raise Unsafe(f"{path} goes through a symbolic link")
+
+
+def confine(path: str | Path, roots: Iterable[Path]) -> Path:
+    """Return the absolute path if it is a regular file strictly below a root without any
+    symlink on the way; raise Unsafe otherwise."""
+    norm, root = below_root(path, roots)
+    _no_symlink(path, norm, root)
     try:
         mode = os.lstat(norm).st_mode
     except FileNotFoundError:
@@ -44,6 +53,19 @@ def confine(path: str | Path, roots: Iterable[Path]) -> Path:
         raise Unsafe(f"{path} cannot be read: {exc.strerror}") from None
     if not stat.S_ISREG(mode):
         raise Unsafe(f"{path} is not a regular file")
+    return norm
+
+
+def confine_folder(path: str | Path, roots: Iterable[Path]) -> Path:
+    """Return the absolute path if it is a root or a folder below one without any symlink on
+    the way (a rescan walks it, and must not leave the roots); raise Unsafe otherwise."""
+    norm = Path(os.path.normpath(os.path.abspath(path)))
+    root = root_of(norm, roots)
+    if root is None:
+        raise Unsafe(f"{path} is not a configured root or below one")
+    _no_symlink(path, norm, root)
+    if not norm.is_dir():
+        raise Unsafe(f"{path} is not a folder")
     return norm
 
 
