@@ -20,6 +20,7 @@ from services.watcher.handler import FoundFile, clean_up, walk
 from shared.actions import Journal, remove_empty_folders
 from shared.bus import InProcessBus
 from shared.config import Settings
+from shared.image.pixels import look_in_thread
 from shared.messages import Decision, FileEvent, Message
 from shared.store import Ledger, Store
 from shared.store.open import open_stores
@@ -147,7 +148,8 @@ async def deduplicate(
 
             # 4. match every file of the library, not only the ones signed in this run
             with phases.phase("match", len(found)) as advance:
-                groups = await plan([f.path for f in found], store=store, settings=settings, on_progress=advance)
+                groups = await plan([f.path for f in found], store=store, settings=settings, on_progress=advance,
+                                    look=signer.look if signer is not None else look_in_thread)
             summary.decisions = [to_decision(g) for g in groups]
 
             # 5. and 6.

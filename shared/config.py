@@ -62,10 +62,21 @@ class Settings(BaseSettings):
     )
     use_exif_data: bool = Field(True, description="Read EXIF data and let it count in the ranking.")
     max_dist: float = Field(
-        0.10, gt=0, le=1,
-        description="Largest normalised signature distance that still counts as a duplicate. 0.10 is the "
-        "largest value that removed no distinct photo on the benchmark libraries; consecutive video "
-        "frames / burst shots lie from about 0.12 up (see docs/benchmarks.md).",
+        0.40, gt=0, le=1,
+        description="Goldberg stage: largest normalised signature distance (in any orientation) at which a "
+        "pair is proposed for verification. Generous, because the pixel verification decides; "
+        "unrelated photos lie from about 0.5 up (see docs/benchmarks.md).",
+    )
+    min_similarity: float = Field(
+        0.55, ge=-1, le=1,
+        description="Embedding stage: smallest cosine of two copy-detection embeddings at which a pair is "
+        "proposed for verification (finds crops, borders and small rotations).",
+    )
+    min_agreement: float = Field(
+        0.85, gt=0, le=1,
+        description="Verification: smallest share of textured patches that must sit in place once the two "
+        "pictures are lined up. Copies score about 0.9-1.0; consecutive video frames and burst shots, "
+        "whose subjects moved, 0.5 and less (see docs/benchmarks.md).",
     )
     prioritization_rules: list[RuleName] = Field(
         default_factory=lambda: list(DEFAULT_RULES),

@@ -16,7 +16,8 @@ from shared.config import Settings
 from shared.messages import Decision, FileRemoved
 from shared.bus import Reject
 from shared.core.safety import Unsafe, below_root, confine, observe, removal_refusal, root_of
-from shared.image.signature import distance
+from shared.core.verdict import Look, Thresholds, same_photo
+from shared.image.pixels import look_in_thread
 from shared.store import Ledger, Store
 
 
@@ -92,6 +93,7 @@ async def handle_decision(
     journal: Journal,
     publish: Callable[[FileRemoved], Awaitable[None]],
     retry_refused: bool = False,
+    look: Look = look_in_thread,
 ) -> list[ActionOutcome]:
     """``retry_refused``: raise PairBusy when a pair is leased by another action (services)
     instead of reporting it as skipped (local mode, where nothing retries)."""
@@ -125,14 +127,13 @@ async def handle_decision(
         victim_record = records.get(removal.path)
         current = None
         if keep_record is not None and victim_record is not None:
-            if keep_record.signature is not None and victim_record.signature is not None:
-                if (keep_record.size, keep_record.mtime_ns) == (decision.keep.size, decision.keep.mtime_ns) and (
+            if (keep_record.size, keep_record.mtime_ns) == (decision.keep.size, decision.keep.mtime_ns) and (
                     victim_record.size, victim_record.mtime_ns) == (removal.size, removal.mtime_ns):
-                    current = distance(keep_record.signature, victim_record.signature)
+                current = await same_photo(keep_record, victim_record, Thresholds.of(settings), look)
         refusal = removal_refusal(
             keep=observe(keep), keep_expected=(decision.keep.size, decision.keep.mtime_ns),
             victim=observe(victim), victim_expected=(removal.size, removal.mtime_ns),
-            distance_now=current, max_dist=settings.max_dist,
+            verdict_now=current,
             same_file=os.path.samefile(keep, victim) if os.path.exists(victim) and os.path.exists(keep) else False,
         )
         if refusal is None and action == "hardlink":

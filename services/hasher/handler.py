@@ -17,6 +17,8 @@ from shared.bus import Reject
 from shared.config import Settings
 from shared.messages import FileEvent, ImageSigned
 from shared.core.safety import Unsafe, confine, root_of
+from shared.image.compare import Agreement
+from shared.image.pixels import FileVersion, compare_files
 from shared.image.signature import Analysis, ImageError, analyze, words
 from shared.store import ImageRecord, Store
 from services.watcher.handler import wanted
@@ -52,6 +54,10 @@ class ProcessSigner:
 
     async def __call__(self, path: str) -> Analysis:
         return await asyncio.get_running_loop().run_in_executor(self._pool, analyze, path)
+
+    async def look(self, a: FileVersion, b: FileVersion, mirrors: bool) -> Agreement:
+        """The verdict's pixel comparison, in the same pool (shared.core.verdict.Look)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, compare_files, a, b, mirrors)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -107,6 +113,7 @@ async def handle_file_event(
             exif_tags=analysis.exif_tags if settings.use_exif_data else 0,
             exif_date=analysis.exif_date if settings.use_exif_data else None,
             signature=analysis.signature, words=words(analysis.signature),
+            digest=analysis.digest, frames=analysis.frames, embedding=analysis.embedding,
         )
     )
     await publish(ImageSigned(path=path))

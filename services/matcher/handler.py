@@ -4,16 +4,19 @@ a whole-library plan would give (see shared.core.ranking)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from collections.abc import Awaitable, Callable, Iterable
 
 from shared.config import Settings
-from shared.messages import Decision, FileRef, Removal
+from shared.core.verdict import Look, Thresholds, same_photo
+from shared.image.pixels import look_in_thread
+from shared.messages import Decision, Evidence, FileRef, Removal
 from shared.core.ranking import Group, pair_allowed, plan_groups
 from shared.core.safety import root_of
 from shared.image.signature import orientations, words
-from shared.store import Candidate, ImageRecord, Store
+from shared.store import ImageRecord, Store
 
 # A component larger than this is planned in parts; it only happens when thousands of files
 # look alike (a burst of near-identical frames), and the parts are still safe on their own.
@@ -21,24 +24,27 @@ MAX_COMPONENT = 5000
 CANDIDATE_LIMIT = 100
 
 
-async def _neighbours(record: ImageRecord, store: Store, settings: Settings) -> list[Candidate]:
+async def _candidates(record: ImageRecord, store: Store, settings: Settings) -> list[ImageRecord]:
+    """Stage 1: what the indexes propose for ``record`` (never all pairs): the same digest, a
+    signature near any orientation of it, an embedding near it."""
     queries = [record]
     if settings.match_orientations:
         queries += [
             dataclasses.replace(record, signature=o, words=words(o)) for o in orientations(record.signature)[1:]
         ]
-    best: dict[str, Candidate] = {}
+    found: dict[str, ImageRecord] = {r.path: r for r in await store.same_digest(record)}
     for query in queries:
         for c in await store.candidates(query, settings.max_dist, CANDIDATE_LIMIT):
-            if c.record.path not in best or c.distance < best[c.record.path].distance:
-                best[c.record.path] = c
+            found.setdefault(c.record.path, c.record)
+    for c in await store.similar(record, settings.min_similarity, CANDIDATE_LIMIT):
+        found.setdefault(c.record.path, c.record)
     return [
-        c for c in best.values()
-        if c.record.error is None
+        r for r in found.values()
+        if r.error is None and r.signature is not None and r.path != record.path
         # the store keeps the analyses of roots not scanned now: match across current roots only
-        and (c.record.root == record.root or root_of(c.record.path, settings.source_directories) is not None)
-        and pair_allowed(record, c.record, settings.across_dirs, settings.max_file_modification_time_diff)
-        and not (c.distance == 0 and _same_file(record.path, c.record.path))
+        and (r.root == record.root or root_of(r.path, settings.source_directories) is not None)
+        and pair_allowed(record, r, settings.across_dirs, settings.max_file_modification_time_diff)
+        and not _same_file(record.path, r.path)
     ]
 
 
@@ -51,29 +57,38 @@ def _same_file(a: str, b: str) -> bool:
 
 
 async def plan(
-    paths: Iterable[str], *, store: Store, settings: Settings, on_progress: Callable[[int], None] = lambda n: None
+    paths: Iterable[str], *, store: Store, settings: Settings, look: Look = look_in_thread,
+    on_progress: Callable[[int], None] = lambda n: None,
 ) -> list[Group]:
-    """Plan the components that contain ``paths``."""
+    """Plan the components that contain ``paths``: stage 1 proposes pairs, the verdict (stage 2)
+    judges each pair once, and the components of the pairs judged the same are planned."""
+    thresholds = Thresholds.of(settings)
     seeds = await store.get_many(list(dict.fromkeys(paths)))
     pending = [p for p, r in sorted(seeds.items()) if r.signature is not None]
     done: set[str] = set()
+    judged: dict[frozenset[str], Evidence] = {}
     groups: list[Group] = []
     while pending:
         start = pending.pop()
         if start in done:
             continue
-        component: dict[str, ImageRecord] = {start: seeds.get(start) or (await store.get_many([start]))[start]}
-        edges: list[tuple[str, str, float]] = []
+        component: dict[str, ImageRecord] = {start: seeds[start]}
+        edges: list[tuple[str, str, Evidence]] = []
         frontier = [start]
         while frontier and len(component) < MAX_COMPONENT:
             path = frontier.pop()
             done.add(path)
             on_progress(1)
-            for c in await _neighbours(component[path], store, settings):
-                edges.append((path, c.record.path, c.distance))
-                if c.record.path not in component:
-                    component[c.record.path] = c.record
-                    frontier.append(c.record.path)
+            record = component[path]
+            fresh = [c for c in await _candidates(record, store, settings) if frozenset((path, c.path)) not in judged]
+            verdicts = await asyncio.gather(*(same_photo(record, c, thresholds, look) for c in fresh))
+            for c, evidence in zip(fresh, verdicts):
+                judged[frozenset((path, c.path))] = evidence
+                if evidence.same:
+                    edges.append((path, c.path, evidence))
+                    if c.path not in component:
+                        component[c.path] = c
+                        frontier.append(c.path)
         done.update(component)  # a component cut at MAX_COMPONENT is not planned twice
         groups += plan_groups(component, edges, settings.prioritization_rules, settings.use_exif_data)
     return groups
@@ -87,8 +102,8 @@ def _facts(record: ImageRecord) -> dict:
 
 def to_decision(group: Group) -> Decision:
     return Decision(
-        keep=FileRef(**_facts(group.keep)),
-        remove=[Removal(**_facts(r), distance=round(d, 6)) for r, d in group.remove],
+        keep=FileRef(**_facts(group.keep)), rule=group.rule,
+        remove=[Removal(**_facts(r), distance=e.distance or 0.0, evidence=e) for r, e in group.remove],
     )
 
 

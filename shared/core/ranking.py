@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..config import RuleName
+from ..messages import Evidence
 from ..store import ImageRecord
 
 # "copy of X", "X - Copy", "X_copy2", "X - Kopie", "X (1)"; not "copyright"
@@ -24,18 +25,19 @@ COPY_NAME = re.compile(r"(?<![a-z])(copy|kopie|copie|kopia)(?![a-z])|\(\d+\)\s*$
 @dataclass(frozen=True, slots=True)
 class Group:
     keep: ImageRecord
-    remove: tuple[tuple[ImageRecord, float], ...]  # (record, distance to keep)
+    remove: tuple[tuple[ImageRecord, Evidence], ...]  # (record, the verdict against keep)
+    rule: str = ""  # the ranking rule that put keep before the runner-up
 
 
 def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def rank_key(
+def rank_values(
     record: ImageRecord, rules: Sequence[RuleName], distance: float, score: int, use_exif: bool = True
 ) -> tuple:
-    """Sort key: smaller is better. ``distance`` is the record's mean distance to its matches
-    and ``score`` the number of its matches (both within its component)."""
+    """One value per rule, smaller is better. ``distance`` is the record's mean distance to its
+    matches and ``score`` the number of its matches (both within its component)."""
     values = {
         "more_pixels": lambda: -record.pixels,
         "more_exif_data": lambda: -record.exif_tags if use_exif else 0,
@@ -47,39 +49,74 @@ def rank_key(
         "shorter_folder_path": lambda: len(os.path.dirname(record.path)),
         "higher_score": lambda: -score,
     }
-    return tuple(values[rule]() for rule in rules) + (record.path,)
+    return tuple(values[rule]() for rule in rules)
+
+
+def rank_key(
+    record: ImageRecord, rules: Sequence[RuleName], distance: float, score: int, use_exif: bool = True
+) -> tuple:
+    """Sort key: smaller is better; the path breaks the last tie."""
+    return rank_values(record, rules, distance, score, use_exif) + (record.path,)
+
+
+def identical_rank(record: ImageRecord) -> tuple:
+    """Among byte-identical files (``cp a.jpg a_copy.jpg``) the one to keep: the name without a
+    copy marker, then the older file. Their pixels and sizes tie, and a newer or longer name
+    says nothing but that it was copied later."""
+    return (1 if COPY_NAME.search(_stem(record.path)) else 0, record.mtime_ns, record.path)
+
+
+def deciding_rule(keep: tuple, runner_up: tuple, rules: Sequence[str]) -> str:
+    """The first rule whose value sets the kept file before the runner-up."""
+    for rule, a, b in zip((*rules, "identical_name_then_older", "path"), keep, runner_up):
+        if a != b:
+            return rule
+    return "path"
 
 
 def plan_groups(
     records: Mapping[str, ImageRecord],
-    edges: Iterable[tuple[str, str, float]],
+    edges: Iterable[tuple[str, str, Evidence]],
     rules: Sequence[RuleName],
     use_exif: bool = True,
 ) -> list[Group]:
-    """Decide keepers and removals for the images in ``records`` given their match ``edges``
-    (pairs within max_dist; each pair once or twice, any order)."""
-    neighbours: dict[str, dict[str, float]] = {path: {} for path in records}
-    for a, b, d in edges:
-        if a in neighbours and b in neighbours and a != b:
-            neighbours[a][b] = d
-            neighbours[b][a] = d
+    """Decide keepers and removals for the images in ``records`` given the verdict ``edges``
+    (pairs judged the same photo; each pair once or twice, any order)."""
+    neighbours: dict[str, dict[str, Evidence]] = {path: {} for path in records}
+    for a, b, evidence in edges:
+        if a in neighbours and b in neighbours and a != b and evidence.same:
+            neighbours[a][b] = evidence
+            neighbours[b][a] = evidence
+    twins: dict[str, list[ImageRecord]] = {}
+    for record in records.values():
+        if record.digest and neighbours[record.path]:
+            twins.setdefault(record.digest, []).append(record)
 
     def key(path: str) -> tuple:
         near = neighbours[path]
-        mean = sum(near.values()) / len(near) if near else 0.0
-        return rank_key(records[path], rules, round(mean, 6), len(near), use_exif)
+        dists = [e.distance or 0.0 for e in near.values()]
+        mean = sum(dists) / len(dists) if dists else 0.0
+        record = records[path]
+        siblings = twins.get(record.digest or "", [])
+        # byte-identical files rank as one, then among themselves by identical_rank
+        face = min(siblings, key=identical_rank) if len(siblings) > 1 else record
+        values = rank_values(face, rules, round(mean, 6), len(near), use_exif)
+        return values + (identical_rank(record), record.path)
 
     groups: list[Group] = []
     taken: set[str] = set()
-    for path in sorted((p for p in records if neighbours[p]), key=key):
+    order = sorted((p for p in records if neighbours[p]), key=key)
+    for path in order:
         if path in taken:
             continue
         taken.add(path)
-        removals = sorted((other, d) for other, d in neighbours[path].items() if other not in taken)
+        removals = sorted((other, e) for other, e in neighbours[path].items() if other not in taken)
         if not removals:
             continue
         taken.update(other for other, _ in removals)
-        groups.append(Group(records[path], tuple((records[o], d) for o, d in removals)))
+        runner_up = min((key(other) for other, _ in removals))
+        groups.append(Group(records[path], tuple((records[o], e) for o, e in removals),
+                            deciding_rule(key(path), runner_up, rules)))
     return groups
 
 

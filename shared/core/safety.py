@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..messages import Evidence
+
 
 class Unsafe(Exception):
     """An action was refused; ``str(exc)`` says why in one line."""
@@ -84,13 +86,14 @@ def removal_refusal(
     keep_expected: tuple[int, int],
     victim: Observed | None,
     victim_expected: tuple[int, int],
-    distance_now: float | None,
-    max_dist: float,
+    verdict_now: Evidence | None,
     same_file: bool,
 ) -> str | None:
     """Why removing the victim in favour of the kept file must not happen now, or None.
 
-    ``*_expected`` are the (size, mtime_ns) both files had when they were analysed and matched.
+    ``*_expected`` are the (size, mtime_ns) both files had when they were analysed and matched;
+    ``verdict_now`` is ``shared.core.verdict.same_photo`` on the current store records (None
+    when either has none), the very function that grouped them.
     """
     if same_file:
         return "the kept file and the duplicate are the same file"
@@ -104,10 +107,10 @@ def removal_refusal(
         return "the duplicate no longer exists"
     if (victim.size, victim.mtime_ns) != victim_expected:
         return "the duplicate changed since it was analysed"
-    if distance_now is None:
-        return "no current signature for both files"
-    if distance_now > max_dist:
-        return f"the files no longer match (distance {distance_now:.3f} > max_dist {max_dist})"
+    if verdict_now is None:
+        return "no current analysis of both files"
+    if not verdict_now.same:
+        return f"the files no longer show the same photo: {verdict_now.reason}"
     return None
 
 

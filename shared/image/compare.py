@@ -31,6 +31,9 @@ MIN_COVERAGE = 0.6  # of the smaller picture lying inside the other one
 PATCH_SHIFT_PX = 1.0  # a patch displaced by more (in the smaller picture's pixels) moved
 PATCH_CONFIDENT = 0.2  # phase-correlation response above which a displacement is real
 MIN_PATCHES = 4
+SAME_CONTENT = 0.5  # correlation of an aligned patch below which it shows something else
+MAX_CHANGED_PATCHES = 2  # inner patches with other content that make it another picture
+INNER_BAND = 0.15  # the outer band (share of each side) where overlays are allowed
 _TEXTURE = 6.0  # grey-level standard deviation below which a patch says nothing
 
 
@@ -102,14 +105,18 @@ _ORIENTATION_INDEX = {(0, False): 0, (1, False): 3, (2, False): 2, (3, False): 1
                       (0, True): 4, (1, True): 7, (2, True): 5, (3, True): 6}
 
 
-def _displaced_share(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[float, int]:
-    """Share of textured patches whose content is displaced between x and y, and their count."""
+def _patch_changes(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[int, int, int]:
+    """Over the textured patches of two aligned pictures: how many there are, how many are
+    displaced (moved), and how many inner ones hold other content (pasted in or taken out).
+    Patches in the outer band are not held to the second test: watermarks, logos and caption
+    bars are put there."""
     h, w = x.shape
     size = int(min(48, max(16, min(h, w) // 8)))
     window = cv2.createHanningWindow((size, size), cv2.CV_32F)
-    x = x.astype(np.float32)
-    y = y.astype(np.float32)
-    total = moved = 0
+    x = cv2.GaussianBlur(x.astype(np.float32), (0, 0), 1.0)
+    y = cv2.GaussianBlur(y.astype(np.float32), (0, 0), 1.0)
+    band_y, band_x = INNER_BAND * h, INNER_BAND * w
+    total = moved = changed = 0
     for i in range(0, h - size + 1, size // 2):
         for j in range(0, w - size + 1, size // 2):
             if not inside[i : i + size, j : j + size].all():
@@ -119,11 +126,25 @@ def _displaced_share(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[
             sa, sb = float(pa.std()), float(pb.std())
             if sa < _TEXTURE or sb < _TEXTURE:
                 continue
-            (dx, dy), response = cv2.phaseCorrelate((pa - pa.mean()) / sa, (pb - pb.mean()) / sb, window)
+            na, nb = (pa - pa.mean()) / sa, (pb - pb.mean()) / sb
+            correlation = float((na * nb).mean())
+            (dx, dy), response = cv2.phaseCorrelate(na, nb, window)
             total += 1
             if math.hypot(dx, dy) > PATCH_SHIFT_PX and response >= PATCH_CONFIDENT:
                 moved += 1
-    return (moved / total if total else 1.0), total
+            elif correlation < SAME_CONTENT and band_y <= i and i + size <= h - band_y \
+                    and band_x <= j and j + size <= w - band_x:
+                changed += 1
+    return total, moved, changed
+
+
+def _difference(x: np.ndarray, y: np.ndarray, where: np.ndarray) -> float:
+    """Mean absolute difference of two aligned pictures, brightness and contrast set aside."""
+    a = x[where].astype(np.float32)
+    b = y[where].astype(np.float32)
+    if a.size == 0:
+        return math.inf
+    return float(np.abs((a - a.mean()) / (a.std() + 1e-6) - (b - b.mean()) / (b.std() + 1e-6)).mean())
 
 
 def _prefilter(grey: np.ndarray, shrink: float) -> np.ndarray:
@@ -152,24 +173,35 @@ def agreement(a: Features, b: Features, mirrors: bool = True) -> Agreement:
         return Agreement(**base, reason=f"turned by {tilt:.0f} degrees off a quarter turn")
     bg = b.mirrored if mirrored else b.grey
     if scale > 1:  # b is the smaller picture: bring a into b's frame
-        inverse = cv2.invertAffineTransform(m)
-        h, w = bg.shape
-        x = cv2.warpAffine(_prefilter(a.grey, scale), inverse, (w, h), flags=cv2.INTER_LINEAR)
-        inside = cv2.warpAffine(np.full(a.grey.shape, 255, np.uint8), inverse, (w, h), flags=cv2.INTER_NEAREST)
-        y = bg
+        frame, moving, into = bg, _prefilter(a.grey, scale), cv2.invertAffineTransform(m)
     else:
-        h, w = a.grey.shape
-        y = cv2.warpAffine(_prefilter(bg, 1.0 / max(scale, 1e-6)), m, (w, h), flags=cv2.INTER_LINEAR)
-        inside = cv2.warpAffine(np.full(bg.shape, 255, np.uint8), m, (w, h), flags=cv2.INTER_NEAREST)
-        x = a.grey
+        frame, moving, into = a.grey, _prefilter(bg, 1.0 / max(scale, 1e-6)), m
+    h, w = frame.shape
+    warped = cv2.warpAffine(moving, into, (w, h), flags=cv2.INTER_LINEAR)
+    # keypoints are placed to a pixel or so; the whole picture's phase correlation refines the
+    # shift to a fraction of one, which the per-patch test needs
+    window = cv2.createHanningWindow((w, h), cv2.CV_32F)
+    (dx, dy), _ = cv2.phaseCorrelate(warped.astype(np.float32), frame.astype(np.float32), window)
+    inside = cv2.warpAffine(np.full(moving.shape, 255, np.uint8), into, (w, h), flags=cv2.INTER_NEAREST)
+    if 0 < math.hypot(dx, dy) <= 3.0:  # kept only where it brings the pictures closer
+        shifted = into.copy()
+        shifted[:, 2] += (dx, dy)
+        rewarped = cv2.warpAffine(moving, shifted, (w, h), flags=cv2.INTER_LINEAR)
+        overlap = inside > 0
+        if _difference(rewarped, frame, overlap) < _difference(warped, frame, overlap):
+            into, warped = shifted, rewarped
+            inside = cv2.warpAffine(np.full(moving.shape, 255, np.uint8), into, (w, h), flags=cv2.INTER_NEAREST)
+    x, y = frame, warped
     inside = cv2.erode(inside, np.ones((5, 5), np.uint8)) > 0
     coverage = float(inside.mean())  # the frame compared in is the smaller picture's
     base["coverage"] = round(coverage, 3)
     if coverage < MIN_COVERAGE:
         return Agreement(**base, reason=f"only {coverage:.0%} of the smaller picture lies in the other")
-    displaced, patches = _displaced_share(x, y, inside)
+    patches, moved, changed = _patch_changes(x, y, inside)
     base["patches"] = patches
     if patches < MIN_PATCHES:
         return Agreement(**base, reason="too little structure to compare")
-    return Agreement(score=round(1.0 - displaced, 4), **base)
+    if changed >= MAX_CHANGED_PATCHES:
+        return Agreement(**base, reason=f"part of the picture holds other content ({changed} patches)")
+    return Agreement(score=round(1.0 - moved / patches, 4), **base)
 
