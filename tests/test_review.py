@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
-from services.review.command import _apply
+from services.apply import apply_report
 from services.review.server import COOKIE, make_app
 from services.review.source import report_from_store, reviewed_path
 from services.review.state import REVIEWER_RULE, Filters, Review, ReviewError
@@ -189,7 +189,7 @@ async def client(reported, tmp_path):
     store = SQLiteStore(settings.store_path)
     thumbs = Thumbnailer(tmp_path / "thumbs", 1)
     app = make_app(Review(report), token=TOKEN, settings=settings, store=store, thumbs=thumbs,
-                   out=tmp_path / "report.reviewed.json", apply_report=_apply, apply_settings=settings,
+                   out=tmp_path / "report.reviewed.json", apply_report=apply_report, apply_settings=settings,
                    source="report.json")
     async with TestClient(TestServer(app)) as c:
         yield c
@@ -294,7 +294,7 @@ async def test_a_file_outside_the_roots_is_never_served(reported, tmp_path):
     store = SQLiteStore(settings.store_path)
     thumbs = Thumbnailer(tmp_path / "thumbs", 1)
     app = make_app(Review(report), token=TOKEN, settings=settings, store=store, thumbs=thumbs,
-                   out=tmp_path / "out.json", apply_report=_apply, apply_settings=settings, source="x")
+                   out=tmp_path / "out.json", apply_report=apply_report, apply_settings=settings, source="x")
     try:
         async with TestClient(TestServer(app)) as c:
             n = len(group["remove"])
