@@ -90,9 +90,8 @@ def test_not_duplicates_drops_the_group_and_lists_its_pairs():
     review.decide(2, "accept")
     out = review.reviewed_report()
     assert [g["keep"] for g in out["groups"]] == ["/p/burst/1.jpg"]
-    assert sorted(map(tuple, out["reviewed"]["distinct"])) == [
-        ("/p/2020/a small.jpg", "/p/2020/a.jpg"), ("/p/2020/a small.jpg", "/p/phone/a-1.jpg"),
-        ("/p/2020/a.jpg", "/p/phone/a-1.jpg")]
+    assert out["reviewed"]["distinct"] == [
+        ["/p/2020/a.jpg", "/p/2020/a small.jpg"], ["/p/2020/a.jpg", "/p/phone/a-1.jpg"]], "kept with each removal"
     review.decide(0, "reset")
     assert review.reviewed_report()["reviewed"]["distinct"] == []
 
