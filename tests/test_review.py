@@ -20,6 +20,7 @@ from services.review.source import report_from_store, reviewed_path
 from services.review.state import REVIEWER_RULE, Filters, Review, ReviewError
 from services.review.thumbs import Thumbnailer
 from shared.config import load_settings
+from shared.store.open import open_stores
 from shared.store.sqlite import SQLiteStore
 
 from .conftest import FIXTURE_MAX_DIST, make_photo, save_photo
@@ -185,15 +186,16 @@ def reported(run_cli, tmp_path):
 async def client(reported, tmp_path):
     lib, report = reported
     settings = load_settings(None, source_directories=[lib], store_path=tmp_path / "store.sqlite", threads=1)
-    store = SQLiteStore(settings.store_path)
+    store, ledger = await open_stores(settings)
     thumbs = Thumbnailer(tmp_path / "thumbs", 1)
-    app = make_app(Review(report), token=TOKEN, settings=settings, store=store, thumbs=thumbs,
+    app = make_app(Review(report), token=TOKEN, settings=settings, store=store, ledger=ledger, thumbs=thumbs,
                    out=tmp_path / "report.reviewed.json", apply_report=apply_report, apply_settings=settings,
                    source="report.json")
     async with TestClient(TestServer(app)) as c:
         yield c
     thumbs.close()
     await store.close()
+    await ledger.close()
 
 
 def _index(report: dict, name: str) -> tuple[int, int]:
@@ -290,9 +292,9 @@ async def test_a_file_outside_the_roots_is_never_served(reported, tmp_path):
         group["remove"].append(bad)
         group["files"][bad] = {"size": 1, "mtime_ns": 1, "width": 1, "height": 1, "format": "JPEG", "frames": 1}
     settings = load_settings(None, source_directories=[lib], store_path=tmp_path / "store.sqlite", threads=1)
-    store = SQLiteStore(settings.store_path)
+    store, ledger = await open_stores(settings)
     thumbs = Thumbnailer(tmp_path / "thumbs", 1)
-    app = make_app(Review(report), token=TOKEN, settings=settings, store=store, thumbs=thumbs,
+    app = make_app(Review(report), token=TOKEN, settings=settings, store=store, ledger=ledger, thumbs=thumbs,
                    out=tmp_path / "out.json", apply_report=apply_report, apply_settings=settings, source="x")
     try:
         async with TestClient(TestServer(app)) as c:
@@ -306,6 +308,7 @@ async def test_a_file_outside_the_roots_is_never_served(reported, tmp_path):
     finally:
         thumbs.close()
         await store.close()
+        await ledger.close()
     assert not list((tmp_path / "thumbs").glob("*")), "nothing was even decoded"
 
 
