@@ -107,6 +107,7 @@ async def handle_file_event(
             exif_tags=analysis.exif_tags if settings.use_exif_data else 0,
             exif_date=analysis.exif_date if settings.use_exif_data else None,
             signature=analysis.signature, words=words(analysis.signature),
+            digest=analysis.digest or None,  # what a person's "not duplicates" is remembered by
         )
     )
     await publish(ImageSigned(path=path))
