@@ -324,3 +324,20 @@ async def test_without_a_report_the_store_is_planned_like_deduplicate_does(repor
     strip = lambda r: sorted((g["keep"], g["remove"], g["distances"], g["files"]) for g in r["groups"])  # noqa: E731
     assert strip(planned) == strip(report)
     assert planned["version"] == 2 and planned["roots"] == [str(lib)]
+
+
+async def test_not_duplicates_is_remembered_in_the_ledger_by_the_stores_digests(client, reported, tmp_path):
+    lib, report = reported
+    gi, _ = _index(report, "cat copy.jpg")
+    r = await client.post("/api/decide", json={"group": gi, "action": "distinct"}, headers={"X-Token": TOKEN})
+    assert r.status == 200 and (await r.json())["remembered"] == 1
+    store, ledger = await open_stores(load_settings(None, store_path=tmp_path / "store.sqlite"))
+    try:
+        paths = [str(lib / "c/cat.jpg"), str(lib / "c/cat copy.jpg"), str(lib / "a/beach.jpg")]
+        records = await store.get_many(paths)
+        da, db, beach = (records[p].digest for p in paths)
+        assert len({da, db, beach}) == 3
+        assert await ledger.distinct([da, db, beach]) == {frozenset((da, db))}, "only the pair marked"
+    finally:
+        await store.close()
+        await ledger.close()
