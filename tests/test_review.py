@@ -8,6 +8,9 @@ import copy
 import io
 import json
 import os
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -341,3 +344,39 @@ async def test_not_duplicates_is_remembered_in_the_ledger_by_the_stores_digests(
     finally:
         await store.close()
         await ledger.close()
+
+
+def test_review_takes_config_after_the_command_and_applies_with_trash(reported, tmp_path, isolated_env):
+    """As the user runs it, without a report: the store and max_dist come only from the config
+    given after ``review``, and Apply trashes the accepted removal into the desktop trash."""
+    lib, report = reported
+    config = tmp_path / "config.yaml"
+    config.write_text(f"store_path: {tmp_path / 'store.sqlite'}\nmax_dist: {FIXTURE_MAX_DIST}\n", encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "review", "--config", str(config), "--action", "trash",
+                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline(), proc.stdout.readline()]
+        assert lines[0].startswith("2 groups from "), (lines, proc.stderr.read() if proc.poll() is not None else "")
+        url = lines[1].split()[1]
+        base, token = url.split("/?token=")
+
+        def call(path: str, body: dict | None = None) -> dict:
+            req = urllib.request.Request(f"{base}{path}?token={token}", headers={"X-Token": token},
+                                         data=None if body is None else json.dumps(body).encode())
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return json.loads(r.read())
+
+        assert call("/api/info")["action"] == "trash"
+        [cats] = [g for g in call("/api/groups")["groups"] if any(f["name"] == "cat copy.jpg" for f in g["files"])]
+        call("/api/decide", {"group": cats["index"], "action": "accept"})
+        outcomes = call("/api/apply", {})["outcomes"]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    [cat] = [g for g in report["groups"] if g["keep"].startswith(str(lib / "c"))]
+    [removed] = cat["remove"]
+    assert [(o["path"], o["action"], o["status"]) for o in outcomes] == [(removed, "trash", "done")]
+    assert not os.path.exists(removed) and os.path.exists(cat["keep"])
+    trashed = isolated_env / "data" / "Trash" / "files" / os.path.basename(removed)
+    assert trashed.is_file(), "in the desktop trash, not deleted"
+    assert {p.name for p in lib.rglob("*.jpg")} == {"beach.jpg", "beach small.jpg", os.path.basename(cat["keep"])}
