@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from shared.config import Settings
 from shared.messages import Decision, FileRef, Removal
 from shared.core.ranking import Group, pair_allowed, plan_groups
 from shared.core.safety import root_of
 from shared.image.signature import orientations, words
-from shared.store import Candidate, ImageRecord, Store
+from shared.store import Candidate, ImageRecord, Ledger, Store
 
 # A component larger than this is planned in parts; it only happens when thousands of files
 # look alike (a burst of near-identical frames), and the parts are still safe on their own.
@@ -77,6 +77,20 @@ async def plan(
         done.update(component)  # a component cut at MAX_COMPONENT is not planned twice
         groups += plan_groups(component, edges, settings.prioritization_rules, settings.use_exif_data)
     return groups
+
+
+# -- pairs a person marked "not duplicates" -----------------------------------------------------
+
+
+async def drop_distinct(
+    edges: list[tuple[str, str, float]], records: Mapping[str, ImageRecord], ledger: Ledger
+) -> list[tuple[str, str, float]]:
+    """``edges`` without the pairs whose two content digests the ledger has marked distinct: a
+    person said they show different photos, so they are never proposed again, whatever their
+    distance. One ledger query for all the edges; a file without a digest keeps its edges."""
+    digest = {p: r.digest for p, r in records.items() if r.digest}
+    marked = await ledger.distinct(sorted({digest[p] for a, b, _ in edges for p in (a, b) if p in digest}))
+    return [e for e in edges if frozenset((digest.get(e[0]), digest.get(e[1]))) not in marked]
 
 
 def _facts(record: ImageRecord) -> dict:
