@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
     undo_parser = sub.add_parser("undo", parents=[common], help="restore what a run's journal moved or trashed")
     undo_parser.add_argument("journal", type=Path)
-    review_command.add_parser(sub)
+    review_command.add_parser(sub, [common])
     add_service_commands(sub, [common])
     return parser
 

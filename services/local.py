@@ -148,7 +148,7 @@ async def deduplicate(
 
             # 4. match every file of the library, not only the ones signed in this run
             with phases.phase("match", len(found)) as advance:
-                groups = await plan([f.path for f in found], store=store, settings=settings, on_progress=advance,
+                groups = await plan([f.path for f in found], store=store, settings=settings, ledger=ledger, on_progress=advance,
                                     look=signer.look if signer is not None else look_in_thread)
             summary.decisions = [to_decision(g) for g in groups]
 

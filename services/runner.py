@@ -149,7 +149,8 @@ async def start_matcher(ctx: Context, prefetch: int | None = None) -> None:
 
     async def run(paths: list[str]) -> None:
         started = time.monotonic()
-        decisions = await handle_signed(paths, store=ctx.store, settings=settings, publish=ctx.bus.publish)
+        decisions = await handle_signed(paths, store=ctx.store, settings=settings, ledger=ctx.ledger,
+                                        publish=ctx.bus.publish)
         seconds = time.monotonic() - started
         measured.batch.observe(seconds)
         measured.groups.inc(len(decisions))

@@ -8,18 +8,22 @@ import copy
 import io
 import json
 import os
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
-from services.review.command import _apply
+from services.apply import apply_report
 from services.review.server import COOKIE, make_app
 from services.review.source import report_from_store, reviewed_path
 from services.review.state import REVIEWER_RULE, Filters, Review, ReviewError
 from services.review.thumbs import Thumbnailer
 from shared.config import load_settings
+from shared.store.open import open_stores
 from shared.store.sqlite import SQLiteStore
 
 from .conftest import FIXTURE_MAX_DIST, make_photo, save_photo
@@ -90,9 +94,8 @@ def test_not_duplicates_drops_the_group_and_lists_its_pairs():
     review.decide(2, "accept")
     out = review.reviewed_report()
     assert [g["keep"] for g in out["groups"]] == ["/p/burst/1.jpg"]
-    assert sorted(map(tuple, out["reviewed"]["distinct"])) == [
-        ("/p/2020/a small.jpg", "/p/2020/a.jpg"), ("/p/2020/a small.jpg", "/p/phone/a-1.jpg"),
-        ("/p/2020/a.jpg", "/p/phone/a-1.jpg")]
+    assert out["reviewed"]["distinct"] == [
+        ["/p/2020/a.jpg", "/p/2020/a small.jpg"], ["/p/2020/a.jpg", "/p/phone/a-1.jpg"]], "kept with each removal"
     review.decide(0, "reset")
     assert review.reviewed_report()["reviewed"]["distinct"] == []
 
@@ -186,15 +189,16 @@ def reported(run_cli, tmp_path):
 async def client(reported, tmp_path):
     lib, report = reported
     settings = load_settings(None, source_directories=[lib], store_path=tmp_path / "store.sqlite", threads=1)
-    store = SQLiteStore(settings.store_path)
+    store, ledger = await open_stores(settings)
     thumbs = Thumbnailer(tmp_path / "thumbs", 1)
-    app = make_app(Review(report), token=TOKEN, settings=settings, store=store, thumbs=thumbs,
-                   out=tmp_path / "report.reviewed.json", apply_report=_apply, apply_settings=settings,
+    app = make_app(Review(report), token=TOKEN, settings=settings, store=store, ledger=ledger, thumbs=thumbs,
+                   out=tmp_path / "report.reviewed.json", apply_report=apply_report, apply_settings=settings,
                    source="report.json")
     async with TestClient(TestServer(app)) as c:
         yield c
     thumbs.close()
     await store.close()
+    await ledger.close()
 
 
 def _index(report: dict, name: str) -> tuple[int, int]:
@@ -291,10 +295,10 @@ async def test_a_file_outside_the_roots_is_never_served(reported, tmp_path):
         group["remove"].append(bad)
         group["files"][bad] = {"size": 1, "mtime_ns": 1, "width": 1, "height": 1, "format": "JPEG", "frames": 1}
     settings = load_settings(None, source_directories=[lib], store_path=tmp_path / "store.sqlite", threads=1)
-    store = SQLiteStore(settings.store_path)
+    store, ledger = await open_stores(settings)
     thumbs = Thumbnailer(tmp_path / "thumbs", 1)
-    app = make_app(Review(report), token=TOKEN, settings=settings, store=store, thumbs=thumbs,
-                   out=tmp_path / "out.json", apply_report=_apply, apply_settings=settings, source="x")
+    app = make_app(Review(report), token=TOKEN, settings=settings, store=store, ledger=ledger, thumbs=thumbs,
+                   out=tmp_path / "out.json", apply_report=apply_report, apply_settings=settings, source="x")
     try:
         async with TestClient(TestServer(app)) as c:
             n = len(group["remove"])
@@ -307,6 +311,7 @@ async def test_a_file_outside_the_roots_is_never_served(reported, tmp_path):
     finally:
         thumbs.close()
         await store.close()
+        await ledger.close()
     assert not list((tmp_path / "thumbs").glob("*")), "nothing was even decoded"
 
 
@@ -322,3 +327,56 @@ async def test_without_a_report_the_store_is_planned_like_deduplicate_does(repor
     strip = lambda r: sorted((g["keep"], g["remove"], g["distances"], g["files"]) for g in r["groups"])  # noqa: E731
     assert strip(planned) == strip(report)
     assert planned["version"] == 2 and planned["roots"] == [str(lib)]
+
+
+async def test_not_duplicates_is_remembered_in_the_ledger_by_the_stores_digests(client, reported, tmp_path):
+    lib, report = reported
+    gi, _ = _index(report, "cat copy.jpg")
+    r = await client.post("/api/decide", json={"group": gi, "action": "distinct"}, headers={"X-Token": TOKEN})
+    assert r.status == 200 and (await r.json())["remembered"] == 1
+    store, ledger = await open_stores(load_settings(None, store_path=tmp_path / "store.sqlite"))
+    try:
+        paths = [str(lib / "c/cat.jpg"), str(lib / "c/cat copy.jpg"), str(lib / "a/beach.jpg")]
+        records = await store.get_many(paths)
+        da, db, beach = (records[p].digest for p in paths)
+        assert len({da, db, beach}) == 3
+        assert await ledger.distinct([da, db, beach]) == {frozenset((da, db))}, "only the pair marked"
+    finally:
+        await store.close()
+        await ledger.close()
+
+
+def test_review_takes_config_after_the_command_and_applies_with_trash(reported, tmp_path, isolated_env):
+    """As the user runs it, without a report: the store and max_dist come only from the config
+    given after ``review``, and Apply trashes the accepted removal into the desktop trash."""
+    lib, report = reported
+    config = tmp_path / "config.yaml"
+    config.write_text(f"store_path: {tmp_path / 'store.sqlite'}\nmax_dist: {FIXTURE_MAX_DIST}\n", encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "review", "--config", str(config), "--action", "trash",
+                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline(), proc.stdout.readline()]
+        assert lines[0].startswith("2 groups from "), (lines, proc.stderr.read() if proc.poll() is not None else "")
+        url = lines[1].split()[1]
+        base, token = url.split("/?token=")
+
+        def call(path: str, body: dict | None = None) -> dict:
+            req = urllib.request.Request(f"{base}{path}?token={token}", headers={"X-Token": token},
+                                         data=None if body is None else json.dumps(body).encode())
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return json.loads(r.read())
+
+        assert call("/api/info")["action"] == "trash"
+        [cats] = [g for g in call("/api/groups")["groups"] if any(f["name"] == "cat copy.jpg" for f in g["files"])]
+        call("/api/decide", {"group": cats["index"], "action": "accept"})
+        outcomes = call("/api/apply", {})["outcomes"]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    [cat] = [g for g in report["groups"] if g["keep"].startswith(str(lib / "c"))]
+    [removed] = cat["remove"]
+    assert [(o["path"], o["action"], o["status"]) for o in outcomes] == [(removed, "trash", "done")]
+    assert not os.path.exists(removed) and os.path.exists(cat["keep"])
+    trashed = isolated_env / "data" / "Trash" / "files" / os.path.basename(removed)
+    assert trashed.is_file(), "in the desktop trash, not deleted"
+    assert {p.name for p in lib.rglob("*.jpg")} == {"beach.jpg", "beach small.jpg", os.path.basename(cat["keep"])}

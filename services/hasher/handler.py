@@ -113,7 +113,7 @@ async def handle_file_event(
             exif_tags=analysis.exif_tags if settings.use_exif_data else 0,
             exif_date=analysis.exif_date if settings.use_exif_data else None,
             signature=analysis.signature, words=words(analysis.signature),
-            digest=analysis.digest, frames=analysis.frames, embedding=analysis.embedding,
+            digest=analysis.digest or None, frames=analysis.frames, embedding=analysis.embedding,
         )
     )
     await publish(ImageSigned(path=path))

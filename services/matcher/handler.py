@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from shared.config import Settings
 from shared.core.verdict import Look, Thresholds, same_photo
@@ -16,7 +16,7 @@ from shared.messages import Decision, Evidence, FileRef, Removal
 from shared.core.ranking import Group, pair_allowed, plan_groups
 from shared.core.safety import root_of
 from shared.image.signature import orientations, words
-from shared.store import ImageRecord, Store
+from shared.store import ImageRecord, Ledger, Store
 
 # A component larger than this is planned in parts; it only happens when thousands of files
 # look alike (a burst of near-identical frames), and the parts are still safe on their own.
@@ -57,8 +57,8 @@ def _same_file(a: str, b: str) -> bool:
 
 
 async def plan(
-    paths: Iterable[str], *, store: Store, settings: Settings, look: Look = look_in_thread,
-    on_progress: Callable[[int], None] = lambda n: None,
+    paths: Iterable[str], *, store: Store, settings: Settings, ledger: Ledger | None = None,
+    look: Look = look_in_thread, on_progress: Callable[[int], None] = lambda n: None,
 ) -> list[Group]:
     """Plan the components that contain ``paths``: stage 1 proposes pairs, the verdict (stage 2)
     judges each pair once, and the components of the pairs judged the same are planned."""
@@ -90,8 +90,24 @@ async def plan(
                         component[c.path] = c
                         frontier.append(c.path)
         done.update(component)  # a component cut at MAX_COMPONENT is not planned twice
+        if ledger is not None:
+            edges = await drop_distinct(edges, component, ledger)
         groups += plan_groups(component, edges, settings.prioritization_rules, settings.use_exif_data)
     return groups
+
+
+# -- pairs a person marked "not duplicates" -----------------------------------------------------
+
+
+async def drop_distinct(
+    edges: list[tuple[str, str, Evidence]], records: Mapping[str, ImageRecord], ledger: Ledger
+) -> list[tuple[str, str, Evidence]]:
+    """``edges`` without the pairs whose two content digests the ledger has marked distinct: a
+    person said they show different photos, so they are never proposed again, whatever their
+    distance. One ledger query for all the edges; a file without a digest keeps its edges."""
+    digest = {p: r.digest for p, r in records.items() if r.digest}
+    marked = await ledger.distinct(sorted({digest[p] for a, b, _ in edges for p in (a, b) if p in digest}))
+    return [e for e in edges if frozenset((digest.get(e[0]), digest.get(e[1]))) not in marked]
 
 
 def _facts(record: ImageRecord) -> dict:
@@ -108,10 +124,10 @@ def to_decision(group: Group) -> Decision:
 
 
 async def handle_signed(
-    paths: Iterable[str], *, store: Store, settings: Settings, publish: Callable[[Decision], Awaitable[None]]
+    paths: Iterable[str], *, store: Store, settings: Settings, ledger: Ledger | None = None, publish: Callable[[Decision], Awaitable[None]]
 ) -> list[Decision]:
     """Match a batch of freshly signed images and publish a decision per duplicate group."""
-    decisions = [to_decision(g) for g in await plan(paths, store=store, settings=settings)]
+    decisions = [to_decision(g) for g in await plan(paths, store=store, settings=settings, ledger=ledger)]
     for decision in decisions:
         await publish(decision)
     return decisions

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from shared.config import ConfigError, Settings, load_settings
+from shared.config import ConfigError, load_settings
 from services.apply import apply_report
-from shared.store.sqlite import SQLiteStore
+from shared.store.open import open_stores
 
 from .server import make_app
 from .source import report_from_store, reviewed_path, store_roots
@@ -21,8 +21,9 @@ from .state import Review, ReviewError
 from .thumbs import Thumbnailer
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    review = sub.add_parser("review", help="review the duplicate groups in the browser, then apply exactly what was reviewed")
+def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    """``parents`` carry the options every command takes (``--config``)."""
+    review = sub.add_parser("review", parents=parents, help="review the duplicate groups in the browser, then apply exactly what was reviewed")
     review.add_argument("report", nargs="?", type=Path, help="a report of deduplicate --report (default: plan from the store)")
     review.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     review.add_argument("--port", type=int, default=0, help="port (default: a free one)")
@@ -55,7 +56,7 @@ async def _serve(args: argparse.Namespace, report: dict | None, flags: dict) -> 
     # the report's own roots: files are served, and Apply acts, only below them
     roots = [Path(r) for r in report.get("roots", [])] if report else None
     settings = load_settings(getattr(args, "config", None), **flags, source_directories=roots or None)
-    store = SQLiteStore(settings.store_path)
+    store, ledger = await open_stores(settings)
     thumbs = None
     runner = None
     try:
@@ -68,7 +69,7 @@ async def _serve(args: argparse.Namespace, report: dict | None, flags: dict) -> 
         apply_settings = settings.model_copy(update={"dry_run": args.dry_run})
         thumbs = Thumbnailer(settings.store_path.parent / "thumbs", settings.threads)
         token = secrets.token_urlsafe(24)
-        app = make_app(review, token=token, settings=settings, store=store, thumbs=thumbs, out=out,
+        app = make_app(review, token=token, settings=settings, store=store, ledger=ledger, thumbs=thumbs, out=out,
                        apply_report=apply_report, apply_settings=apply_settings,
                        source=str(args.report or settings.store_path))
         runner = web.AppRunner(app, access_log=None)
@@ -91,3 +92,4 @@ async def _serve(args: argparse.Namespace, report: dict | None, flags: dict) -> 
         if thumbs is not None:
             thumbs.close()
         await store.close()
+        await ledger.close()

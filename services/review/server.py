@@ -22,7 +22,7 @@ from aiohttp import web
 from shared.config import Settings
 from shared.core.safety import Unsafe, confine
 from shared.image.signature import distance
-from shared.store import Store
+from shared.store import Ledger, Store
 
 from .state import Filters, Review, ReviewError
 from .thumbs import BROWSER_FORMATS, LARGE_SIZE, THUMB_SIZE, Thumbnailer
@@ -36,6 +36,7 @@ Apply = Callable[[dict, Settings], Awaitable[object]]
 REVIEW = web.AppKey("review", Review)
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
+LEDGER = web.AppKey("ledger", Ledger)
 THUMBS = web.AppKey("thumbs", Thumbnailer)
 OUT = web.AppKey("out", Path)
 CONFIG = web.AppKey("config", dict)
@@ -48,20 +49,16 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-async def remember_distinct(store: Store, pairs: list[tuple[str, str]]) -> int:
-    """Tell the store that a person said each pair shows different photos, so that later runs
-    never propose it again; returns how many pairs it took. The Ledger's ``mark_distinct`` (by
-    content digest) is being added to the SQLite store; until it is there this takes none, and
-    the pairs are kept only in the reviewed report (``reviewed.distinct``)."""
-    mark = getattr(store, "mark_distinct", None)
-    if mark is None:
-        return 0
+async def remember_distinct(store: Store, ledger: Ledger, pairs: list[tuple[str, str]]) -> int:
+    """Mark each pair a person said shows different photos as distinct in the ledger, so later
+    runs never propose it again; returns how many pairs it marked. The digests come from the
+    store's records, not from the page; a file the store has no digest for is not marked."""
     records = await store.get_many(sorted({p for pair in pairs for p in pair}))
     marked = 0
     for a, b in pairs:
         da, db = (records[p].digest if p in records else None for p in (a, b))
         if da and db:
-            await mark(da, db)
+            await ledger.mark_distinct(da, db)
             marked += 1
     return marked
 
@@ -174,7 +171,7 @@ async def decide(request: web.Request) -> web.Response:
         g = review.decide(gid, action, keep, distances)
     except ReviewError as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
-    remembered = await remember_distinct(app[STORE], review.distinct_pairs(g)) if g.status == "distinct" else 0
+    remembered = await remember_distinct(app[STORE], app[LEDGER], review.distinct_pairs(g)) if g.status == "distinct" else 0
     write_json(app[OUT], review.reviewed_report())
     return web.json_response({"group": review.view(g), "totals": review.totals(), "remembered": remembered})
 
@@ -197,13 +194,13 @@ async def apply(request: web.Request) -> web.Response:
 
 
 def make_app(
-    review: Review, *, token: str, settings: Settings, store: Store, thumbs: Thumbnailer, out: Path,
+    review: Review, *, token: str, settings: Settings, store: Store, ledger: Ledger, thumbs: Thumbnailer, out: Path,
     apply_report: Apply, apply_settings: Settings, source: str,
 ) -> web.Application:
     """``settings`` give the roots files are served from; ``apply_settings`` those the Apply
     button acts with (the action, the target, and dry run or not)."""
     app = web.Application(middlewares=[_token_middleware(token)])
-    app[REVIEW], app[SETTINGS], app[STORE], app[THUMBS], app[OUT] = review, settings, store, thumbs, out
+    app[REVIEW], app[SETTINGS], app[STORE], app[LEDGER], app[THUMBS], app[OUT] = review, settings, store, ledger, thumbs, out
     app[CONFIG] = {
         "token": token, "apply": apply_report, "apply_settings": apply_settings, "lock": asyncio.Lock(),
         "source": source, "out": str(out), "action": apply_settings.effective_action,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from itertools import combinations
 from typing import Literal
 
 Status = Literal["pending", "accepted", "distinct"]
@@ -98,8 +97,9 @@ class Review:
         return g
 
     def distinct_pairs(self, g: GroupState) -> list[tuple[str, str]]:
-        """A group marked "not duplicates": no two of its files are the same photo."""
-        return list(combinations(sorted(g.files), 2))
+        """A group marked "not duplicates": its proposed kept copy with each removal, the pairs
+        the matcher proposed (two removals may still be copies of each other)."""
+        return [(g.files[0], r) for r in g.files[1:]]
 
     # -- pages --------------------------------------------------------------------------------
 

@@ -1,0 +1,29 @@
+"""The matcher's ``drop_distinct``: a pair a person marked "not duplicates" (by content digest,
+in a real SQLite ledger) loses its match edge, in either direction and for any byte-identical copy; every other edge
+stays."""
+
+from __future__ import annotations
+
+from services.matcher.handler import drop_distinct
+from shared.store import ImageRecord
+from shared.store.sqlite_ledger import SQLiteLedger
+
+
+def _record(path: str, digest: str | None) -> ImageRecord:
+    return ImageRecord(path, "/r", 1, 1, digest=digest)
+
+
+async def test_edges_of_pairs_marked_distinct_are_dropped(tmp_path):
+    records = {p: _record(p, d) for p, d in
+               [("/r/a.jpg", "aa"), ("/r/a2.jpg", "aa"), ("/r/b.jpg", "bb"), ("/r/c.jpg", "cc"), ("/r/n.jpg", None)]}
+    edges = [("/r/a.jpg", "/r/b.jpg", 0.1), ("/r/b.jpg", "/r/a.jpg", 0.1), ("/r/a.jpg", "/r/c.jpg", 0.2),
+             ("/r/b.jpg", "/r/c.jpg", 0.3), ("/r/n.jpg", "/r/a.jpg", 0.0), ("/r/b.jpg", "/r/a2.jpg", 0.1)]
+    ledger = SQLiteLedger(tmp_path / "store.sqlite")
+    try:
+        assert await drop_distinct(edges, records, ledger) == edges, "nothing marked: all kept"
+        await ledger.mark_distinct("bb", "aa")
+        await ledger.mark_distinct("cc", "zz")  # a file not in this component
+        assert await drop_distinct(edges, records, ledger) == [
+            ("/r/a.jpg", "/r/c.jpg", 0.2), ("/r/b.jpg", "/r/c.jpg", 0.3), ("/r/n.jpg", "/r/a.jpg", 0.0)]
+    finally:
+        await ledger.close()
