@@ -240,12 +240,12 @@ def summary(paths: list[str]) -> str:
     """Markdown tables (scores, then wrong pairs) from TOOL.score.json files."""
     rows = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
     order = {name: i for i, name in enumerate(TOOLS)}
-    rows.sort(key=lambda m: (m["library"], order.get(m["tool"], 99)))
+    rows.sort(key=lambda m: ("hard" in m["library"], m["library"], order.get(m["tool"], 99)))
     f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     lines = ["| library | tool | wrong | recall | exact | easy | medium | hard | natural "
              "| neg grouped | neg pairs grouped | pair prec. | keep acc. | CPU ms/image |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    wrong = []
+    wrong: dict[tuple[str, str], list[str]] = {}  # (tool, pairs) -> libraries
     for m in rows:
         d = m["recall_by_difficulty"]
         lines.append(
@@ -255,11 +255,12 @@ def summary(paths: list[str]) -> str:
             f"/{m['negative_pairs']} | {f(m['pair_precision'])} | {f(m['keep_accuracy'])} | "
             f"{m['cpu_ms_per_image']} |")
         pairs = sorted({(w["removed_source"], w["kept_source"]) for w in m["wrong_removal_pairs"]})
-        if pairs:
-            wrong.append(f"- {m['library']}, {m['tool']}: " + "; ".join(
-                f"{r} removed for {k}" for r, k in pairs))
-    return "\n".join(lines) + "\n\nWrong removals (source removed for source kept):\n\n" + (
-        "\n".join(wrong) if wrong else "- none") + "\n"
+        text = "; ".join(f"{r} removed for {k}" for r, k in pairs) or "none"
+        wrong.setdefault((m["tool"], text), []).append(m["library"])
+    listed = [f"- {tool} ({', '.join(libs)}): {text}"
+              for (tool, text), libs in sorted(wrong.items(), key=lambda i: order.get(i[0][0], 99))]
+    return ("\n".join(lines) + "\n\nWrong removals (photo removed for the look-alike kept):\n\n"
+            + "\n".join(listed) + "\n")
 
 
 def main() -> None:
