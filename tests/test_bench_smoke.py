@@ -20,7 +20,7 @@ def _run(*args: str, timeout: float = 60) -> str:
     return proc.stdout
 
 
-@pytest.mark.parametrize("script", ["matcher_scale.py", "accuracy.py", "end_to_end.py"])
+@pytest.mark.parametrize("script", ["matcher_scale.py", "accuracy.py", "end_to_end.py", "reference_tools.py"])
 def test_help(script: str) -> None:
     assert "usage" in _run(f"bench/{script}", "--help").lower()
 
@@ -93,3 +93,17 @@ def test_end_to_end_tiny(tmp_path: Path) -> None:
     lib = _tiny_library(tmp_path)
     out = _run("bench/end_to_end.py", "--lib", str(lib), "--threads", "1")
     assert "first run" in out and "unchanged re-run" in out and "3 files" in out
+
+
+def test_reference_tools_summary(tmp_path: Path) -> None:
+    """The tables of docs/reference_tools.md from a score file (no reference tool needed)."""
+    m = {"tool": "imagehash", "library": "lib-s1", "wrong_removals": 1, "recall": 0.5,
+         "recall_by_difficulty": {"exact": 1.0, "easy": 0.5, "medium": None, "hard": 0.0, "natural": 1.0},
+         "negatives_grouped": 2, "negatives": 20, "negative_pairs_grouped": 1, "negative_pairs": 10,
+         "pair_precision": 0.99, "keep_accuracy": 0.7, "cpu_ms_per_image": 12.5,
+         "wrong_removal_pairs": [{"removed_source": "a/x", "kept_source": "a/y"}]}
+    path = tmp_path / "imagehash.score.json"
+    path.write_text(json.dumps(m), encoding="utf-8")
+    out = _run("bench/reference_tools.py", "--summary", str(path))
+    assert "| lib-s1 | imagehash | 1 | 0.500 | 1.000 | 0.500 | n/a | 0.000 | 1.000 | 2/20 | 1/10 |" in out
+    assert "a/x removed for a/y" in out
