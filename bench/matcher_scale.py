@@ -237,6 +237,7 @@ def _run_numpy(n: int, seed: int, queries: int, stop: int, min_shared: int) -> d
     from shared.image import signature as sig
     from shared.config import Settings
     from shared.core.ranking import plan_groups
+    from shared.messages import Evidence
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -263,7 +264,8 @@ def _run_numpy(n: int, seed: int, queries: int, stop: int, min_shared: int) -> d
     members = np.unique(np.r_[a, b])
     edges_by_comp: dict[int, list] = {}
     for x, y, d in zip(a.tolist(), b.tolist(), dist.tolist()):
-        edges_by_comp.setdefault(int(labels[x]), []).append((f"{x:08d}", f"{y:08d}", d))
+        evidence = Evidence(same=True, stage="goldberg", distance=d)  # the prototype's stage 1 only
+        edges_by_comp.setdefault(int(labels[x]), []).append((f"{x:08d}", f"{y:08d}", evidence))
     recs = {int(i): _record(int(i), index.signature(int(i)), lambda s: ()) for i in members.tolist()}
     comp_members: dict[int, dict] = {}
     for i, r in recs.items():

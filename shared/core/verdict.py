@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..image.compare import Agreement
+from ..image.compare import NO_DETAILS, Agreement
 from ..image.embedding import cosine
 from ..image.signature import distances, orientations
 from ..messages import Evidence
@@ -26,6 +26,9 @@ from ..store import ImageRecord
 #: Fewer non-zero signature values than this: a flat or near-blank picture (all-zero when flat).
 MIN_STRUCTURE = 64
 MIN_SIDE = 32  # pixels; smaller pictures hold too little to compare
+
+#: Goldberg distance up to which a pair too plain to line up by keypoints still matches.
+PLAIN_MAX_DIST = 0.10
 
 FileVersion = tuple[str, int, int]
 Look = Callable[[FileVersion, FileVersion, bool], Awaitable[Agreement]]
@@ -87,10 +90,14 @@ async def same_photo(a: ImageRecord, b: ImageRecord, thresholds: Thresholds, loo
     else:
         return _no("neither the signature nor the embedding is close", **facts)
     agreed = await look(version(a), version(b), thresholds.match_orientations)
+    if agreed.reason == NO_DETAILS and dist <= PLAIN_MAX_DIST:
+        # pictures too plain for keypoints (graphics, soft shapes) are judged by the signature
+        # alone, at the strict distance that kept every look-alike apart before verification
+        return Evidence(same=True, stage="goldberg", **facts)
     if not agreed.reason and agreed.score >= thresholds.min_agreement:
         # the comparison is not symmetric (keypoints, which picture is warped): both must agree
         back = await look(version(b), version(a), thresholds.match_orientations)
-        if back.reason or back.score < agreed.score:
+        if (back.reason and back.reason != NO_DETAILS) or (not back.reason and back.score < agreed.score):
             agreed = Agreement(score=back.score, reason=back.reason, orientation=agreed.orientation)
     facts.update(orientation=agreed.orientation if not agreed.reason else turn, score=agreed.score)
     if agreed.reason:

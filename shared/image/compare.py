@@ -21,6 +21,7 @@ import numpy as np
 cv2.setNumThreads(1)  # the process pool is the parallelism
 
 MAX_SIDE = 512  # the long side pictures are compared at
+NO_DETAILS = "too few details in common to line the pictures up"
 _ORB = cv2.ORB_create(nfeatures=1000, fastThreshold=10)
 _MATCHER = cv2.BFMatcher(cv2.NORM_HAMMING)
 MIN_KEYPOINTS = 20
@@ -159,7 +160,7 @@ def agreement(a: Features, b: Features, mirrors: bool = True) -> Agreement:
     found = [(t, mirrored) for mirrored in ((False, True) if mirrors else (False,))
              if (t := _transform(a, b, mirrored)) is not None]
     if not found:
-        return Agreement(reason="too few details in common to line the pictures up")
+        return Agreement(reason=NO_DETAILS)
     (m, inliers, matches), mirrored = max(found, key=lambda tm: tm[0][1])
     scale = math.hypot(m[0, 0], m[1, 0])
     angle = math.degrees(math.atan2(m[1, 0], m[0, 0]))
