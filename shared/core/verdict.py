@@ -89,19 +89,23 @@ async def same_photo(a: ImageRecord, b: ImageRecord, thresholds: Thresholds, loo
         stage = "embedding"
     else:
         return _no("neither the signature nor the embedding is close", **facts)
-    agreed = await look(version(a), version(b), thresholds.match_orientations)
-    if agreed.reason == NO_DETAILS and dist <= PLAIN_MAX_DIST:
-        # pictures too plain for keypoints (graphics, soft shapes) are judged by the signature
-        # alone, at the strict distance that kept every look-alike apart before verification
-        return Evidence(same=True, stage="goldberg", **facts)
-    if not agreed.reason and agreed.score >= thresholds.min_agreement:
-        # the comparison is not symmetric (keypoints, which picture is warped): both must agree
-        back = await look(version(b), version(a), thresholds.match_orientations)
-        if (back.reason and back.reason != NO_DETAILS) or (not back.reason and back.score < agreed.score):
-            agreed = Agreement(score=back.score, reason=back.reason, orientation=agreed.orientation)
-    facts.update(orientation=agreed.orientation if not agreed.reason else turn, score=agreed.score)
-    if agreed.reason:
-        return _no(agreed.reason, **facts)
+    # the comparison is not symmetric (keypoints, which picture is warped): the verdict is,
+    # because it asks both ways
+    both = (await look(version(a), version(b), thresholds.match_orientations),
+            await look(version(b), version(a), thresholds.match_orientations))
+    refused = [r for r in both if r.reason and r.reason != NO_DETAILS]
+    usable = [r for r in both if not r.reason]
+    if refused:
+        facts.update(score=refused[0].score)
+        return _no(refused[0].reason, **facts)
+    if not usable:
+        if dist <= PLAIN_MAX_DIST:
+            # pictures too plain for keypoints (graphics, soft shapes) are judged by the
+            # signature alone, at the strict distance that kept every look-alike apart
+            return Evidence(same=True, stage="goldberg", **facts)
+        return _no(NO_DETAILS, **facts)
+    agreed = min(usable, key=lambda r: r.score)
+    facts.update(orientation=usable[0].orientation, score=agreed.score)
     if agreed.score < thresholds.min_agreement:
         moved = 1.0 - agreed.score
         return _no(f"{moved:.0%} of the picture moved against the rest (another moment or viewpoint)", **facts)
