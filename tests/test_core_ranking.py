@@ -7,7 +7,14 @@ import random
 import pytest
 
 from shared.config import DEFAULT_RULES
-from shared.core.ranking import pair_allowed, plan_groups, rank_key
+from shared.core.ranking import pair_allowed, rank_key
+from shared.core.ranking import plan_groups as _plan_groups
+from shared.messages import Evidence
+
+
+def plan_groups(records, edges, rules):
+    """The planner over verdict edges made from (a, b, distance) triples."""
+    return _plan_groups(records, [(a, b, Evidence(same=True, stage="goldberg", distance=d)) for a, b, d in edges], rules)
 from shared.store import ImageRecord
 
 # For each rule: (attributes of the better file, attributes of the worse file). rank_key also
