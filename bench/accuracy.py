@@ -1,10 +1,11 @@
-"""Accuracy on the benchmark kit's library: our tool across max_dist, and imagehash pHash.
+"""Accuracy on the benchmark kit's library: our tool at its defaults and a sweep of the
+verdict's options (max_dist, min_similarity, min_agreement), and imagehash pHash.
 
-Signatures are computed ONCE, by running the real CLI (``image-dedup deduplicate LIB --store
-S --report R --quiet``, a dry run) into a temporary SQLite store. Each max_dist value then only
-re-runs the matcher's ``plan`` (services.matcher.handler) against that store, writes a report in
-the kit's format and scores it with the kit's ``score.py --json``. The same is done with
-``match_orientations=True``. As a reference point, imagehash's pHash (64 bits) is run on every
+Each library is analysed ONCE, by running the real CLI (``image-dedup deduplicate LIB --store
+S --report R --quiet``, a dry run) into a temporary SQLite store; its report is scored as the
+"CLI defaults" row. Each setting then re-runs the matcher's ``plan`` (services.matcher.handler,
+with the verdict's pixel comparison in a decoder pool) against that store, writes a report in
+the kit's format and scores it with the kit's ``score.py --json``. As a reference point, imagehash's pHash (64 bits) is run on every
 file; pairs within a Hamming distance of 10 become groups (connected components) and score.py
 ``--format pairs --lib`` keeps the file with most pixels, then bytes.
 
@@ -46,19 +47,22 @@ def build_store(lib: Path, store: Path, report: Path) -> float:
     return time.perf_counter() - t0
 
 
-async def plan_report(lib: Path, store_path: Path, max_dist: float, orientations: bool) -> dict:
-    """The kit-format report of the matcher's plan at ``max_dist`` over every stored file."""
+async def plan_report(lib: Path, store_path: Path, overrides: dict, threads: int) -> dict:
+    """The kit-format report of the matcher's plan with ``overrides`` over every stored file."""
+    from services.hasher.handler import ProcessSigner
     from services.matcher.handler import plan
     from shared.config import Settings
     from shared.store.sqlite import SQLiteStore
 
-    settings = Settings(source_directories=[lib], store_path=store_path, max_dist=max_dist,
-                        match_orientations=orientations, journal_directory=store_path.parent / "journals")
+    settings = Settings(source_directories=[lib], store_path=store_path,
+                        journal_directory=store_path.parent / "journals", **overrides)
     store = SQLiteStore(store_path)
+    pool = ProcessSigner(threads)
     try:
         paths = [p async for p in store.iter_paths()]
-        groups = await plan(paths, store=store, settings=settings)
+        groups = await plan(paths, store=store, settings=settings, look=pool.look)
     finally:
+        pool.close()
         await store.close()
     return {"groups": [{"keep": g.keep.path, "remove": [r.path for r, _ in g.remove]} for g in groups]}
 
@@ -119,28 +123,39 @@ def row(label: str, m: dict) -> list:
 HEADERS = ["setting", "wrong", *DIFFICULTIES, "recall", "pair precision", "keep acc.", "neg grouped"]
 
 
-def frange(spec: str) -> list[float]:
-    if ":" in spec:
-        lo, hi, step = (float(x) for x in spec.split(":"))
-        n = int(round((hi - lo) / step))
-        return [round(lo + i * step, 4) for i in range(n + 1)]
-    return [float(x) for x in spec.split(",") if x]
+#: The sweep: one option moved at a time away from the defaults, in both directions.
+DEFAULT_SWEEP = (
+    "min_agreement=0.75", "min_agreement=0.95", "min_similarity=0.45", "min_similarity=0.65",
+    "max_dist=0.30", "max_dist=0.50", "match_orientations=false",
+)
 
 
-def evaluate(lib: Path, truth: Path, kit: Path, values: list[float], orient: bool, phash: int | None,
+def parse_setting(spec: str) -> dict:
+    """``name=value[,name=value]`` into Settings overrides."""
+    out: dict = {}
+    for part in filter(None, spec.split(",")):
+        name, _, value = part.partition("=")
+        out[name.strip()] = {"true": True, "false": False}.get(value.strip().lower(), value.strip())
+    return out
+
+
+def _kept(m: dict) -> dict:
+    return {k: m[k] for k in ("wrong_removals", "wrong_removal_pairs", "recall", "recall_by_difficulty",
+                              "recall_by_variant", "pair_precision", "keep_accuracy", "negatives_grouped")}
+
+
+def evaluate(lib: Path, truth: Path, kit: Path, settings: list[str], phash: int | None, threads: int,
              workdir: Path) -> tuple[list[list], dict]:
     store = workdir / "store.sqlite"
     wall = build_store(lib, store, workdir / "cli-report.json")
-    rows, raw = [], {"cli_wall_s": wall}
-    modes = [False, True] if orient else [False]
-    for o in modes:
-        for v in values:
-            m = score(kit, truth, asyncio.run(plan_report(lib, store, v, o)), workdir)
-            label = f"max_dist {v:.3f}" + (" +orient" if o else "")
-            rows.append(row(label, m))
-            raw[label] = {k: m[k] for k in ("wrong_removals", "wrong_removal_pairs", "recall", "recall_by_difficulty",
-                                            "pair_precision", "keep_accuracy", "negatives_grouped")}
-            print(f"  {label}: wrong {m['wrong_removals']}, recall {m['recall']}", file=sys.stderr, flush=True)
+    m = score(kit, truth, workdir / "cli-report.json", workdir)
+    rows, raw = [row("CLI defaults", m)], {"cli_wall_s": wall, "CLI defaults": _kept(m)}
+    print(f"  CLI defaults: wrong {m['wrong_removals']}, recall {m['recall']} ({wall:.0f} s)", file=sys.stderr, flush=True)
+    for spec in settings:
+        m = score(kit, truth, asyncio.run(plan_report(lib, store, parse_setting(spec), threads)), workdir)
+        rows.append(row(spec, m))
+        raw[spec] = _kept(m)
+        print(f"  {spec}: wrong {m['wrong_removals']}, recall {m['recall']}", file=sys.stderr, flush=True)
     if phash is not None:
         pairs = workdir / "phash-pairs.json"
         pairs.write_text(json.dumps(phash_pairs(lib, phash), ensure_ascii=False), encoding="utf-8")
@@ -157,9 +172,10 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"library built by the kit's make_library.py; repeat for several (default: {DEFAULT_LIB})")
     ap.add_argument("--truth", type=Path, action="append", help="truth files (default: LIB.truth.json for each --lib)")
     ap.add_argument("--kit", type=Path, help="the benchmark kit folder (default: ../shared/bench next to the repo)")
-    ap.add_argument("--max-dist", default="0.05:0.40:0.025",
-                    help="values to sweep: LO:HI:STEP or a comma list (default: %(default)s)")
-    ap.add_argument("--no-orientations", action="store_true", help="skip the match_orientations=True sweep")
+    ap.add_argument("--setting", action="append", metavar="NAME=VALUE[,NAME=VALUE]",
+                    help="a setting to score besides the defaults; repeat for several "
+                    f"(default: {' '.join(DEFAULT_SWEEP)}); 'none' for the defaults only")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="decoder processes for the sweep")
     ap.add_argument("--phash", type=int, default=10, help="imagehash pHash Hamming threshold; -1 to skip (default: 10)")
     ap.add_argument("--json", type=Path, help="also write the raw scores here")
     args = ap.parse_args(argv)
@@ -169,14 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("benchmark kit (score.py) not found; pass --kit")
     libs = [p.resolve() for p in (args.lib or [DEFAULT_LIB])]
     truths = args.truth or [Path(str(p) + ".truth.json") for p in libs]
-    values = frange(args.max_dist)
+    settings = [s for s in (args.setting or DEFAULT_SWEEP) if s != "none"]
     all_raw = {}
     out = [machine_line(), f"Command: {command_line()}", ""]
     for lib, truth in zip(libs, truths):
         print(f"evaluating {lib} ...", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory(prefix="accuracy-") as tmp:
-            rows, raw = evaluate(lib, truth, kit, values, not args.no_orientations,
-                                 None if args.phash < 0 else args.phash, Path(tmp))
+            rows, raw = evaluate(lib, truth, kit, settings, None if args.phash < 0 else args.phash,
+                                 args.threads, Path(tmp))
         meta = json.loads(truth.read_text(encoding="utf-8"))
         out += [f"Library {lib} (seed {meta.get('seed')}, variants {meta.get('variants')}, "
                 f"{len(meta.get('files', {}))} files)", "", md_table(HEADERS, rows), ""]

@@ -64,7 +64,7 @@ def _tiny_library(root: Path) -> Path:
     files, best = {}, {}
     for k in range(2):
         grid = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-        img = Image.fromarray(grid).resize((320, 240), Image.BILINEAR)
+        img = Image.fromarray(grid).resize((320, 240), Image.NEAREST)  # sharp corners, as photos have
         name = f"IMG_{k}.JPG"
         img.save(lib / name, quality=95)
         files[name] = {"source": f"src/{k}", "variant": "original", "difficulty": "original"}
@@ -81,12 +81,13 @@ def _tiny_library(root: Path) -> Path:
 @pytest.mark.skipif(not (KIT / "score.py").is_file(), reason=f"benchmark kit not found at {KIT} (../shared/bench)")
 def test_accuracy_tiny(tmp_path: Path) -> None:
     lib = _tiny_library(tmp_path)
-    out = _run("bench/accuracy.py", "--lib", str(lib), "--kit", str(KIT), "--max-dist", "0.1,0.25",
-               "--json", str(tmp_path / "acc.json"))
-    assert "Machine:" in out and "max_dist 0.250" in out and "imagehash pHash" in out and "+orient" in out
+    out = _run("bench/accuracy.py", "--lib", str(lib), "--kit", str(KIT), "--setting", "min_agreement=0.95",
+               "--threads", "1", "--json", str(tmp_path / "acc.json"))
+    assert "Machine:" in out and "CLI defaults" in out and "min_agreement=0.95" in out and "imagehash pHash" in out
     raw = json.loads((tmp_path / "acc.json").read_text())[str(lib.resolve())]
-    assert raw["max_dist 0.250"]["wrong_removals"] == 0
-    assert raw["max_dist 0.250"]["recall"] == 1.0
+    for setting in ("CLI defaults", "min_agreement=0.95"):
+        assert raw[setting]["wrong_removals"] == 0
+        assert raw[setting]["recall"] == 1.0
 
 
 def test_end_to_end_tiny(tmp_path: Path) -> None:

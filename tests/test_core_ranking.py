@@ -160,7 +160,7 @@ def test_plan_smaller_distance_and_higher_score_come_from_the_component():
     edges = [("/r/z.jpg", "/r/a.jpg", 0.05), ("/r/z.jpg", "/r/b.jpg", 0.05), ("/r/a.jpg", "/r/b.jpg", 0.2)]
     groups = plan_groups(recs, edges, ["smaller_distance"])
     assert _as_dict(groups) == {"/r/z.jpg": ["/r/a.jpg", "/r/b.jpg"]}
-    assert dict((r.path, d) for r, d in groups[0].remove) == {"/r/a.jpg": 0.05, "/r/b.jpg": 0.05}
+    assert dict((r.path, e.distance) for r, e in groups[0].remove) == {"/r/a.jpg": 0.05, "/r/b.jpg": 0.05}
 
 
 def _random_graph(seed: int):

@@ -15,7 +15,7 @@ from services.actuator.handler import PairBusy, handle_decision
 from shared.actions import Journal
 from shared.bus import Reject
 from shared.config import Settings
-from shared.messages import Decision, FileRef, Removal, decode
+from shared.messages import Decision, Evidence, FileRef, Removal, decode
 from shared.core.safety import Observed, Unsafe, confine, confine_folder, observe, removal_refusal, root_of
 from shared.image.signature import analyze, words
 from shared.store.sqlite import SQLiteStore
@@ -116,16 +116,18 @@ def test_confine_refuses_missing_files_and_folders(tmp_path):
 # removal_refusal and observe
 
 
+SAME = Evidence(same=True, stage="goldberg", distance=0.05)
+
+
 def _refusal(**changes):
     args = dict(keep=Observed(10, 1, True), keep_expected=(10, 1), victim=Observed(20, 2, True),
-                victim_expected=(20, 2), distance_now=0.1, max_dist=0.25, same_file=False)
+                victim_expected=(20, 2), verdict_now=SAME, same_file=False)
     args.update(changes)
     return removal_refusal(**args)
 
 
 def test_removal_refusal_reasons():
     assert _refusal() is None
-    assert _refusal(distance_now=0.25) is None
     assert "same file" in _refusal(same_file=True)
     assert _refusal(keep=None) == "the kept file no longer exists"
     assert _refusal(keep=Observed(10, 1, False)) == "the kept file cannot be read"
@@ -133,8 +135,9 @@ def test_removal_refusal_reasons():
     assert _refusal(keep=Observed(10, 5, True)) == "the kept file changed since it was analysed"
     assert _refusal(victim=None) == "the duplicate no longer exists"
     assert _refusal(victim=Observed(20, 3, True)) == "the duplicate changed since it was analysed"
-    assert _refusal(distance_now=None) == "no current signature for both files"
-    assert "no longer match" in _refusal(distance_now=0.3)
+    assert _refusal(verdict_now=None) == "no current analysis of both files"
+    assert _refusal(verdict_now=Evidence(same=False, stage="none", reason="parts moved")) == (
+        "the files no longer show the same photo: parts moved")
 
 
 def test_observe(tmp_path):
@@ -184,7 +187,7 @@ class World:
             await self.store.upsert(ImageRecord(
                 path=str(p), root=str(self.root), size=st.st_size, mtime_ns=st.st_mtime_ns, format=a.format,
                 width=a.width, height=a.height, exif_tags=a.exif_tags, signature=a.signature,
-                words=words(a.signature)))
+                words=words(a.signature), digest=a.digest, frames=a.frames, embedding=a.embedding))
 
     def settings(self, **kw) -> Settings:
         base = dict(source_directories=[self.root], dry_run=False, journal_directory=self.journal_dir,
@@ -322,12 +325,12 @@ async def test_skipped_when_the_kept_file_is_unreadable(world, monkeypatch):
 async def test_skipped_when_the_kept_file_has_no_current_signature(world):
     decision = world.decision(world.K, world.X)
     await world.store.delete(str(world.K))
-    await _expect_skip(world, decision, "no current signature")
+    await _expect_skip(world, decision, "no current analysis")
 
 
-async def test_skipped_when_the_files_no_longer_match_within_max_dist(world):
+async def test_skipped_when_the_verdict_no_longer_says_same_photo(world):
     decision = world.decision(world.K, world.X)
-    await _expect_skip(world, decision, "no longer match", max_dist=0.001)
+    await _expect_skip(world, decision, "no longer show the same photo", max_dist=0.001, min_similarity=1.0)
 
 
 async def test_skipped_when_the_store_holds_another_image_for_the_kept_file(world):
@@ -337,7 +340,7 @@ async def test_skipped_when_the_store_holds_another_image_for_the_kept_file(worl
     k = await world.store.get(str(world.K))
     await world.store.upsert(ImageRecord(path=k.path, root=k.root, size=k.size, mtime_ns=k.mtime_ns,
                                          signature=other.signature, words=words(other.signature)))
-    await _expect_skip(world, decision, "no longer match")
+    await _expect_skip(world, decision, "no longer show the same photo")
 
 
 async def test_same_file_is_never_removed(world):
