@@ -246,7 +246,6 @@ def _run_numpy(n: int, seed: int, queries: int, stop: int, min_shared: int) -> d
     from shared.image import signature as sig
     from shared.config import Settings
     from shared.core.ranking import plan_groups
-    from shared.messages import Evidence
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -273,15 +272,14 @@ def _run_numpy(n: int, seed: int, queries: int, stop: int, min_shared: int) -> d
     members = np.unique(np.r_[a, b])
     edges_by_comp: dict[int, list] = {}
     for x, y, d in zip(a.tolist(), b.tolist(), dist.tolist()):
-        evidence = Evidence(same=True, stage="goldberg", distance=d)  # the prototype's stage 1 only
-        edges_by_comp.setdefault(int(labels[x]), []).append((f"{x:08d}", f"{y:08d}", evidence))
+        edges_by_comp.setdefault(int(labels[x]), []).append((f"{x:08d}", f"{y:08d}", d))
     recs = {int(i): _record(int(i), index.signature(int(i)), lambda s: ()) for i in members.tolist()}
     comp_members: dict[int, dict] = {}
     for i, r in recs.items():
         comp_members.setdefault(int(labels[i]), {})[f"{i:08d}"] = r
     ids = []
     for c, edges in edges_by_comp.items():
-        for g in plan_groups(comp_members[c], edges, settings.prioritization_rules, settings.use_exif_data):
+        for g in asyncio.run(plan_groups(comp_members[c], edges, settings.prioritization_rules, settings.use_exif_data)):
             ids.append((int(g.keep.path[-12:-4]), [int(r.path[-12:-4]) for r, _ in g.remove]))
     t_plan = time.perf_counter() - t0
 

@@ -52,8 +52,12 @@ def make_photo(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
             draw.ellipse((x0, y0, x1, y1), fill=colour)
         else:
             draw.rectangle((x0, y0, x1, y1), fill=colour)
-    img = img.filter(ImageFilter.GaussianBlur(2))  # soft edges, like a lens
-    arr = np.asarray(img).astype(np.int16) + rng.normal(0, 2, (h, w, 3)).astype(np.int16)
+    img = img.filter(ImageFilter.GaussianBlur(1))  # soft edges, like a lens
+    # fine detail, as every photo has (foliage, fabric, grain): what keypoints are found on
+    detail = Image.fromarray(rng.integers(0, 256, (h // 6, w // 6), dtype=np.uint8)).resize((w, h), Image.NEAREST)
+    detail = np.asarray(detail.filter(ImageFilter.GaussianBlur(0.8))).astype(np.int16) - 128
+    arr = np.asarray(img).astype(np.int16) + (detail[..., None] * 0.25).astype(np.int16)
+    arr += rng.normal(0, 2, (h, w, 3)).astype(np.int16)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 

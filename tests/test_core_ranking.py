@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import random
 
 import pytest
@@ -9,12 +11,11 @@ import pytest
 from shared.config import DEFAULT_RULES
 from shared.core.ranking import pair_allowed, rank_key
 from shared.core.ranking import plan_groups as _plan_groups
-from shared.messages import Evidence
 
 
 def plan_groups(records, edges, rules):
-    """The planner over verdict edges made from (a, b, distance) triples."""
-    return _plan_groups(records, [(a, b, Evidence(same=True, stage="goldberg", distance=d)) for a, b, d in edges], rules)
+    """The planner over edges already judged the same photo."""
+    return asyncio.run(_plan_groups(records, edges, rules))
 from shared.store import ImageRecord
 
 # For each rule: (attributes of the better file, attributes of the worse file). rank_key also

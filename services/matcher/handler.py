@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from shared.config import Settings
-from shared.core.verdict import Look, Thresholds, same_photo
+from shared.core.verdict import Look, Thresholds, goldberg, same_photo
 from shared.image.pixels import look_in_thread
 from shared.messages import Decision, Evidence, FileRef, Removal
 from shared.core.ranking import Group, pair_allowed, plan_groups
@@ -60,48 +60,45 @@ async def plan(
     paths: Iterable[str], *, store: Store, settings: Settings, ledger: Ledger | None = None,
     look: Look = look_in_thread, on_progress: Callable[[int], None] = lambda n: None,
 ) -> list[Group]:
-    """Plan the components that contain ``paths``: stage 1 proposes pairs, the verdict (stage 2)
-    judges each pair once, and the components of the pairs judged the same are planned."""
+    """Plan the components that contain ``paths``: stage 1 (the indexes) links candidates into
+    components, and each component is planned with the verdict (stage 2) as its judge."""
     thresholds = Thresholds.of(settings)
     seeds = await store.get_many(list(dict.fromkeys(paths)))
     pending = [p for p, r in sorted(seeds.items()) if r.signature is not None]
     done: set[str] = set()
-    judged: dict[frozenset[str], Evidence] = {}
     groups: list[Group] = []
     while pending:
         start = pending.pop()
         if start in done:
             continue
         component: dict[str, ImageRecord] = {start: seeds[start]}
-        edges: list[tuple[str, str, Evidence]] = []
+        edges: list[tuple[str, str, float]] = []
         frontier = [start]
         while frontier and len(component) < MAX_COMPONENT:
             path = frontier.pop()
             done.add(path)
             on_progress(1)
             record = component[path]
-            fresh = [c for c in await _candidates(record, store, settings) if frozenset((path, c.path)) not in judged]
-            verdicts = await asyncio.gather(*(same_photo(record, c, thresholds, look) for c in fresh))
-            for c, evidence in zip(fresh, verdicts):
-                judged[frozenset((path, c.path))] = evidence
-                if evidence.same:
-                    edges.append((path, c.path, evidence))
-                    if c.path not in component:
-                        component[c.path] = c
-                        frontier.append(c.path)
+            for c in await _candidates(record, store, settings):
+                edges.append((path, c.path, goldberg(record, c, settings.match_orientations)[0]))
+                if c.path not in component:
+                    component[c.path] = c
+                    frontier.append(c.path)
         done.update(component)  # a component cut at MAX_COMPONENT is not planned twice
         if ledger is not None:
             edges = await drop_distinct(edges, component, ledger)
-        groups += plan_groups(component, edges, settings.prioritization_rules, settings.use_exif_data)
+
+        async def judge(keeper: str, others: Sequence[str], component=component) -> list[Evidence]:
+            return await asyncio.gather(
+                *(same_photo(component[keeper], component[o], thresholds, look) for o in others))
+
+        groups += await plan_groups(component, edges, settings.prioritization_rules, settings.use_exif_data, judge)
     return groups
 
 
-# -- pairs a person marked "not duplicates" -----------------------------------------------------
-
-
 async def drop_distinct(
-    edges: list[tuple[str, str, Evidence]], records: Mapping[str, ImageRecord], ledger: Ledger
-) -> list[tuple[str, str, Evidence]]:
+    edges: list[tuple[str, str, float]], records: Mapping[str, ImageRecord], ledger: Ledger
+) -> list[tuple[str, str, float]]:
     """``edges`` without the pairs whose two content digests the ledger has marked distinct: a
     person said they show different photos, so they are never proposed again, whatever their
     distance. One ledger query for all the edges; a file without a digest keeps its edges."""

@@ -1,7 +1,7 @@
 """Which copy to keep, and which files each keeper may remove: pure functions, no I/O.
 
 Grouping is greedy over a total order: the best-ranked image not yet claimed keeps, and takes
-for removal every unclaimed image *directly* within ``max_dist`` of it. So a removed file always
+for removal every unclaimed candidate that the verdict judges the same photo as *it*. So a removed file always
 matches its keeper itself (no chains X ~ Y ~ K), a keeper is never removed, and because the
 result of a connected component does not depend on anything outside it, the matcher can plan one
 component at a time (services mode) and get what a whole-library plan (local mode) gets.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..config import RuleName
@@ -74,19 +74,30 @@ def deciding_rule(keep: tuple, runner_up: tuple, rules: Sequence[str]) -> str:
     return "path"
 
 
-def plan_groups(
+Judge = Callable[[str, Sequence[str]], Awaitable[Sequence[Evidence]]]
+
+
+async def plan_groups(
     records: Mapping[str, ImageRecord],
-    edges: Iterable[tuple[str, str, Evidence]],
+    edges: Iterable[tuple[str, str, float]],
     rules: Sequence[RuleName],
     use_exif: bool = True,
+    judge: Judge | None = None,
 ) -> list[Group]:
-    """Decide keepers and removals for the images in ``records`` given the verdict ``edges``
-    (pairs judged the same photo; each pair once or twice, any order)."""
-    neighbours: dict[str, dict[str, Evidence]] = {path: {} for path in records}
-    for a, b, evidence in edges:
-        if a in neighbours and b in neighbours and a != b and evidence.same:
-            neighbours[a][b] = evidence
-            neighbours[b][a] = evidence
+    """Decide keepers and removals for the images in ``records``.
+
+    ``edges`` are the candidate pairs (each once or twice, any order) with their signature
+    distance. Going down the ranking, each file not yet taken keeps, and ``judge(keeper,
+    others)`` gives the verdict on each of its candidates not yet taken; those judged the same
+    photo are its removals. So a file is only ever judged against a would-be keeper: k
+    verdicts for a group of k copies, not k squared. Without ``judge`` every edge is taken as
+    the same photo (the caller has judged them already).
+    """
+    neighbours: dict[str, dict[str, float]] = {path: {} for path in records}
+    for a, b, d in edges:
+        if a in neighbours and b in neighbours and a != b:
+            neighbours[a][b] = d
+            neighbours[b][a] = d
     twins: dict[str, list[ImageRecord]] = {}
     for record in records.values():
         if record.digest and neighbours[record.path]:
@@ -94,8 +105,7 @@ def plan_groups(
 
     def key(path: str) -> tuple:
         near = neighbours[path]
-        dists = [e.distance or 0.0 for e in near.values()]
-        mean = sum(dists) / len(dists) if dists else 0.0
+        mean = sum(near.values()) / len(near) if near else 0.0
         record = records[path]
         siblings = twins.get(record.digest or "", [])
         # byte-identical files rank as one, then among themselves by identical_rank
@@ -103,18 +113,24 @@ def plan_groups(
         values = rank_values(face, rules, round(mean, 6), len(near), use_exif)
         return values + (identical_rank(record), record.path)
 
+    async def same_as_edges(keeper: str, others: Sequence[str]) -> list[Evidence]:
+        return [Evidence(same=True, stage="goldberg", distance=neighbours[keeper][o]) for o in others]
+
+    judge = judge or same_as_edges
     groups: list[Group] = []
     taken: set[str] = set()
-    order = sorted((p for p in records if neighbours[p]), key=key)
-    for path in order:
+    for path in sorted((p for p in records if neighbours[p]), key=key):
         if path in taken:
             continue
         taken.add(path)
-        removals = sorted((other, e) for other, e in neighbours[path].items() if other not in taken)
+        others = sorted(o for o in neighbours[path] if o not in taken)
+        if not others:
+            continue
+        removals = [(o, e) for o, e in zip(others, await judge(path, others)) if e.same]
         if not removals:
             continue
-        taken.update(other for other, _ in removals)
-        runner_up = min((key(other) for other, _ in removals))
+        taken.update(o for o, _ in removals)
+        runner_up = min(key(o) for o, _ in removals)
         groups.append(Group(records[path], tuple((records[o], e) for o, e in removals),
                             deciding_rule(key(path), runner_up, rules)))
     return groups
