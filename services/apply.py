@@ -20,7 +20,7 @@ from services.actuator.handler import ActionOutcome
 from services.local import REPORT_VERSION, Phases, Summary, act
 from shared.bus import InProcessBus
 from shared.config import Settings
-from shared.core.safety import root_of
+from shared.core.safety import Unsafe, below_root, root_of
 from shared.image.signature import distance
 from shared.messages import Decision, FileRef, Removal
 from shared.store.open import open_stores
@@ -43,9 +43,12 @@ def check_roots(report: dict, roots: list[Path]) -> None:
             raise ReportError(f"the report's root {root} is not a configured root; give it on the command line to allow it")
 
 
-def read_groups(report: dict) -> tuple[list[tuple[FileRef, list[Removal], str]], list[tuple[str, str, str]]]:
+def read_groups(
+    report: dict, roots: list[Path]
+) -> tuple[list[tuple[FileRef, list[Removal], str]], list[tuple[str, str, str]]]:
     """Each group as (kept file, removals, rule) exactly as listed, with the facts the report
-    holds for each file; what cannot be acted on comes back as (path, kept path, reason)."""
+    holds for each file; what cannot be acted on (outside the roots, no facts, listed twice)
+    comes back as (path, kept path, reason), each file on its own."""
     groups, refused = [], []
     seen: set[str] = set()
     for number, group in enumerate(report["groups"], 1):
@@ -56,7 +59,11 @@ def read_groups(report: dict) -> tuple[list[tuple[FileRef, list[Removal], str]],
         keep_path, files = group["keep"], group.get("files", {})
         distances = group.get("distances") if isinstance(group.get("distances"), dict) else {}
         try:
+            below_root(keep_path, roots)
             keep = FileRef(path=keep_path, **_facts(files.get(keep_path)))
+        except Unsafe as exc:
+            refused += [(p, keep_path, f"kept file refused: {exc}") for p in group["remove"]]
+            continue
         except (TypeError, ValidationError):
             refused += [(p, keep_path, "the report holds no size and mtime of the kept file") for p in group["remove"]]
             continue
@@ -68,11 +75,14 @@ def read_groups(report: dict) -> tuple[list[tuple[FileRef, list[Removal], str]],
                     raise ValueError("listed as kept and as removed")
                 if path in seen:
                     raise ValueError("listed for removal in another group too")
+                below_root(path, roots)
                 removals.append(Removal(
                     path=path, **_facts(files.get(path)),
                     distance=reported if isinstance(reported, (int, float)) else math.nan,
                 ))
                 seen.add(path)
+            except Unsafe as exc:
+                refused.append((path, keep_path, str(exc)))
             except ValueError as exc:  # pydantic's ValidationError is one
                 reason = str(exc) if not isinstance(exc, ValidationError) else "bad file facts in the report"
                 refused.append((path, keep_path, reason))
@@ -95,7 +105,7 @@ async def apply_report(report: dict, settings: Settings, console: Console | None
     cannot be applied at all; a file that cannot be acted on is a skipped outcome with its
     reason."""
     check_roots(report, settings.source_directories)
-    groups, refused = read_groups(report)
+    groups, refused = read_groups(report, settings.source_directories)
     summary = Summary()
     store, ledger = await open_stores(settings)
     bus = InProcessBus()
