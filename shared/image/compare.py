@@ -12,6 +12,7 @@ caller decodes (``shared.image.signature.load_grey``).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ cv2.setNumThreads(1)  # the process pool is the parallelism
 
 MAX_SIDE = 512  # the long side pictures are compared at
 NO_DETAILS = "too few details in common to line the pictures up"
-_ORB = cv2.ORB_create(nfeatures=1000, fastThreshold=10)
+_ORB = cv2.ORB_create(nfeatures=600, fastThreshold=10)
 _MATCHER = cv2.BFMatcher(cv2.NORM_HAMMING)
 MIN_KEYPOINTS = 20
 MIN_INLIERS = 20
@@ -38,16 +39,21 @@ INNER_BAND = 0.15  # the outer band (share of each side) where overlays are allo
 _TEXTURE = 6.0  # grey-level standard deviation below which a patch says nothing
 
 
-@dataclass(frozen=True)
 class Features:
-    """What the comparison needs of one picture; computed once per file and reused."""
+    """What the comparison needs of one picture; computed once per file and reused. The
+    mirrored keypoints are only computed when a pair does not line up unmirrored."""
 
-    grey: np.ndarray
-    mirrored: np.ndarray
-    points: np.ndarray  # (n, 2) keypoint positions, float32, in grey's pixels
-    descriptors: np.ndarray | None
-    points_mirrored: np.ndarray
-    descriptors_mirrored: np.ndarray | None
+    def __init__(self, grey: np.ndarray):
+        self.grey = np.ascontiguousarray(grey)
+        self.points, self.descriptors = _keypoints(self.grey)
+
+    @functools.cached_property
+    def mirrored(self) -> np.ndarray:
+        return np.ascontiguousarray(self.grey[:, ::-1])
+
+    @functools.cached_property
+    def mirrored_keypoints(self) -> tuple[np.ndarray, np.ndarray | None]:
+        return _keypoints(self.mirrored)
 
 
 @dataclass(frozen=True)
@@ -78,13 +84,11 @@ def _keypoints(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def features(grey: np.ndarray) -> Features:
-    grey = np.ascontiguousarray(grey)
-    mirrored = np.ascontiguousarray(grey[:, ::-1])
-    return Features(grey, mirrored, *_keypoints(grey), *_keypoints(mirrored))
+    return Features(grey)
 
 
 def _transform(a: Features, b: Features, mirrored: bool):
-    pb, db = (b.points_mirrored, b.descriptors_mirrored) if mirrored else (b.points, b.descriptors)
+    pb, db = b.mirrored_keypoints if mirrored else (b.points, b.descriptors)
     if db is None or a.descriptors is None or len(pb) < MIN_KEYPOINTS or len(a.points) < MIN_KEYPOINTS:
         return None
     pairs = _MATCHER.knnMatch(db, a.descriptors, k=2)
@@ -118,8 +122,8 @@ def _patch_changes(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[in
     y = cv2.GaussianBlur(y.astype(np.float32), (0, 0), 1.0)
     band_y, band_x = INNER_BAND * h, INNER_BAND * w
     total = moved = changed = 0
-    for i in range(0, h - size + 1, size // 2):
-        for j in range(0, w - size + 1, size // 2):
+    for i in range(0, h - size + 1, size):
+        for j in range(0, w - size + 1, size):
             if not inside[i : i + size, j : j + size].all():
                 continue
             pa = x[i : i + size, j : j + size]
@@ -148,6 +152,10 @@ def _difference(x: np.ndarray, y: np.ndarray, where: np.ndarray) -> float:
     return float(np.abs((a - a.mean()) / (a.std() + 1e-6) - (b - b.mean()) / (b.std() + 1e-6)).mean())
 
 
+def _lines_up(inliers: int, matches: int) -> bool:
+    return inliers >= MIN_INLIERS and inliers >= MIN_INLIER_RATIO * matches
+
+
 def _prefilter(grey: np.ndarray, shrink: float) -> np.ndarray:
     """Blur a picture about to be shrunk by ``shrink`` so that it does not alias."""
     if shrink <= 1.2:
@@ -155,20 +163,35 @@ def _prefilter(grey: np.ndarray, shrink: float) -> np.ndarray:
     return cv2.GaussianBlur(grey, (0, 0), 0.5 * shrink)
 
 
+#: A plain comparison scoring below this is tried mirrored too (a symmetric picture's mirrored
+#: copy can line up unmirrored, then fail the patch test).
+CONVINCING = 0.95
+
+
 def agreement(a: Features, b: Features, mirrors: bool = True) -> Agreement:
-    """Compare picture ``b`` (a candidate copy) with picture ``a``."""
-    found = [(t, mirrored) for mirrored in ((False, True) if mirrors else (False,))
-             if (t := _transform(a, b, mirrored)) is not None]
-    if not found:
+    """Compare picture ``b`` (a candidate copy) with picture ``a``; a mirrored ``b`` is tried
+    only when the plain comparison is not convincing, mirrored copies being the rarer."""
+    plain = _agreement(a, b, False)
+    if not mirrors or (not plain.reason and plain.score >= CONVINCING):
+        return plain
+    flipped = _agreement(a, b, True)
+    if plain.reason == NO_DETAILS or (not flipped.reason and (plain.reason or flipped.score > plain.score)):
+        return flipped
+    return plain
+
+
+def _agreement(a: Features, b: Features, mirrored: bool) -> Agreement:
+    t = _transform(a, b, mirrored)
+    if t is None:
         return Agreement(reason=NO_DETAILS)
-    (m, inliers, matches), mirrored = max(found, key=lambda tm: tm[0][1])
+    m, inliers, matches = t
     scale = math.hypot(m[0, 0], m[1, 0])
     angle = math.degrees(math.atan2(m[1, 0], m[0, 0]))
     quarter = round(angle / 90.0) % 4
     tilt = abs((angle - 90.0 * round(angle / 90.0) + 180.0) % 360.0 - 180.0)
     base = dict(inliers=inliers, matches=matches, orientation=_ORIENTATION_INDEX[(quarter, mirrored)],
                 scale=round(scale, 4), tilt=round(tilt, 2))
-    if inliers < MIN_INLIERS or inliers < MIN_INLIER_RATIO * matches:
+    if not _lines_up(inliers, matches):
         return Agreement(**base, reason=f"the details do not line up ({inliers} of {matches} matches agree)")
     if tilt > MAX_TILT_DEGREES:
         return Agreement(**base, reason=f"turned by {tilt:.0f} degrees off a quarter turn")
