@@ -1,8 +1,9 @@
 """Which copy to keep, and which files each keeper may remove: pure functions, no I/O.
 
 Grouping is greedy over a total order: the best-ranked image not yet claimed keeps, and takes
-for removal every unclaimed candidate that the verdict judges the same photo as *it*. So a removed file always
-matches its keeper itself (no chains X ~ Y ~ K), a keeper is never removed, and because the
+for removal every unclaimed candidate that the verdict judges the same photo as *it*. So a
+removed file always matches its keeper itself (no chains X ~ Y ~ K), a keeper is never
+removed, and because the
 result of a connected component does not depend on anything outside it, the matcher can plan one
 component at a time (services mode) and get what a whole-library plan (local mode) gets.
 """

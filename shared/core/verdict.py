@@ -19,6 +19,7 @@ import numpy as np
 
 from ..image.compare import NO_DETAILS, Agreement
 from ..image.embedding import cosine
+from ..image.pixels import FileVersion
 from ..image.signature import distances, orientations
 from ..messages import Evidence
 from ..store import ImageRecord
@@ -30,7 +31,6 @@ MIN_SIDE = 32  # pixels; smaller pictures hold too little to compare
 #: Goldberg distance up to which a pair too plain to line up by keypoints still matches.
 PLAIN_MAX_DIST = 0.10
 
-FileVersion = tuple[str, int, int]
 Look = Callable[[FileVersion, FileVersion, bool], Awaitable[Agreement]]
 
 
