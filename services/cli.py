@@ -158,6 +158,7 @@ def _print_summary(console: Console, summary: Summary, settings: Settings, scann
         ("files found", summary.files),
         ("analysed now", summary.signed),
         ("unchanged since last run", summary.unchanged),
+        ("analysed again (older store)", summary.upgraded),
     ] if scanned else []
     rows += [
         ("duplicate groups", len(summary.decisions)),

@@ -34,6 +34,7 @@ class Summary:
     files: int = 0
     signed: int = 0
     unchanged: int = 0
+    upgraded: int = 0  # unchanged, but analysed again: the store predates the embedding
     forgotten: int = 0
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason)
     decisions: list[Decision] = field(default_factory=list)
@@ -136,6 +137,8 @@ async def deduplicate(
                             summary.signed += 1
                         elif outcome.status == "unchanged":
                             summary.unchanged += 1
+                        elif outcome.status == "upgraded":
+                            summary.upgraded += 1
                     finally:
                         advance()
 
@@ -143,6 +146,9 @@ async def deduplicate(
                 for f in found:
                     await bus.publish(FileEvent(path=f.path))
                 await bus.join("file.event")
+            if summary.upgraded:
+                console.print(f"{summary.upgraded} unchanged files were analysed again: the store was written "
+                              "by an older version (no copy-detection embedding)", highlight=False)
             summary.problems += [(d.message.path, d.reason) for d in bus.dead]
             bus.dead.clear()
 

@@ -333,3 +333,28 @@ def test_a_kept_file_changed_between_matching_and_acting_is_not_removed_for(lib,
     assert all("no longer exists" in reason for reason in skipped.values())
     assert (lib / "2020" / "beach small.jpg").exists() and (lib / "phone" / "beach-1.jpg").exists()
     assert not (lib / "pets" / "cat copy.jpg").exists(), "the other groups still act"
+
+
+def test_a_store_from_before_the_embedding_is_brought_up_to_date(run_cli, lib, tmp_path):
+    from shared.store.sqlite import SQLiteStore
+    import dataclasses
+
+    first = run_cli("deduplicate", lib)
+
+    async def forget_embeddings():  # what an older version's store holds: no embedding, no digest
+        store = SQLiteStore(tmp_path / "store.sqlite")
+        try:
+            paths = [p async for p in store.iter_paths()]
+            records = await store.get_many(paths)
+            await store.upsert_many([dataclasses.replace(r, embedding=None, digest=None) for r in records.values()])
+        finally:
+            await store.close()
+
+    asyncio.run(forget_embeddings())
+    second = run_cli("deduplicate", lib)
+    rows = summary_rows(second.out)
+    assert rows["analysed again (older store)"] == str(N_IMAGES)
+    assert rows["unchanged since last run"] == "0"
+    assert f"{N_IMAGES} unchanged files were analysed again" in second.err
+    assert summary_rows(run_cli("deduplicate", lib).out)["analysed again (older store)"] == "0"
+    assert second.report["groups"] == first.report["groups"]

@@ -67,7 +67,7 @@ class ProcessSigner:
 @dataclass(frozen=True, slots=True)
 class HashOutcome:
     path: str
-    status: Literal["signed", "unchanged", "forgotten"]
+    status: Literal["signed", "upgraded", "unchanged", "forgotten"]
 
 
 async def handle_file_event(
@@ -96,10 +96,14 @@ async def handle_file_event(
         await store.delete(path)
         return HashOutcome(path, "forgotten")
     known = await store.get(path)
+    outdated = False
     if known is not None and known.unchanged(st.st_size, st.st_mtime_ns):
         if known.error:
             raise Reject(known.error)
-        return HashOutcome(path, "unchanged")
+        # an analysis from before the embedding and digest existed is brought up to date
+        outdated = known.embedding is None or not known.digest
+        if not outdated:
+            return HashOutcome(path, "unchanged")
     root = str(root_of(path, settings.source_directories))
     try:
         analysis = await sign(path)
@@ -117,4 +121,4 @@ async def handle_file_event(
         )
     )
     await publish(ImageSigned(path=path))
-    return HashOutcome(path, "signed")
+    return HashOutcome(path, "upgraded" if outdated else "signed")
