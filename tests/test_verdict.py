@@ -1,0 +1,215 @@
+"""The verdict (shared/core/verdict.py): each kind of copy it accepts and each kind of
+look-alike it refuses, on generated pictures; its rules as a pure function; and that the
+matcher and the actuator decide with this one function."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageEnhance
+
+from services.actuator import handler as actuator
+from services.matcher import handler as matcher
+from shared.core import verdict
+from shared.core.verdict import Thresholds, same_photo
+from shared.image.compare import Agreement
+from shared.image.pixels import look_in_thread
+from shared.image.signature import analyze
+from shared.store import ImageRecord
+
+from .conftest import make_photo, summary_rows
+
+DEFAULTS = Thresholds(max_dist=0.40, min_similarity=0.55, min_agreement=0.85)
+
+
+def record(path: Path) -> ImageRecord:
+    a = analyze(str(path))
+    st = path.stat()
+    return ImageRecord(str(path), str(path.parent), st.st_size, st.st_mtime_ns, a.format, a.width, a.height,
+                       signature=a.signature, digest=a.digest, frames=a.frames, embedding=a.embedding)
+
+
+def judge(a: Path, b: Path):
+    return asyncio.run(same_photo(record(a), record(b), DEFAULTS, look_in_thread))
+
+
+@pytest.fixture
+def photo(tmp_path) -> tuple[Path, Image.Image]:
+    img = make_photo(5, (640, 480))
+    path = tmp_path / "original.jpg"
+    img.save(path, quality=95)
+    return path, img
+
+
+def _save(tmp_path: Path, name: str, img: Image.Image, **kw) -> Path:
+    path = tmp_path / name
+    img.save(path, **kw)
+    return path
+
+
+def _caption(img: Image.Image) -> Image.Image:
+    bar = Image.new("RGB", (img.width, img.height + 60), "white")
+    bar.paste(img, (0, 0))
+    ImageDraw.Draw(bar).text((10, img.height + 20), "Holidays 2021 - shared from my phone", fill="black")
+    return bar
+
+
+COPIES = {
+    "re-encoded": lambda img: img,
+    "resized": lambda img: img.resize((320, 240), Image.LANCZOS),
+    "brighter": lambda img: ImageEnhance.Brightness(img).enhance(1.2),
+    "grey": lambda img: img.convert("L"),
+    "cropped": lambda img: img.crop((64, 48, 576, 432)),
+    "captioned": _caption,
+    "turned": lambda img: img.transpose(Image.Transpose.ROTATE_90),
+    "mirrored": lambda img: img.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+    "straightened": lambda img: img.rotate(3, resample=Image.BICUBIC).crop((40, 30, 600, 450)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(COPIES))
+def test_copies_are_the_same_photo(tmp_path, photo, kind):
+    path, img = photo
+    copy = _save(tmp_path, f"{kind}.jpg", COPIES[kind](img), quality=80)
+    evidence = judge(path, copy)
+    assert evidence.same, evidence
+    assert evidence.stage in ("goldberg", "embedding") and evidence.score >= DEFAULTS.min_agreement
+    assert judge(copy, path).same, "the verdict is symmetric"
+
+
+def test_a_byte_identical_copy_is_exact(tmp_path, photo):
+    path, _ = photo
+    copy = tmp_path / "copy.jpg"
+    copy.write_bytes(path.read_bytes())
+    evidence = judge(path, copy)
+    assert (evidence.same, evidence.stage) == (True, "exact")
+
+
+def test_two_frames_of_a_moving_scene_are_not(tmp_path):
+    """The same background, and one subject that moved between the frames."""
+    background = make_photo(9, (640, 480))
+    frames = []
+    for dx in (0, 14):
+        frame = background.copy()
+        subject = make_photo(10, (160, 160))
+        frame.paste(subject, (240 + dx, 160))
+        frames.append(_save(tmp_path, f"frame{dx}.jpg", frame, quality=92))
+    evidence = judge(*frames)
+    assert not evidence.same and evidence.reason, evidence
+
+
+def test_different_photos_are_not(tmp_path):
+    a = _save(tmp_path, "a.jpg", make_photo(21, (640, 480)), quality=90)
+    b = _save(tmp_path, "b.jpg", make_photo(22, (640, 480)), quality=90)
+    assert not judge(a, b).same
+
+
+@pytest.mark.parametrize("size", [(1, 1), (800, 600), (30000, 30)])
+def test_flat_images_of_different_colours_never_match(tmp_path, size):
+    white = _save(tmp_path, "white.png", Image.new("RGB", size, "white"))
+    black = _save(tmp_path, "black.png", Image.new("RGB", size, "black"))
+    red = _save(tmp_path, "red.png", Image.new("RGB", size, (200, 0, 0)))
+    for a, b in ((white, black), (black, red), (white, red)):
+        evidence = judge(a, b)
+        assert not evidence.same and "too little structure" in evidence.reason
+
+
+def test_an_animation_is_not_a_copy_of_its_first_frame(tmp_path):
+    frames = [make_photo(s, (320, 240)) for s in (31, 32, 33)]
+    gif = tmp_path / "anim.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    still = _save(tmp_path, "still.png", Image.open(gif).convert("RGB"))
+    evidence = judge(still, gif)
+    assert not evidence.same and "animation" in evidence.reason
+
+
+# --------------------------------------------------------------------------------------------
+# the rules as a pure function
+
+
+def _rec(path: str, **kw) -> ImageRecord:
+    rng = np.random.default_rng(abs(hash(path)) % 2**32)
+    base = dict(signature=rng.integers(-2, 3, 648).astype(np.int8), width=640, height=480,
+                embedding=np.full(512, 5, np.int8))
+    return ImageRecord(path, "/r", 100, 1, **{**base, **kw})
+
+
+class Looks:
+    def __init__(self, *answers: Agreement):
+        self.answers, self.calls = list(answers), []
+
+    async def __call__(self, a, b, mirrors):
+        self.calls.append((a[0], b[0]))
+        return self.answers.pop(0)
+
+
+def _judge(a, b, look, **thresholds):
+    return asyncio.run(same_photo(a, b, dataclasses.replace(DEFAULTS, **thresholds), look))
+
+
+def test_rules_without_pixels():
+    a = _rec("/r/a.jpg")
+    same_bytes = _judge(dataclasses.replace(a, digest="d"), dataclasses.replace(a, path="/r/b.jpg", digest="d"), Looks())
+    assert (same_bytes.same, same_bytes.stage) == (True, "exact")
+    far = _rec("/r/far.jpg", embedding=np.full(512, -5, np.int8))
+    look = Looks()
+    evidence = _judge(a, far, look)
+    assert not evidence.same and "neither" in evidence.reason and look.calls == [], "no pixels looked at"
+    assert "not analysed" in _judge(a, _rec("/r/x.jpg", signature=None), Looks()).reason
+
+
+def test_the_pixels_decide_and_are_asked_both_ways():
+    a, b = _rec("/r/a.jpg"), _rec("/r/b.jpg")  # the embeddings agree: proposed
+    look = Looks(Agreement(score=0.99), Agreement(score=0.97))
+    evidence = _judge(a, b, look)
+    assert evidence.same and evidence.stage == "embedding" and evidence.score == 0.97
+    assert look.calls == [("/r/a.jpg", "/r/b.jpg"), ("/r/b.jpg", "/r/a.jpg")]
+    evidence = _judge(a, b, Looks(Agreement(score=0.99), Agreement(score=0.60)))
+    assert not evidence.same and "moved" in evidence.reason
+    evidence = _judge(a, b, Looks(Agreement(reason="the details do not line up"), Agreement(score=1.0)))
+    assert not evidence.same and evidence.reason == "the details do not line up"
+    assert _judge(a, b, Looks(Agreement(score=0.9), Agreement(score=0.9)), min_agreement=0.95).same is False
+
+
+# --------------------------------------------------------------------------------------------
+# one verdict for the matcher and for the actuator
+
+
+def test_the_matcher_and_the_actuator_decide_with_the_same_function():
+    assert matcher.same_photo is verdict.same_photo
+    assert actuator.same_photo is verdict.same_photo
+
+
+def test_a_mirrored_copy_is_acted_on_in_a_real_run(run_cli, tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    img = make_photo(41, (640, 480))
+    img.save(lib / "photo.jpg", quality=95)
+    img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((480, 360)).save(lib / "mirrored.jpg", quality=85)
+    img.transpose(Image.Transpose.ROTATE_270).save(lib / "turned.jpg", quality=85)
+    result = run_cli("deduplicate", lib, "--no-dry-run", "--action", "delete")
+    assert result.code == 0, result.err
+    rows = summary_rows(result.out)
+    assert rows["deleted (were)"] == "2" and rows["skipped (safety checks)"] == "0", result.out
+    assert sorted(os.listdir(lib)) == ["photo.jpg"]
+    [group] = result.report["groups"]
+    assert {e["stage"] for e in group["evidence"].values()} <= {"goldberg", "embedding"}
+    assert group["rule"] == "more_pixels" or group["rule"], group
+
+
+def test_a_plain_cp_keeps_the_original(run_cli, tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    make_photo(42, (640, 480)).save(lib / "a.jpg", quality=90)
+    (lib / "a_copy.jpg").write_bytes((lib / "a.jpg").read_bytes())
+    os.utime(lib / "a.jpg", (1_600_000_000, 1_600_000_000))  # the copy is newer, as cp makes it
+    result = run_cli("deduplicate", lib)
+    [group] = result.report["groups"]
+    assert group["keep"] == str(lib / "a.jpg") and group["remove"] == [str(lib / "a_copy.jpg")]
+    assert group["rule"] == "identical_name_then_older"
+    assert group["evidence"][str(lib / "a_copy.jpg")]["stage"] == "exact"
