@@ -26,15 +26,16 @@ NO_DETAILS = "too few details in common to line the pictures up"
 _ORB = cv2.ORB_create(nfeatures=600, fastThreshold=10)
 _MATCHER = cv2.BFMatcher(cv2.NORM_HAMMING)
 MIN_KEYPOINTS = 20
+MIN_DETECT_SIDE = 400  # small pictures are enlarged for keypoint detection only
 MIN_INLIERS = 20
 MIN_INLIER_RATIO = 0.5
 MAX_SCALE = 16.0  # both pictures are compared at up to MAX_SIDE: no copy differs more
 MAX_TILT_DEGREES = 10.0  # off a quarter turn; copies are straightened by a few degrees at most
 MIN_COVERAGE = 0.6  # of the smaller picture lying inside the other one
 PATCH_SHIFT_PX = 1.0  # a patch displaced by more (in the smaller picture's pixels) moved
-PATCH_CONFIDENT = 0.2
+PATCH_CONFIDENT = 0.2  # phase-correlation response above which a displacement is real
 TOGETHER_PX = 1.5  # neighbouring displaced patches whose shifts agree this closely moved together
-SUBJECT_SHIFT_PX = 2.5  # ... when displaced by at least this much: more than resampling noise  # phase-correlation response above which a displacement is real
+SUBJECT_SHIFT_PX = 2.5  # ... when displaced by at least this much: more than resampling noise
 MIN_PATCHES = 4
 SAME_CONTENT = 0.5  # correlation of an aligned patch below which it shows something else
 MAX_CHANGED_PATCHES = 2  # inner patches with other content that make it another picture
@@ -74,9 +75,6 @@ class Agreement:
     reason: str = ""
 
 
-MIN_DETECT_SIDE = 400  # small pictures are enlarged for keypoint detection only
-
-
 def _keypoints(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     h, w = grey.shape
     up = max(1.0, MIN_DETECT_SIDE / max(h, w))
@@ -84,10 +82,6 @@ def _keypoints(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     kp, des = _ORB.detectAndCompute(img, None)
     points = np.float32([k.pt for k in kp]).reshape(-1, 2) / up
     return points, des
-
-
-def features(grey: np.ndarray) -> Features:
-    return Features(grey)
 
 
 def _transform(a: Features, b: Features, mirrored: bool):

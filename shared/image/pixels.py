@@ -8,7 +8,7 @@ import asyncio
 import threading
 from collections import OrderedDict
 
-from .compare import MAX_SIDE, Agreement, Features, agreement, features
+from .compare import MAX_SIDE, Agreement, Features, agreement
 from .signature import ImageError, load_grey
 
 FileVersion = tuple[str, int, int]  # path, size, mtime_ns: a cache key that changes with the file
@@ -23,7 +23,7 @@ def _features(version: FileVersion) -> Features:
         if version in _cache:
             _cache.move_to_end(version)
             return _cache[version]
-    found = features(load_grey(version[0], MAX_SIDE))
+    found = Features(load_grey(version[0], MAX_SIDE))
     with _lock:
         _cache[version] = found
         while len(_cache) > _CACHE_SIZE:
