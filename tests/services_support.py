@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from .conftest import FIXTURE_MAX_DIST
+from .conftest import FIXTURE_MAX_DIST, make_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -66,22 +66,8 @@ def free_port() -> int:
 
 # -- photos ---------------------------------------------------------------------------------
 def photo(seed: int, size: int = 256) -> Image.Image:
-    """A photo-like image: a smooth two-colour gradient with blurred random shapes."""
-    rng = np.random.default_rng(seed)
-    w, h = size, int(size * 0.75)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    angle = rng.uniform(0, np.pi)
-    t = (np.cos(angle) * x / w + np.sin(angle) * y / h + 1) / 2
-    base = (a[None, None, :] * t[..., None] + b[None, None, :] * (1 - t[..., None])).astype(np.uint8)
-    img = Image.fromarray(base, "RGB")
-    draw = ImageDraw.Draw(img)
-    for _ in range(12):
-        x0, y0 = rng.uniform(-0.2, 1.0) * w, rng.uniform(-0.2, 1.0) * h
-        x1, y1 = x0 + rng.uniform(0.1, 0.6) * w, y0 + rng.uniform(0.1, 0.6) * h
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=colour)
-    return img.filter(ImageFilter.GaussianBlur(1.5))
+    """The test suite's photo-like picture (tests/conftest.py), ``size`` pixels wide."""
+    return make_photo(seed, (size, size * 3 // 4))
 
 
 def make_library(folder: Path, n_photos: int, seed: int = 0, subfolders: int = 1) -> dict[str, str]:

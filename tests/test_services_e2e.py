@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.services_support import (  # noqa: F401
     VENV_BIN, Services, broker_url, dead_letters, free_port, get, local_removed, make_library, metric, queue_depths,
@@ -171,18 +172,27 @@ def test_services_reconnect_after_a_broker_restart(world):
         assert proc.poll() is None and get(port, "/readyz")[0] == 200, role
 
 
-def test_concurrent_actuators_never_remove_both_files_or_a_kept_one(world):
-    """Conflicting decisions (A over B and B over A; A over B and B over C) delivered to two
-    actuator processes at once: the ledger's leases let exactly one side win."""
+def test_concurrent_actuators_never_remove_both_files_of_a_pair(world):
+    """Conflicting decisions (A over B and B over A; B over C, then A over B) delivered to two
+    actuator processes at once: the ledger's leases let exactly one side of a pair win, and a
+    later decision supersedes an earlier one without a photo losing its last copy."""
     from shared.messages import Decision, FileRef, Removal
     from shared.bus.rabbitmq import RabbitBus
     from shared.image.signature import analyze, words
     from shared.store.sqlite import SQLiteStore
     from shared.store import ImageRecord
 
-    services, library, files, _ = world(30, seed=4)
+    services, library, files, _ = world(26, seed=4)
     shutil.copytree(library, services.photos, dirs_exist_ok=True)
-    paths = sorted(services.photos / p for p in files)
+    pairs = [(services.photos / f"album{i % 4}/img{i:04d}.jpg", services.photos / f"album{i % 4}/img{i:04d} copy.jpg")
+             for i in range(26)]
+    chains = []
+    for a, b in pairs[20:]:  # a third copy of each of these photos: chains A > B > C
+        c = a.with_name(a.stem + " small.jpg")
+        with Image.open(a) as img:
+            img.resize((img.width // 2, img.height // 2)).save(c, quality=75)
+        chains.append((a, b, c))
+    paths = sorted(p for p in services.photos.rglob("*.jpg"))
 
     async def prepare_and_publish() -> None:
         store = SQLiteStore(services.base / "store.sqlite")
@@ -190,18 +200,17 @@ def test_concurrent_actuators_never_remove_both_files_or_a_kept_one(world):
         for path in paths:
             st, a = path.stat(), analyze(str(path))
             await store.upsert(ImageRecord(str(path), str(services.photos), st.st_size, st.st_mtime_ns, a.format,
-                                           a.width, a.height, signature=a.signature, words=words(a.signature)))
+                                           a.width, a.height, signature=a.signature, words=words(a.signature),
+                                           digest=a.digest, frames=a.frames, embedding=a.embedding))
             refs[path] = FileRef(path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns)
         await store.close()
         rm = lambda p: Removal(**refs[p].model_dump(), distance=0.1)
         bus = await RabbitBus(services.env["IMAGE_DEDUP_BROKER_URL"], services.env["IMAGE_DEDUP_BROKER_PREFIX"]).connect()
-        for i in range(0, 40, 2):  # pairs: each decision twice, both directions
-            a, b = paths[i], paths[i + 1]
+        for a, b in pairs[:20]:  # each decision twice, both directions
             for _ in range(2):
                 await bus.publish(Decision(keep=refs[a], remove=[rm(b)]))
                 await bus.publish(Decision(keep=refs[b], remove=[rm(a)]))
-        for i in range(40, 58, 3):  # chains: B is kept by one decision and removed by another
-            a, b, c = paths[i : i + 3]
+        for a, b, c in chains:
             await bus.publish(Decision(keep=refs[b], remove=[rm(c)]))
             await bus.publish(Decision(keep=refs[a], remove=[rm(b)]))
         await bus.close()
@@ -210,16 +219,20 @@ def test_concurrent_actuators_never_remove_both_files_or_a_kept_one(world):
     for _ in range(2):
         services.start("actuator")
     services.wait_ready()
-    expected_left = len(paths) - 20 - 6  # one of each pair; per chain either A,C or A,B survive
-    wait_for(lambda: len(snapshot(services.photos)) <= expected_left, 60, lambda: services.log_text())
+
+    def settled() -> bool:
+        left = {services.photos / p for p in snapshot(services.photos)}
+        return all((a in left) != (b in left) for a, b in pairs[:20]) and not any(b in left for _, b, _ in chains)
+
+    wait_for(settled, 60, lambda: services.log_text())
     time.sleep(1)
     left = {services.photos / p for p in snapshot(services.photos)}
-    assert len(left) == expected_left
-    for i in range(0, 40, 2):
-        assert (paths[i] in left) != (paths[i + 1] in left)
-    for i in range(40, 58, 3):
-        a, b, c = paths[i : i + 3]
-        assert a in left and (b in left) != (c in left)
+    for a, b in pairs[:20]:
+        assert (a in left) != (b in left), "exactly one file of a pair is removed"
+    for a, b, c in chains:
+        # B goes either way: removed for A, or kept for C and then removed for A (which superseded);
+        # C goes only if B still held the photo when C was removed; A, kept by all, stays
+        assert a in left and b not in left
     _assert_removed_once(services, {str(p.relative_to(services.photos)) for p in set(paths) - left})
 
 

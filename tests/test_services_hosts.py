@@ -21,6 +21,7 @@ from shared.config import Settings
 from shared.image.signature import analyze
 from shared.messages import Decision, FileEvent, FileRef, ImageSigned, Removal, Rescan
 from shared.store.sqlite import SQLiteStore
+from shared.store.sqlite_ledger import SQLiteLedger
 from tests.services_support import (  # noqa: F401
     VENV_BIN, Services, broker_url, dead_letters, get, make_library, metric, photo, queue_depths, rabbitmqctl, vhost, wait_for,
 )
@@ -139,9 +140,9 @@ async def test_refused_paths_are_dead_lettered_with_the_reason(tmp_path, vhost):
     photo(1).save(outside / "b.jpg")
     settings = Settings(source_directories=[root], store_path=tmp_path / "s.sqlite", match_delay=0.1,
                         journal_directory=tmp_path / "journals", dry_run=False)
-    store = SQLiteStore(settings.store_path)
+    store, ledger = SQLiteStore(settings.store_path), SQLiteLedger(settings.store_path)
     bus = await RabbitBus(url, prefix, service="test").connect()
-    ctx = Context(settings, store, bus)
+    ctx = Context(settings, store, bus, ledger)
     ref = lambda p: FileRef(path=str(p), size=p.stat().st_size, mtime_ns=p.stat().st_mtime_ns)
     escaped = f"{root}/../outside/b.jpg"
     refused = [
@@ -173,6 +174,7 @@ async def test_refused_paths_are_dead_lettered_with_the_reason(tmp_path, vhost):
             task.cancel()
         await bus.close()
         await store.close()
+        await ledger.close()
     letters = {body: headers["x-death-reason"] for body, headers in await dead_letters(url, prefix)}
     expected = {m.model_dump_json().encode(): why for m, why in refused}
     assert set(letters) == set(expected), letters

@@ -22,6 +22,9 @@ from shared.store import ImageRecord, Ledger, Store
 # look alike (a burst of near-identical frames), and the parts are still safe on their own.
 MAX_COMPONENT = 5000
 CANDIDATE_LIMIT = 100
+# The embedding's nearest neighbours are its copies; beyond them it proposes look-alikes of the
+# same kind (a series of similar shots), each costing a pixel comparison, so fewer are asked.
+SIMILAR_LIMIT = 24
 
 
 async def _candidates(record: ImageRecord, store: Store, settings: Settings) -> list[ImageRecord]:
@@ -36,7 +39,7 @@ async def _candidates(record: ImageRecord, store: Store, settings: Settings) -> 
     for query in queries:
         for c in await store.candidates(query, settings.max_dist, CANDIDATE_LIMIT):
             found.setdefault(c.record.path, c.record)
-    for c in await store.similar(record, settings.min_similarity, CANDIDATE_LIMIT):
+    for c in await store.similar(record, settings.min_similarity, SIMILAR_LIMIT):
         found.setdefault(c.record.path, c.record)
     return [
         r for r in found.values()

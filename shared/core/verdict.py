@@ -90,9 +90,11 @@ async def same_photo(a: ImageRecord, b: ImageRecord, thresholds: Thresholds, loo
     else:
         return _no("neither the signature nor the embedding is close", **facts)
     # the comparison is not symmetric (keypoints, which picture is warped): the verdict is,
-    # because it asks both ways
-    both = (await look(version(a), version(b), thresholds.match_orientations),
-            await look(version(b), version(a), thresholds.match_orientations))
+    # because it asks both ways (the second only when the first did not already refuse)
+    forth = await look(version(a), version(b), thresholds.match_orientations)
+    if forth.reason and forth.reason != NO_DETAILS:
+        return _no(forth.reason, **{**facts, "score": forth.score})
+    both = (forth, await look(version(b), version(a), thresholds.match_orientations))
     refused = [r for r in both if r.reason and r.reason != NO_DETAILS]
     usable = [r for r in both if not r.reason]
     if refused:

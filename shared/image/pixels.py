@@ -13,7 +13,7 @@ from .signature import ImageError, load_grey
 
 FileVersion = tuple[str, int, int]  # path, size, mtime_ns: a cache key that changes with the file
 
-_CACHE_SIZE = 64
+_CACHE_SIZE = 256  # about 0.2 MB each: a large component is not decoded again and again
 _cache: OrderedDict[FileVersion, Features] = OrderedDict()
 _lock = threading.Lock()
 
