@@ -425,15 +425,21 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
             except Unsafe as exc:  # the watcher would refuse it too, but silently to the user
                 print(f"image-dedup: rescan refused: {exc}", file=sys.stderr)
                 return 2
-        # a one-shot command: its own one line below says whether the broker was reached
-        logging.getLogger("aiormq").setLevel(logging.CRITICAL)
-        logging.getLogger("shared.bus.rabbitmq").setLevel(logging.ERROR)
+        # a one-shot command: its own one line below says whether the broker was reached, so
+        # the broker client's own logging is quieted for it (and only for it)
+        quiet = {"aiormq": logging.CRITICAL, "shared.bus.rabbitmq": logging.ERROR}
+        before = {name: logging.getLogger(name).level for name in quiet}
         try:
+            for name, level in quiet.items():
+                logging.getLogger(name).setLevel(level)
             asyncio.run(publish_rescan(settings, args.path))
         except Exception as exc:  # the broker's client raises many kinds; the user needs one line
             print(f"image-dedup: cannot publish the rescan to {_without_password(settings.broker_url)}: "
                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
             return 1
+        finally:
+            for name, level in before.items():
+                logging.getLogger(name).setLevel(level)
         print(f"rescan of {args.path or 'all roots'} published to {settings.broker_prefix}")
         return 0
     roles = [args.role] if args.command == "service" else list(ROLES)

@@ -84,6 +84,20 @@ def _frees_space(action: str, how: str) -> bool:
     return action in ("delete", "hardlink") or how in (IDENTICAL, "copied across filesystems and verified")
 
 
+LEASE_TRIES = 20
+LEASE_WAIT_S = 0.1
+
+
+async def _lease(ledger: Ledger, keep: str, victim: str, owner: str) -> bool:
+    """A lease is held for one action only: wait a little for another one to end before
+    giving up (the caller then retries the whole decision later)."""
+    for attempt in range(LEASE_TRIES):
+        if await ledger.acquire(keep, victim, owner):
+            return True
+        await asyncio.sleep(LEASE_WAIT_S)
+    return False
+
+
 async def handle_decision(
     decision: Decision,
     *,
@@ -117,6 +131,16 @@ async def handle_decision(
         return outcomes
     records = await store.get_many([decision.keep.path, *(r.path for r in decision.remove)])
     keep_record = records.get(decision.keep.path)
+
+    def refusal_now(victim: Path, removal, verdict) -> str | None:
+        """The disk as it is now, both files as analysed, and the verdict on them."""
+        return removal_refusal(
+            keep=observe(keep), keep_expected=(decision.keep.size, decision.keep.mtime_ns),
+            victim=observe(victim), victim_expected=(removal.size, removal.mtime_ns),
+            verdict_now=verdict,
+            same_file=os.path.samefile(keep, victim) if os.path.exists(victim) and os.path.exists(keep) else False,
+        )
+
     approved = []
     for removal in decision.remove:
         try:
@@ -130,22 +154,17 @@ async def handle_decision(
             if (keep_record.size, keep_record.mtime_ns) == (decision.keep.size, decision.keep.mtime_ns) and (
                     victim_record.size, victim_record.mtime_ns) == (removal.size, removal.mtime_ns):
                 current = await same_photo(keep_record, victim_record, Thresholds.of(settings), look)
-        refusal = removal_refusal(
-            keep=observe(keep), keep_expected=(decision.keep.size, decision.keep.mtime_ns),
-            victim=observe(victim), victim_expected=(removal.size, removal.mtime_ns),
-            verdict_now=current,
-            same_file=os.path.samefile(keep, victim) if os.path.exists(victim) and os.path.exists(keep) else False,
-        )
+        refusal = refusal_now(victim, removal, current)
         if refusal is None and action == "hardlink":
             refusal = _format_refusal(keep_record, victim_record)
         if refusal:
             skip(removal.path, removal.distance, refusal)
         else:
-            approved.append((victim, removal))
+            approved.append((victim, removal, current))
     if not approved:
         return outcomes
     if settings.dry_run:
-        for victim, removal in approved:
+        for victim, removal, _ in approved:
             outcomes.append(ActionOutcome(
                 str(victim), str(keep), action, "dry_run", removal.distance, "dry run", None, removal.size,
                 _frees_space(action, "")))
@@ -153,10 +172,17 @@ async def handle_decision(
     # the same decision delivered again (after a crash) is the same owner and may go on at once
     owner = "decision-" + hashlib.blake2b(repr(decision).encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
     busy = False
-    for victim, removal in approved:
-        if not await ledger.acquire(str(keep), str(victim), owner):
+    for victim, removal, verdict in approved:
+        if not await _lease(ledger, str(keep), str(victim), owner):
             busy = True
             skip(str(victim), removal.distance, BUSY)
+            continue
+        # checked again under the lease: another actuator may have removed the kept file
+        # between the first check and the lease
+        refusal = refusal_now(victim, removal, verdict)
+        if refusal:
+            await ledger.release(str(keep), str(victim), owner)
+            skip(str(victim), removal.distance, refusal)
             continue
         try:
             try:
