@@ -24,9 +24,12 @@ Tools (all at their own defaults):
   ``distance_cutoff``, compared with ``<`` as its database drivers do), every pair compared
   with its ``normalized_distance``.
 
-CPU time: the tool runs in a child process; the script reports the child's user+system CPU
-time from ``resource.getrusage(RUSAGE_CHILDREN)`` (all its threads, including interpreter
-start, imports and model loading) divided by the number of images, as ``cpu_ms_per_image``,
+CPU time: the tool runs in a child process; the script reports the user+system CPU time of
+the child and of every process it started, from ``resource.getrusage(RUSAGE_CHILDREN)`` (all
+their threads, including interpreter start, imports and model loading). The script makes
+itself a child subreaper (``prctl(PR_SET_CHILD_SUBREAPER)``) and reaps every orphan after the
+child exits: a process pool's workers (ours are children of a multiprocessing forkserver, which
+nobody waits for) would otherwise be missing from the count. Divided by the number of images, as ``cpu_ms_per_image``,
 and the CPU time of the find step alone (``time.process_time`` inside the child, which also
 counts all threads) as ``cpu_ms_per_image_work``. By default (``--threads 1``) the child is
 pinned to one CPU (``sched_setaffinity``) and runs with OMP_NUM_THREADS, OPENBLAS_NUM_THREADS,
@@ -76,6 +79,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
 import os
 import resource
@@ -234,6 +238,25 @@ def child_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants (a forkserver, its pool's workers) become our children, so that
+    reaping them adds their CPU time to RUSAGE_CHILDREN."""
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def reap_orphans() -> None:
+    """Wait for every descendant left behind (they exit once the tool's process is gone)."""
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
 def run_tool(args: argparse.Namespace, pairs_path: Path) -> tuple[dict, float]:
     """Run the worker in the tool's venv; its stats and its CPU seconds (all threads)."""
     command = [args.python, os.path.abspath(__file__), "--worker", "--tool", args.tool,
@@ -247,8 +270,10 @@ def run_tool(args: argparse.Namespace, pairs_path: Path) -> tuple[dict, float]:
         env.update({name: str(args.threads) for name in THREAD_VARIABLES})
         cpus = sorted(os.sched_getaffinity(0))[:args.threads]
         preexec = lambda: os.sched_setaffinity(0, cpus)  # noqa: E731
+    become_subreaper()
     before = child_cpu()
     done = subprocess.run(command, env=env, preexec_fn=preexec, capture_output=True, text=True)
+    reap_orphans()
     cpu = child_cpu() - before
     if done.returncode != 0:
         sys.stderr.write(done.stderr)
@@ -294,11 +319,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kit", help="the benchmark kit folder (has score.py)")
     ap.add_argument("--lib", help="library folder (LIB.truth.json beside it)")
-    ap.add_argument("--tool", choices=TOOLS)
+    ap.add_argument("--tool", choices=TOOLS, action="append",
+                    help="repeatable: the tools run one after the other in this run, and the CPU "
+                         "ratio of each to the first is printed last")
     ap.add_argument("--summary", nargs="+", metavar="SCORE_JSON",
                     help="print markdown tables from TOOL.score.json files and stop")
-    ap.add_argument("--python", default=sys.executable,
-                    help="the Python of the tool's venv (default: this one)")
+    ap.add_argument("--python", action="append", default=[],
+                    help="the Python of the tool's venv, or TOOL=PYTHON for one of several "
+                         "tools (default: this one)")
     ap.add_argument("--kit-python", default=sys.executable,
                     help="Python with Pillow to run score.py (default: this one)")
     ap.add_argument("--out", help="folder to keep TOOL.pairs.json and TOOL.score.json in")
@@ -318,11 +346,27 @@ def main() -> None:
         print(summary(args.summary), end="")
         return
     if args.worker:
+        args.tool = args.tool[0]
         worker(args)
         return
     if not (args.kit and args.lib and args.tool):
         ap.error("--kit, --lib and --tool are required")
     args.lib = Path(args.lib).resolve()
+    pythons = dict(p.split("=", 1) if "=" in p else ("", p) for p in args.python)
+    results = []
+    for tool in args.tool:  # one after the other, on the same files, in this one run
+        run = argparse.Namespace(**{**vars(args), "tool": tool,
+                                    "python": pythons.get(tool, pythons.get("", sys.executable))})
+        results.append(measure(run))
+        print(json.dumps(results[-1], ensure_ascii=False), flush=True)
+    if len(results) > 1:
+        base = results[0]
+        print(json.dumps({"cpu_ratio_to": base["tool"], "library": base["library"], "ratios": {
+            r["tool"]: round(r["cpu_ms_per_image"] / base["cpu_ms_per_image"], 3) for r in results[1:]}}))
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Run ``args.tool`` on the library and score it: one JSON-able result."""
     out = Path(args.out) if args.out else None
     with tempfile.TemporaryDirectory() as tmp:
         pairs_path = (out if out else Path(tmp)) / f"{args.tool}.pairs.json"
@@ -343,10 +387,10 @@ def main() -> None:
     if args.tool == "image-match":
         result.update(cutoff=args.cutoff)
     result.update(metrics)
-    text = json.dumps(result, ensure_ascii=False)
-    print(text)
     if out:
-        (out / f"{args.tool}.score.json").write_text(text + "\n", encoding="utf-8")
+        (out / f"{args.tool}.score.json").write_text(json.dumps(result, ensure_ascii=False) + "\n",
+                                                     encoding="utf-8")
+    return result
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from shared.actions import JournalError, undo
+from shared.actions import JournalError, journal_files, undo
 from shared.config import ConfigError, Settings, load_settings, reference_yaml
 from shared.store import StoreUnavailable
 from services.apply import ReportError, apply_report
@@ -60,8 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     config_sub.add_parser("reference", help="print a commented reference YAML of every option")
     config_sub.add_parser("show", parents=[common], help="print the effective configuration")
 
-    undo_parser = sub.add_parser("undo", parents=[common], help="restore what a run's journal moved or trashed")
-    undo_parser.add_argument("journal", type=Path)
+    undo_parser = sub.add_parser("undo", parents=[common], help="restore what runs (their journals) moved or trashed")
+    undo_parser.add_argument("journal", type=Path, nargs="+",
+                             help="journal files or folders of them (every actuator writes its own)")
     review_command.add_parser(sub, [common])
     add_service_commands(sub, [common])
     return parser
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(_settings(args).model_dump_json(indent=2))
             return 0
         if args.command == "undo":
-            for line in undo(args.journal):
+            for line in undo(*journal_files(args.journal)):
                 console.print(shown(line), highlight=False, markup=False, soft_wrap=True)
             return 0
         if args.command == "review":

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+from importlib import metadata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,9 +22,11 @@ from services.watcher.handler import FoundFile, clean_up, walk
 from shared.actions import Journal, remove_empty_folders
 from shared.bus import InProcessBus
 from shared.config import Settings
+from shared.core.verdict import Look
 from shared.image.pixels import look_in_thread
 from shared.messages import Decision, FileEvent, Message
 from shared.store import Ledger, Store
+from shared.store.comparisons import COMPARE_VERSION
 from shared.store.open import open_stores
 
 
@@ -154,9 +158,9 @@ async def deduplicate(
 
             # 4. match every file of the library, not only the ones signed in this run
             with phases.phase("match", len(found)) as advance:
-                groups = await plan([f.path for f in found], store=store, settings=settings, ledger=ledger, on_progress=advance,
-                                    look=signer.look if signer is not None else look_in_thread)
-            summary.decisions = [to_decision(g) for g in groups]
+                summary.decisions = await match_library(
+                    [f.path for f in found], store, ledger, settings,
+                    signer.look if signer is not None else look_in_thread, advance)
 
             # 5. and 6.
             await act(summary, settings, store, ledger, bus, phases)
@@ -167,6 +171,39 @@ async def deduplicate(
         await store.close()
         await ledger.close()
     return summary
+
+
+#: What the plan reads of the settings; a change of any of them plans the library again.
+PLAN_SETTINGS = {"source_directories", "max_dist", "min_similarity", "min_agreement", "match_orientations",
+                 "across_dirs", "max_file_modification_time_diff", "prioritization_rules", "use_exif_data"}
+
+
+async def match_library(
+    paths: list[str], store: Store, ledger: Ledger, settings: Settings, look: Look, advance: Callable[[int], None]
+) -> list[Decision]:
+    """Phase 4. The plan depends only on the files (their versions and contents), the settings
+    it reads, the pairs marked distinct and the code: when none of them changed since the last
+    run over these roots, that run's plan is the plan, and no index is queried again. The
+    actuator checks every removal against the disk and the verdict all the same."""
+    records = await store.get_many(paths)
+    marked = await ledger.distinct(sorted({r.digest for r in records.values() if r.digest}))
+    facts = (
+        metadata.version("image-dedup"), COMPARE_VERSION, settings.model_dump_json(include=PLAN_SETTINGS),
+        sorted((p, r.size, r.mtime_ns, r.digest, r.error) for p, r in records.items()),
+        sorted(sorted(pair) for pair in marked),
+    )
+    fingerprint = hashlib.blake2b(repr(facts).encode("utf-8", "surrogateescape"), digest_size=20).hexdigest()
+    key = "plan-" + hashlib.blake2b(repr(sorted(map(str, settings.source_directories))).encode(
+        "utf-8", "surrogateescape"), digest_size=20).hexdigest()
+    last = (await ledger.recall([key])).get(key)
+    if last is not None and last["fingerprint"] == fingerprint:
+        advance(len(paths))
+        return [Decision.model_validate(d) for d in last["decisions"]]
+    decisions = [to_decision(g) for g in await plan(paths, store=store, settings=settings, ledger=ledger,
+                                                    look=look, on_progress=advance)]
+    await ledger.remember({key: {"fingerprint": fingerprint,
+                                 "decisions": [d.model_dump(mode="json") for d in decisions]}})
+    return decisions
 
 
 async def act(

@@ -80,6 +80,7 @@ async def start_hasher(ctx: Context) -> None:
             signed.inc()
 
     ctx.on_close.append(sign.close)
+    await sign.start()
     # enough messages in hand to keep every decoder process busy
     await ctx.bus.subscribe("file.event", on_event, concurrency=max(settings.concurrency, settings.threads + 1))
 

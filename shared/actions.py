@@ -16,7 +16,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -247,12 +247,29 @@ def read_journal(journal_path: Path) -> list[dict]:
     return entries
 
 
-def undo(journal_path: Path) -> list[str]:
-    """Revert a journal's confirmed actions, newest first; returns one line per action."""
-    entries = read_journal(journal_path)
+def journal_files(paths: Sequence[Path]) -> list[Path]:
+    """Journal files, a folder standing for every journal in it (each actuator writes its own)."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(path.glob("*.jsonl"))
+            if not found:
+                raise JournalError(f"no journals in {path}")
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
+def undo(*journal_paths: Path) -> list[str]:
+    """Revert the confirmed actions of one or more journals, newest first across all of them
+    (a file removed later may have been the kept twin of one removed earlier); returns one line
+    per action."""
+    entries = [e for path in journal_paths for e in read_journal(path)]
     done = {e["intent"]: e for e in entries if e.get("state") == "done"}
+    intents = sorted((e for e in entries if e.get("state") == "intent"), key=lambda e: e.get("at", 0.0))
     lines = []
-    for entry in reversed([e for e in entries if e.get("state") == "intent"]):
+    for entry in reversed(intents):
         # the confirmation holds where the file really went (a free name if the target was taken)
         confirmed = done.get(entry["id"])
         src, op = Path(entry["path"]), entry["action"]

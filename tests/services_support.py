@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +28,10 @@ from .conftest import FIXTURE_MAX_DIST, make_photo
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 BROKER = os.environ.get("IMAGE_DEDUP_TEST_BROKER", "127.0.0.1:5672")
+# a real Elasticsearch (scripts/ensure-elasticsearch.sh); its tests are skipped only when
+# IMAGE_DEDUP_TEST_ELASTICSEARCH=off is set by hand: a node that does not answer fails them
+ES_URL = os.environ.get("IMAGE_DEDUP_TEST_ELASTICSEARCH_URL", "http://127.0.0.1:9200")
+ES_OFF = os.environ.get("IMAGE_DEDUP_TEST_ELASTICSEARCH") == "off"
 
 
 def _broker_up() -> bool:
@@ -52,6 +57,22 @@ def vhost():
     rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
     yield name
     rabbitmqctl("delete_vhost", name, check=False)
+
+
+@pytest.fixture
+def es_index():
+    """A fresh index name on the test node; the index and its ledger are deleted after."""
+    if ES_OFF:
+        pytest.skip("IMAGE_DEDUP_TEST_ELASTICSEARCH=off")
+    index = f"test-{uuid.uuid4().hex[:12]}"
+    yield index
+    for name in (index, f"{index}-ledger"):
+        request = urllib.request.Request(f"{ES_URL}/{name}", method="DELETE")
+        try:
+            urllib.request.urlopen(request, timeout=30).close()
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
 
 
 def broker_url(vhost: str) -> str:
@@ -118,6 +139,7 @@ class Services:
         self.logs = base / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: list[tuple[str, subprocess.Popen, int]] = []
+        self.tmpdirs: list[str] = []
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_DEDUP_")}
         values = {
             "source_directories": json.dumps([str(photos)]), "store_path": str(base / "store.sqlite"),
@@ -131,9 +153,21 @@ class Services:
         self.env["XDG_CONFIG_HOME"] = str(base / "config")  # never a user's config file
         self.env["PYTHONUNBUFFERED"] = "1"
 
-    def start(self, role: str, *extra: str) -> tuple[subprocess.Popen, int]:
+    def start(self, role: str, *extra: str, host: Path | None = None) -> tuple[subprocess.Popen, int]:
+        """``host``: a folder standing for a host of its own (HOME, temporary folder, store
+        file, journals and duplicates folder inside it), so that the process shares nothing on
+        disk with the others but the photos."""
         port = free_port()
         env = dict(self.env, IMAGE_DEDUP_METRICS_PORT=str(port))
+        if host is not None:
+            for sub in ("home", "journals"):
+                (host / sub).mkdir(parents=True, exist_ok=True)
+            # short: a forkserver's socket lives there, and a Unix socket path has 107 bytes
+            self.tmpdirs.append(tempfile.mkdtemp(prefix="idh-"))
+            env.update(HOME=str(host / "home"), TMPDIR=self.tmpdirs[-1], XDG_CONFIG_HOME=str(host / "home" / ".config"),
+                       XDG_DATA_HOME=str(host / "home" / ".local" / "share"), IMAGE_DEDUP_STORE_PATH=str(host / "store.sqlite"),
+                       IMAGE_DEDUP_JOURNAL_DIRECTORY=str(host / "journals"),
+                       IMAGE_DEDUP_DUPLICATES_TARGET_DIRECTORY=str(host / "duplicates"))
         n = sum(1 for r, _, _ in self.procs if r == role)
         log = open(self.logs / f"{role}-{n}.log", "ab")
         proc = subprocess.Popen(
@@ -176,6 +210,8 @@ class Services:
                 os.killpg(proc.pid, signal.SIGKILL)  # leftover decoder processes, if any
             except ProcessLookupError:
                 pass
+        for folder in self.tmpdirs:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def journal_entries(self) -> list[dict]:
         entries = []

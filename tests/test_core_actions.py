@@ -279,6 +279,31 @@ def test_undo_restores_moved_files(tmp_path):
     assert all(line.startswith("restored") for line in lines), lines
 
 
+@pytest.mark.parametrize("order", ["as written", "reversed", "folder"])
+def test_undo_of_several_journals_goes_back_newest_first_across_them(tmp_path, order):
+    """Two actuators, two journals: the first moved lib/a.jpg away, then a new lib/a.jpg
+    appeared and the second actuator moved that one. Undone newest first across both journals,
+    lib/a.jpg is the second file again and the first stays in the target, whatever order the
+    journals are named in."""
+    first, second = Journal(tmp_path / "j" / "one.jsonl"), Journal(tmp_path / "j" / "two.jsonl")
+    _journaled_move(first, _write(tmp_path / "lib" / "a.jpg", b"first"), tmp_path / "t" / "a.jpg")
+    _journaled_move(second, _write(tmp_path / "lib" / "a.jpg", b"second"), tmp_path / "t" / "a.jpg")
+    _journaled_move(first, _write(tmp_path / "lib" / "b.jpg", b"B"), tmp_path / "t" / "b.jpg")
+    first.close(), second.close()
+    named = {"as written": [first.path, second.path], "reversed": [second.path, first.path],
+             "folder": [tmp_path / "j"]}[order]
+    lines = undo(*actions.journal_files(named))
+    assert (tmp_path / "lib" / "a.jpg").read_bytes() == b"second"
+    assert (tmp_path / "lib" / "b.jpg").read_bytes() == b"B"
+    assert (tmp_path / "t" / "a.jpg").read_bytes() == b"first"
+    assert [line.split()[0] for line in lines] == ["restored", "restored", "skipped,"], lines
+
+
+def test_undo_of_a_folder_without_journals_says_so(tmp_path):
+    with pytest.raises(actions.JournalError, match="no journals in"):
+        actions.journal_files([tmp_path])
+
+
 def test_undo_restores_from_the_free_name_actually_used(tmp_path):
     """When the target name was taken the file went to 'a (1).jpg'; undo must bring back
     that file, and leave the unrelated file that sat at the target alone."""

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from services import local
 from shared.config import load_settings
+from shared.image import pixels
 from shared.image.signature import analyze
 
 from .conftest import FIXTURE_MAX_DIST, all_files, save_photo, summary_rows, tree_state
@@ -284,6 +285,46 @@ def test_incremental_analysis_decodes_only_new_and_changed_files(lib, tmp_path, 
     assert (third.signed, third.unchanged) == (3, N_IMAGES - 2)
     groups = {d.keep.path: [r.path for r in d.remove] for d in third.decisions}
     assert groups[str(lib / "solo" / "b.png")] == [str(lib / "solo" / "a.jpg")], "re-analysed, so re-matched"
+
+
+def test_an_unchanged_rerun_plans_nothing_again_and_compares_no_pixels(lib, tmp_path, monkeypatch):
+    looked: list[tuple[str, str]] = []
+    planned: list[int] = []
+    compare, plan = pixels.compare_files, local.plan
+
+    def counting_compare(a, b, mirrors):
+        looked.append((a[0], b[0]))
+        return compare(a, b, mirrors)
+
+    async def counting_plan(paths, **kwargs):
+        planned.append(len(paths))
+        return await plan(paths, **kwargs)
+
+    monkeypatch.setattr(pixels, "compare_files", counting_compare)
+    monkeypatch.setattr(local, "plan", counting_plan)
+    settings = load_settings(source_directories=[lib], store_path=tmp_path / "s.sqlite", threads=2,
+                             max_dist=FIXTURE_MAX_DIST)
+    first = _run(settings)
+    assert planned == [N_IMAGES] and looked, "the first run plans and looks at pixels"
+
+    looked.clear()
+    second = _run(settings)
+    assert planned == [N_IMAGES] and looked == [], "the last plan is the plan: no query, no comparison"
+    assert second.decisions == first.decisions
+    assert second.count("dry_run") == first.count("dry_run") > 0, "every removal is still checked"
+
+    # a setting the plan reads: planned again, from the comparisons already made
+    third = _run(settings.model_copy(update={"min_agreement": 0.9}))
+    assert planned == [N_IMAGES] * 2 and looked == []
+    assert third.decisions == first.decisions
+
+    # one file's mtime changes: planned again, and only its own pairs are compared again
+    st = (lib / "pets" / "cat.jpg").stat()
+    os.utime(lib / "pets" / "cat.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    fourth = _run(settings)
+    assert planned == [N_IMAGES] * 3
+    assert looked and all(str(lib / "pets" / "cat.jpg") in pair for pair in looked), looked
+    assert {d.keep.path for d in fourth.decisions} == {d.keep.path for d in first.decisions}
 
 
 def test_progress_is_shown_on_a_terminal_and_silent_when_quiet(lib, tmp_path):

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from shared.messages import Decision, FileEvent, FileRef, ImageSigned, Removal, 
 from shared.store.sqlite import SQLiteStore
 from shared.store.sqlite_ledger import SQLiteLedger
 from tests.services_support import (  # noqa: F401
-    VENV_BIN, Services, broker_url, dead_letters, get, make_library, metric, photo, queue_depths, rabbitmqctl, vhost, wait_for,
+    ES_URL, VENV_BIN, Services, broker_url, dead_letters, es_index, get, local_removed, make_library, metric, photo,
+    queue_depths, rabbitmqctl, snapshot, vhost, wait_for,
 )
 
 
@@ -278,3 +280,42 @@ def test_each_service_exports_its_own_metrics_and_the_matcher_times_only_its_wor
     assert metric(matcher, "image_dedup_matcher_batch_processing_seconds_sum") < 2 * batches  # no batch wait
     assert metric(scraped["hasher"], "image_dedup_hasher_images_signed_total") >= 6
     assert metric(scraped["watcher"], "image_dedup_watcher_file_events_published_total") >= 6
+
+
+def test_services_on_hosts_of_their_own_move_what_local_mode_moves_and_undo_takes_every_journal(
+        tmp_path, vhost, es_index):
+    """A watcher, two hashers, two matchers and two actuators, each with its own HOME,
+    temporary folder, journals and duplicates folder, sharing only the photos, RabbitMQ and
+    Elasticsearch: they move exactly the files local mode removes, no SQLite file is made
+    anywhere, and one ``undo`` of all the actuators' journals brings every file back."""
+    library = tmp_path / "library"
+    files = make_library(library, 16, seed=5, subfolders=4)
+    expected = local_removed(library, tmp_path / "local")
+    photos = tmp_path / "photos"
+    shutil.copytree(library, photos)  # found by the watcher's start-up scan
+    hosts = tmp_path / "hosts"
+    services = Services(tmp_path / "svc", photos, broker_url(vhost), _prefix(), action="move",
+                        elasticsearch_url=ES_URL, elasticsearch_index=es_index)
+    try:
+        for role, n in (("watcher", 1), ("hasher", 2), ("matcher", 2), ("actuator", 2)):
+            for i in range(n):
+                services.start(role, host=hosts / f"{role}-{i}")
+        services.wait_ready(timeout=120)
+        removed = lambda: set(files) - snapshot(photos)  # noqa: E731
+        wait_for(lambda: removed() == expected, 180,
+                 lambda: f"moved {sorted(removed() ^ expected)[:6]} apart from local mode\n{services.log_text()}")
+        time.sleep(3)  # and nothing more
+        assert removed() == expected
+    finally:
+        services.stop()
+    moved = {str(p.relative_to(d / "photos")) for d in hosts.glob("actuator-*/duplicates") for p in d.rglob("*")
+             if p.is_file()}
+    assert moved == expected, "each actuator moved into its own duplicates folder"
+    journals = sorted(hosts.glob("*/journals/*.jsonl"))
+    assert journals and {j.parts[-3] for j in journals} <= {"actuator-0", "actuator-1"}
+    assert not [p for p in tmp_path.rglob("*.sqlite*") if "local" not in p.relative_to(tmp_path).parts], \
+        "with Elasticsearch no service keeps a store file"
+    undone = subprocess.run([str(VENV_BIN / "image-dedup"), "undo", *map(str, journals)], env=services.env,
+                            capture_output=True, text=True, timeout=120)
+    assert undone.returncode == 0, undone.stderr
+    assert snapshot(photos) == set(files), undone.stdout

@@ -9,7 +9,6 @@ uses its own random index and deletes it.
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import uuid
 
@@ -20,9 +19,8 @@ from shared.image.signature import orientations, words
 from shared.store import ImageRecord, StoreUnavailable
 from shared.store.sqlite import SQLiteStore
 from shared.store.sqlite_ledger import SQLiteLedger
+from tests.services_support import ES_OFF, ES_URL
 
-ES_URL = os.environ.get("IMAGE_DEDUP_TEST_ELASTICSEARCH_URL", "http://127.0.0.1:9200")
-ES_OFF = os.environ.get("IMAGE_DEDUP_TEST_ELASTICSEARCH") == "off"
 
 
 class Backend:
@@ -322,6 +320,18 @@ async def test_distinct_pairs_are_remembered_in_either_order(ledger):
     assert await ledger.distinct(["d1", "d2", "d3", "d4"]) == {frozenset({"d1", "d2"}), frozenset({"d1", "d3"})}
     assert await ledger.distinct(["d2", "d3"]) == set()
     assert await ledger.distinct(["d3", "d1"]) == {frozenset({"d1", "d3"})}
+
+
+async def test_comparisons_are_recalled_by_key_from_another_process(backend, ledger):
+    await ledger.remember({"k1": {"score": 0.9, "reason": ""}, "k2": {"score": 0.1, "reason": "moved"}})
+    await ledger.remember({"k2": {"score": 0.2, "reason": "moved"}})  # compared again: the newer result
+    later = await backend.ledger()  # another run, or another matcher
+    assert await later.recall(["k1", "k2", "k3"]) == {"k1": {"score": 0.9, "reason": ""},
+                                                    "k2": {"score": 0.2, "reason": "moved"}}
+    assert await later.recall([]) == {}
+    many = {f"key{i}": {"score": i / 1000} for i in range(1200)}  # more than one query holds
+    await later.remember(many)
+    assert await ledger.recall(sorted(many)) == many
 
 
 # --------------------------------------------------------------------------------------------

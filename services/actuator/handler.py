@@ -16,9 +16,10 @@ from shared.config import Settings
 from shared.messages import Decision, FileRemoved
 from shared.bus import Reject
 from shared.core.safety import Unsafe, below_root, confine, observe, removal_refusal, root_of
-from shared.core.verdict import Look, Thresholds, same_photo
+from shared.core.verdict import Look, Thresholds, same_photo, version
 from shared.image.pixels import look_in_thread
 from shared.store import Ledger, Store
+from shared.store.comparisons import RememberingLook
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,12 @@ async def handle_decision(
             same_file=os.path.samefile(keep, victim) if os.path.exists(victim) and os.path.exists(keep) else False,
         )
 
+    if settings.dry_run and keep_record is not None:
+        # nothing is removed: what was compared before for these same file versions will do;
+        # a real action looks at the pixels again
+        look = remembering = RememberingLook(look, ledger)
+        await remembering.recall([(version(keep_record), version(r)) for p, r in records.items() if p != keep_record.path],
+                                 settings.match_orientations)
     approved = []
     for removal in decision.remove:
         try:

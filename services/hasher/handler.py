@@ -52,6 +52,11 @@ class ProcessSigner:
         self._pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_die_with_service,
                                          initargs=(lifeline,))
 
+    async def start(self) -> None:
+        """Start the pool now: one that cannot start (say, a temporary folder whose path is too
+        long for the forkserver's socket) fails the service at start, not every message."""
+        await asyncio.get_running_loop().run_in_executor(self._pool, os.getpid)
+
     async def __call__(self, path: str) -> Analysis:
         return await asyncio.get_running_loop().run_in_executor(self._pool, analyze, path)
 

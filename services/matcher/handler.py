@@ -10,13 +10,14 @@ import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from shared.config import Settings
-from shared.core.verdict import Look, Thresholds, goldberg, same_photo
+from shared.core.verdict import Look, Thresholds, goldberg, same_photo, version
 from shared.image.pixels import look_in_thread
 from shared.messages import Decision, Evidence, FileRef, Removal
 from shared.core.ranking import Group, pair_allowed, plan_groups
 from shared.core.safety import root_of
 from shared.image.signature import orientations, words
 from shared.store import ImageRecord, Ledger, Store
+from shared.store.comparisons import RememberingLook
 
 # A component larger than this is planned in parts; it only happens when thousands of files
 # look alike (a burst of near-identical frames), and the parts are still safe on their own.
@@ -64,8 +65,10 @@ async def plan(
     look: Look = look_in_thread, on_progress: Callable[[int], None] = lambda n: None,
 ) -> list[Group]:
     """Plan the components that contain ``paths``: stage 1 (the indexes) links candidates into
-    components, and each component is planned with the verdict (stage 2) as its judge."""
+    components, and each component is planned with the verdict (stage 2) as its judge. With a
+    ledger, pixel comparisons made before are recalled from it, and the new ones kept there."""
     thresholds = Thresholds.of(settings)
+    remembering = RememberingLook(look, ledger)
     seeds = await store.get_many(list(dict.fromkeys(paths)))
     pending = [p for p, r in sorted(seeds.items()) if r.signature is not None]
     done: set[str] = set()
@@ -92,8 +95,12 @@ async def plan(
             edges = await drop_distinct(edges, component, ledger)
 
         async def judge(keeper: str, others: Sequence[str], component=component) -> list[Evidence]:
-            return await asyncio.gather(
-                *(same_photo(component[keeper], component[o], thresholds, look) for o in others))
+            await remembering.recall([(version(component[keeper]), version(component[o])) for o in others],
+                                     thresholds.match_orientations)
+            found = await asyncio.gather(
+                *(same_photo(component[keeper], component[o], thresholds, remembering) for o in others))
+            await remembering.save()
+            return found
 
         groups += await plan_groups(component, edges, settings.prioritization_rules, settings.use_exif_data, judge)
     return groups

@@ -6,14 +6,14 @@ host) and Elasticsearch (``shared.store.elasticsearch``, services on several hos
 * ``Store``, the similarity index: records with their Goldberg signature (found through its 63
   words, as image-match does), their copy-detection embedding (found through a vector index)
   and their content digest (exact copies, no decoding needed).
-* ``Ledger``, the coordination between actuators: short leases on the files of a pair while it
-  is acted on, so two actuators can never remove both files of a pair, and the pairs a person
-  marked as "not duplicates".
+* ``Ledger``, what is known about pairs: short leases on the files of a pair while it is acted
+  on (so two actuators can never remove both files of a pair), the pairs a person marked as
+  "not duplicates", and the pixel comparisons already made (so an unchanged re-run makes none).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -118,6 +118,14 @@ class Ledger(Protocol):
 
     async def distinct(self, digests: Sequence[str]) -> set[frozenset[str]]:
         """The pairs among ``digests`` marked distinct."""
+        ...
+
+    async def remember(self, found: Mapping[str, dict]) -> None:
+        """Keep comparison results (JSON objects) under their keys (``shared.store.comparisons``)."""
+        ...
+
+    async def recall(self, keys: Sequence[str]) -> dict[str, dict]:
+        """The results kept under those of ``keys`` that ``remember`` has seen."""
         ...
 
     async def close(self) -> None: ...

@@ -8,7 +8,7 @@ searched with ``knn``, and the cosines of the hits are computed again from their
 
 Index ``<index>-ledger`` holds the leases (one document per leased file, changed only by
 conditional writes: ``op_type=create`` or ``if_seq_no``/``if_primary_term``) and the distinct
-pairs. Writes that searches must see are made with ``refresh="wait_for"``.
+pairs, and the pixel comparisons remembered (read back by id). Writes that searches must see are made with ``refresh="wait_for"``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -63,12 +63,13 @@ IMAGES_MAPPING: dict[str, Any] = {
 LEDGER_MAPPING: dict[str, Any] = {
     "dynamic": "strict",
     "properties": {
-        "kind": _KEYWORD,  # "lease" or "distinct"
+        "kind": _KEYWORD,  # "lease", "distinct" or "comparison"
         "path": _STORED_ONLY,
         "role": _KEYWORD,
         "holders": {"type": "object", "enabled": False},  # [{"owner": str, "expires": float}]
         "a": _KEYWORD,
         "b": _KEYWORD,
+        "result": {"type": "object", "enabled": False},  # a comparison's outcome, kept as sent
     },
 }
 
@@ -146,6 +147,8 @@ class _Index:
         one line when the server cannot be used."""
         with self._reachable():
             if await self._es.indices.exists(index=self.index):
+                # fields added by a later version (a strict mapping refuses unknown ones)
+                await self._es.indices.put_mapping(index=self.index, properties=self._mapping["properties"])
                 return
             try:
                 await self._es.indices.create(index=self.index, mappings=self._mapping,
@@ -380,4 +383,23 @@ class ElasticsearchLedger(_Index):
         with self._reachable():
             async for hits in self._pages(query, [{"a": "asc"}, {"b": "asc"}], ["a", "b"]):
                 out.update(frozenset((h["_source"]["a"], h["_source"]["b"])) for h in hits)
+        return out
+
+    async def remember(self, found: Mapping[str, dict]) -> None:
+        if not found:
+            return
+        with self._reachable():  # read back by id only, which needs no refresh
+            await async_bulk(self._es, (
+                {"_index": self.index, "_id": "comparison-" + k, "_source": {"kind": "comparison", "result": v}}
+                for k, v in found.items()
+            ), chunk_size=1000)
+
+    async def recall(self, keys: Sequence[str]) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        with self._reachable():
+            for start in range(0, len(keys), PAGE):
+                ids = ["comparison-" + k for k in keys[start : start + PAGE]]
+                found = await self._es.mget(index=self.index, ids=ids)
+                out.update((d["_id"].removeprefix("comparison-"), d["_source"]["result"])
+                           for d in found["docs"] if d.get("found"))
         return out

@@ -73,7 +73,6 @@ QUERY_WORDS = 24
 
 _COLUMNS = ("path, root, size, mtime_ns, format, width, height, exif_tags, exif_date, signature, error, "
             "digest, frames, embedding, thumb")
-_I_COLUMNS = ", ".join("i." + c for c in _COLUMNS.split(", "))
 # Columns added after the first release: an older file gets them (NULL: the hasher analyses
 # those records again) when it is opened.
 _ADDED_COLUMNS = {
@@ -253,9 +252,9 @@ class SQLiteStore(SQLiteFile):
         if not query:
             return []
         values = ",".join("(?,?)" for _ in query)
-        rows = self._db.execute(
+        best = self._db.execute(
             f"""WITH q(pos, word) AS (VALUES {values})
-                SELECT {_I_COLUMNS}
+                SELECT i.id, i.signature
                 FROM (SELECT w.image_id, COUNT(*) AS shared FROM q JOIN words w
                       ON w.pos = q.pos AND w.word = q.word GROUP BY w.image_id
                       ORDER BY shared DESC LIMIT ?) AS best
@@ -263,11 +262,17 @@ class SQLiteStore(SQLiteFile):
                 WHERE i.path != ?""",
             [x for pair in query for x in pair] + [limit + 1, _to_db(record.path)],
         ).fetchall()
-        if not rows:
+        if not best:
             return []
-        found = [_row_to_record(row) for row in rows]
-        dists = sig.distances(record.signature, np.stack([r.signature for r in found]))
-        hits = [Candidate(r, float(d)) for r, d in zip(found, dists) if d <= max_dist]
+        # the full signatures decide; only the records within max_dist are read whole
+        dists = sig.distances(record.signature, np.stack([np.frombuffer(s, dtype=np.int8) for _, s in best]))
+        near = {row_id: float(d) for (row_id, _), d in zip(best, dists) if d <= max_dist}
+        if not near:
+            return []
+        rows = self._db.execute(
+            f"SELECT id, {_COLUMNS} FROM images WHERE id IN ({','.join('?' * len(near))})", list(near)
+        ).fetchall()
+        hits = [Candidate(_row_to_record(row[1:]), near[row[0]]) for row in rows]
         hits.sort(key=lambda c: (c.distance, c.record.path))
         return hits[:limit]
 

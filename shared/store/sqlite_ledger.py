@@ -1,11 +1,12 @@
-"""The ledger in SQLite: leases and distinct pairs in their own tables, in the store's file or
+"""The ledger in SQLite: leases, distinct pairs and comparisons in their own tables, in the store's file or
 any other. One BEGIN IMMEDIATE transaction per acquire makes it atomic across the processes of
 one host."""
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .sqlite import SQLiteFile, _to_db
@@ -23,6 +24,10 @@ CREATE TABLE IF NOT EXISTS distinct_pairs (
     b TEXT NOT NULL,
     PRIMARY KEY (a, b),
     CHECK (a < b)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS comparisons (
+    key TEXT PRIMARY KEY,
+    result TEXT NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -86,3 +91,21 @@ class SQLiteLedger(SQLiteFile):
 
     async def distinct(self, digests: Sequence[str]) -> set[frozenset[str]]:
         return await self._run(self._distinct, digests)
+
+    async def remember(self, found: Mapping[str, dict]) -> None:
+        if found:
+            rows = [(k, json.dumps(v)) for k, v in found.items()]
+            await self._run(self._transaction, self._db.executemany,
+                            "INSERT OR REPLACE INTO comparisons (key, result) VALUES (?, ?)", rows)
+
+    def _recall(self, keys: Sequence[str]) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            rows = self._db.execute(
+                f"SELECT key, result FROM comparisons WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+            out.update((k, json.loads(v)) for k, v in rows)
+        return out
+
+    async def recall(self, keys: Sequence[str]) -> dict[str, dict]:
+        return await self._run(self._recall, keys)

@@ -1,0 +1,58 @@
+"""Pixel comparisons remembered in the ledger, so an unchanged re-run looks at no pixels.
+
+A comparison depends only on the two files and on whether mirrors count. It is remembered per
+pair of file versions (path, size, mtime), the same test the hasher trusts to skip an unchanged
+file, so a changed file is compared again. ``COMPARE_VERSION`` is part of every key: bump it
+when ``shared.image.compare`` changes what it answers, and nothing old is reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterable
+
+from ..core.verdict import Look
+from ..image.compare import Agreement
+from ..image.pixels import FileVersion
+from . import Ledger
+
+COMPARE_VERSION = 1
+
+
+def comparison_key(a: FileVersion, b: FileVersion, mirrors: bool) -> str:
+    raw = repr((COMPARE_VERSION, a, b, mirrors)).encode("utf-8", "surrogateescape")
+    return hashlib.blake2b(raw, digest_size=20).hexdigest()
+
+
+class RememberingLook:
+    """A ``Look`` that answers from the ledger what was compared before and keeps what it
+    compares now: ``recall`` the pairs about to be judged (one query), judge, then ``save``.
+    Without a ledger it only remembers for its own lifetime."""
+
+    def __init__(self, look: Look, ledger: Ledger | None):
+        self._look = look
+        self._ledger = ledger
+        self._known: dict[str, Agreement] = {}
+        self._new: dict[str, dict] = {}
+        self.looked = 0  # comparisons made, not recalled
+
+    async def recall(self, pairs: Iterable[tuple[FileVersion, FileVersion]], mirrors: bool) -> None:
+        """Fetch what the ledger holds about ``pairs``, both ways."""
+        keys = {comparison_key(x, y, mirrors) for a, b in pairs for x, y in ((a, b), (b, a))}
+        wanted = sorted(keys - self._known.keys())
+        if wanted and self._ledger is not None:
+            self._known.update((k, Agreement(**v)) for k, v in (await self._ledger.recall(wanted)).items())
+
+    async def __call__(self, a: FileVersion, b: FileVersion, mirrors: bool) -> Agreement:
+        key = comparison_key(a, b, mirrors)
+        if key not in self._known:
+            self._known[key] = await self._look(a, b, mirrors)
+            self._new[key] = dataclasses.asdict(self._known[key])
+            self.looked += 1
+        return self._known[key]
+
+    async def save(self) -> None:
+        new, self._new = self._new, {}
+        if self._ledger is not None:
+            await self._ledger.remember(new)
