@@ -19,6 +19,7 @@ from shared.actions import JournalError, journal_files, undo
 from shared.config import ConfigError, Settings, load_settings, reference_yaml
 from shared.store import StoreUnavailable
 from services.apply import ReportError, apply_report
+from services.hasher.handler import WorkersUnavailable
 from services.local import Summary, deduplicate, write_report
 from services.review import command as review_command
 from services.runner import SERVICE_COMMANDS, add_service_commands, run_command
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = asyncio.run(apply_report(report, settings, Console(stderr=True), quiet=args.quiet))
             _print_summary(console, summary, settings, scanned=False)
             return 0
-    except (ConfigError, ReportError, StoreUnavailable) as exc:
+    except (ConfigError, ReportError, StoreUnavailable, WorkersUnavailable) as exc:
         print(f"image-dedup: {shown(str(exc))}", file=sys.stderr)
         return 2
     except JournalError as exc:

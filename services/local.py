@@ -118,6 +118,8 @@ async def deduplicate(
     signer = ProcessSigner(settings.threads) if sign is None else None
     sign = sign or signer
     try:
+        if signer is not None:
+            await signer.start()
         with phases.progress:
             # 1. forget what vanished
             summary.forgotten = len(await clean_up(store, settings))

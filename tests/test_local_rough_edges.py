@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,6 +99,21 @@ def test_undo_of_a_missing_file_or_a_non_journal_is_one_line(run_cli, tmp_path):
     assert "cannot read journal" in _one_line_error(run_cli("undo", tmp_path / "missing.jsonl"), 1)
     (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8 not a journal")
     assert "cannot read journal" in _one_line_error(run_cli("undo", tmp_path / "photo.jpg"), 1)
+
+
+def test_decoder_processes_that_cannot_start_are_one_line_not_one_per_file(tmp_path):
+    """A temporary folder whose path is too long for the forkserver's Unix socket (107 bytes):
+    the run stops at once with one line, instead of a traceback for every file."""
+    _pair(tmp_path / "lib")
+    long_tmp = tmp_path / ("t" * 100)
+    long_tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_DEDUP_")}
+    env.update(TMPDIR=str(long_tmp), HOME=str(tmp_path / "home"), XDG_CONFIG_HOME=str(tmp_path / "config"))
+    done = subprocess.run([str(Path(sys.executable).with_name("image-dedup")), "deduplicate", str(tmp_path / "lib"),
+                           "--store", str(tmp_path / "s.sqlite")], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("image-dedup: cannot start the decoder processes:") and done.stderr.count("\n") == 1, \
+        done.stderr
 
 
 def test_rescan_without_a_broker_is_one_line(run_cli, monkeypatch):

@@ -26,6 +26,10 @@ from services.watcher.handler import wanted
 Sign = Callable[[str], Awaitable[Analysis]]
 
 
+class WorkersUnavailable(Exception):
+    """The decoder processes cannot be started; ``str(exc)`` says why in one line."""
+
+
 def _die_with_service(lifeline: Connection) -> None:
     """Worker initializer: exit as soon as the service is gone. Only the service holds the
     pipe's write end, so the read returns EOF when it dies in any way (kill -9 included);
@@ -54,8 +58,12 @@ class ProcessSigner:
 
     async def start(self) -> None:
         """Start the pool now: one that cannot start (say, a temporary folder whose path is too
-        long for the forkserver's socket) fails the service at start, not every message."""
-        await asyncio.get_running_loop().run_in_executor(self._pool, os.getpid)
+        long for the forkserver's socket) fails the run or the service at start, in one line,
+        not every file after it."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._pool, os.getpid)
+        except (OSError, RuntimeError) as exc:
+            raise WorkersUnavailable(f"cannot start the decoder processes: {exc}") from None
 
     async def __call__(self, path: str) -> Analysis:
         return await asyncio.get_running_loop().run_in_executor(self._pool, analyze, path)

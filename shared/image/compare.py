@@ -119,28 +119,32 @@ def _patch_changes(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[in
     x = cv2.GaussianBlur(x.astype(np.float32), (0, 0), 1.0)
     y = cv2.GaussianBlur(y.astype(np.float32), (0, 0), 1.0)
     band_y, band_x = INNER_BAND * h, INNER_BAND * w
-    total = moved = changed = 0
+    rows, cols = h // size, w // size
+
+    def blocks(a: np.ndarray) -> np.ndarray:  # (rows, cols, size, size) views of the patches
+        return a[: rows * size, : cols * size].reshape(rows, size, cols, size).swapaxes(1, 2)
+
+    xb, yb = blocks(x), blocks(y)
+    sa, sb = xb.std(axis=(2, 3)), yb.std(axis=(2, 3))
+    textured = blocks(inside).all(axis=(2, 3)) & (sa >= _TEXTURE) & (sb >= _TEXTURE)
+    where = np.argwhere(textured)
+    r, c = where[:, 0], where[:, 1]
+    na = (xb[r, c] - xb[r, c].mean(axis=(1, 2), keepdims=True)) / sa[r, c][:, None, None]
+    nb = (yb[r, c] - yb[r, c].mean(axis=(1, 2), keepdims=True)) / sb[r, c][:, None, None]
+    correlations = (na * nb).mean(axis=(1, 2))
+    moved = changed = 0
     shifts: dict[tuple[int, int], tuple[float, float]] = {}
-    for i in range(0, h - size + 1, size):
-        for j in range(0, w - size + 1, size):
-            if not inside[i : i + size, j : j + size].all():
-                continue
-            pa = x[i : i + size, j : j + size]
-            pb = y[i : i + size, j : j + size]
-            sa, sb = float(pa.std()), float(pb.std())
-            if sa < _TEXTURE or sb < _TEXTURE:
-                continue
-            na, nb = (pa - pa.mean()) / sa, (pb - pb.mean()) / sb
-            correlation = float((na * nb).mean())
-            (dx, dy), response = cv2.phaseCorrelate(na, nb, window)
-            total += 1
-            if math.hypot(dx, dy) > PATCH_SHIFT_PX and response >= PATCH_CONFIDENT:
-                moved += 1
-                if math.hypot(dx, dy) >= SUBJECT_SHIFT_PX:
-                    shifts[(i // size, j // size)] = (dx, dy)
-            elif correlation < SAME_CONTENT and band_y <= i and i + size <= h - band_y \
-                    and band_x <= j and j + size <= w - band_x:
-                changed += 1
+    for k, (row, col) in enumerate(where.tolist()):
+        (dx, dy), response = cv2.phaseCorrelate(na[k], nb[k], window)
+        i, j = row * size, col * size
+        if math.hypot(dx, dy) > PATCH_SHIFT_PX and response >= PATCH_CONFIDENT:
+            moved += 1
+            if math.hypot(dx, dy) >= SUBJECT_SHIFT_PX:
+                shifts[(row, col)] = (dx, dy)
+        elif correlations[k] < SAME_CONTENT and band_y <= i and i + size <= h - band_y \
+                and band_x <= j and j + size <= w - band_x:
+            changed += 1
+    total = len(where)
     together = any(
         math.hypot(dx - shifts[n][0], dy - shifts[n][1]) <= TOGETHER_PX
         for (r, c), (dx, dy) in shifts.items() for n in ((r + 1, c), (r, c + 1)) if n in shifts

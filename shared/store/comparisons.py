@@ -17,7 +17,7 @@ from ..image.compare import Agreement
 from ..image.pixels import FileVersion
 from . import Ledger
 
-COMPARE_VERSION = 1
+COMPARE_VERSION = 2
 
 
 def comparison_key(a: FileVersion, b: FileVersion, mirrors: bool) -> str:
