@@ -1,6 +1,7 @@
 """The review page in a real browser (Debian's chromium through Playwright; Playwright never
 downloads one): the real ``deduplicate --report``, the real ``review`` server, the page's
-clicks and keys, and the files on disk after Apply. With IMAGE_DEDUP_SCREENSHOTS=1 it also takes the README's screenshots."""
+clicks and keys, and the files on disk after Apply. With IMAGE_DEDUP_SCREENSHOTS=1 it also
+takes the README's screenshots."""
 
 from __future__ import annotations
 
