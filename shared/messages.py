@@ -7,6 +7,7 @@ of guessing. ``kind`` doubles as the routing key on the broker.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -102,9 +103,16 @@ ROUTING_KEYS: tuple[str, ...] = ("file.event", "watcher.rescan", "image.signed",
 
 
 def decode(body: bytes | str) -> Message:
-    """Parse a message body; raises ``pydantic.ValidationError`` on anything unknown."""
-    return _adapter.validate_json(body)
+    """Parse a message body; raises ``pydantic.ValidationError`` (or ``ValueError``, for what is
+    not JSON) on anything unknown."""
+    try:
+        data = json.loads(body)
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise ValueError(f"Invalid JSON: {exc}") from None
+    return _adapter.validate_python(data)
 
 
 def encode(message: _Message) -> bytes:
-    return message.model_dump_json().encode()
+    """ASCII JSON: a file name that is not valid UTF-8 (held as surrogate escapes) travels as
+    ``\\udcXX`` and ``decode`` gives back the same name (pydantic's own JSON refuses both ways)."""
+    return json.dumps(message.model_dump(mode="json")).encode("ascii")

@@ -10,7 +10,7 @@ import pytest
 from services.runner import Batcher, Context, start_hasher
 from shared.bus import Reject
 from shared.config import Settings
-from shared.messages import FileEvent, ImageSigned
+from shared.messages import FileEvent, ImageSigned, encode
 from shared.bus.rabbitmq import RabbitBus
 from shared.store.sqlite import SQLiteStore
 from shared.store.sqlite_ledger import SQLiteLedger
@@ -63,7 +63,7 @@ async def test_poison_messages_are_dead_lettered_and_the_consumer_goes_on(vhost)
     try:
         await bus.publish_raw(b"{not json", "file.event")
         await bus.publish_raw(b'{"version": 99, "kind": "file.event", "path": "/a.jpg"}', "file.event")
-        await bus.publish_raw(ImageSigned(path="/wrong-queue.jpg").model_dump_json().encode(), "file.event")
+        await bus.publish_raw(encode(ImageSigned(path="/wrong-queue.jpg")), "file.event")
         for path in ("reject", "boom", "flaky", "good"):
             await bus.publish(FileEvent(path=path))
         await _until(lambda: "good" in seen and seen.count("boom") == 3 and seen.count("flaky") == 2)
@@ -76,12 +76,32 @@ async def test_poison_messages_are_dead_lettered_and_the_consumer_goes_on(vhost)
     assert "Invalid JSON" in reasons[b"{not json"]
     assert "version" in reasons[b'{"version": 99, "kind": "file.event", "path": "/a.jpg"}']
     assert any("image.signed message in the file.event queue" in r for r in reasons.values())
-    assert FileEvent(path="reject").model_dump_json().encode() in reasons
-    assert reasons[FileEvent(path="reject").model_dump_json().encode()] == "never works"
-    boom = [h for b, h in letters if b == FileEvent(path="boom").model_dump_json().encode()][0]
+    assert encode(FileEvent(path="reject")) in reasons
+    assert reasons[encode(FileEvent(path="reject"))] == "never works"
+    boom = [h for b, h in letters if b == encode(FileEvent(path="boom"))][0]
     assert boom["x-death-reason"] == "RuntimeError: always fails" and boom["x-retries"] == 2
     assert boom["x-original-routing-key"] == "file.event" and boom["x-service"] == "test"
     assert seen.count("good") == 1 and seen.count("reject") == 1
+
+
+async def test_a_name_that_is_not_utf8_or_holds_a_newline_travels_intact(vhost):
+    url, prefix = broker_url(vhost), _prefix()
+    bus = await RabbitBus(url, prefix, service="test").connect()
+    names = ["/r/caf\udce9.jpg", "/r/new\nline.jpg", "/r/\u00e9t\u00e9 \U0001f600.jpg"]
+    seen: list[str] = []
+
+    async def handler(message):
+        seen.append(message.path)
+
+    await bus.subscribe("file.event", handler, concurrency=1)
+    try:
+        for name in names:
+            await bus.publish(FileEvent(path=name))
+        await _until(lambda: len(seen) == len(names))
+    finally:
+        await bus.close()
+    assert sorted(seen) == sorted(names)
+    assert await dead_letters(url, prefix) == []
 
 
 async def test_bad_image_is_dead_lettered_by_the_hasher(vhost, tmp_path):
