@@ -215,21 +215,35 @@ class ElasticsearchStore(_Index):
             hits = (await self._es.search(index=self.index, track_total_hits=False, **request))["hits"]["hits"]
         return [_to_record(h["_source"]) for h in hits]
 
+    async def _nearest(self, field: str, keep: Callable[[Any], float | None], **request: Any) -> list[Candidate]:
+        """Search reading only ``field`` of each hit; ``keep`` gives a hit's distance from that
+        value (None: not near enough), and only the near hits are read whole, nearest first."""
+        with self._reachable():
+            hits = (await self._es.search(index=self.index, track_total_hits=False, source=[field],
+                                          **request))["hits"]["hits"]
+            near = {h["_id"]: d for h in hits if (d := keep(h["_source"].get(field))) is not None}
+            if not near:
+                return []
+            docs = (await self._es.mget(index=self.index, ids=list(near)))["docs"]
+        found = [Candidate(_to_record(d["_source"]), near[d["_id"]]) for d in docs if d.get("found")]
+        return sorted(found, key=lambda c: (c.distance, c.record.path))
+
     async def candidates(self, record: ImageRecord, max_dist: float, limit: int = 100) -> list[Candidate]:
         if record.signature is None:
             return []
         words = record.words or sig.words(record.signature)
-        found = await self._search(size=limit, query={"bool": {
+
+        def distance(stored: str | None) -> float | None:
+            if stored is None:
+                return None
+            d = float(sig.distances(record.signature, np.frombuffer(base64.b64decode(stored), dtype=np.int8)[None])[0])
+            return d if d <= max_dist else None
+
+        return await self._nearest("signature", distance, size=limit, query={"bool": {
             "should": [{"term": {f"w{i}": str(w)}} for i, w in enumerate(words)],
             "minimum_should_match": 1,
             "must_not": [{"term": {"path": record.path}}],
         }})
-        if not found:
-            return []
-        dists = sig.distances(record.signature, np.stack([r.signature for r in found]))
-        hits = [Candidate(r, float(d)) for r, d in zip(found, dists) if d <= max_dist]
-        hits.sort(key=lambda c: (c.distance, c.record.path))
-        return hits
 
     async def similar(self, record: ImageRecord, min_similarity: float, limit: int = 100) -> list[Candidate]:
         if record.embedding is None:
@@ -238,20 +252,20 @@ class ElasticsearchStore(_Index):
         norm = float(np.linalg.norm(query.astype(np.float64)))
         if norm == 0.0:
             return []
-        found = await self._search(size=limit, knn={
+
+        def distance(stored: list[int] | None) -> float | None:  # the exact cosine decides
+            if stored is None:
+                return None
+            e = np.asarray(stored, dtype=np.float64)
+            cosine = float(e @ query) / (float(np.linalg.norm(e)) * norm)
+            return 1.0 - cosine if cosine >= min_similarity else None
+
+        return await self._nearest("embedding", distance, size=limit, knn={
             "field": "embedding", "query_vector": query.tolist(), "k": limit,
             "num_candidates": min(max(2 * limit, 100), 10_000),
-            "similarity": min_similarity - 1e-3,  # a floor with slack: the exact cosine decides below
+            "similarity": min_similarity - 1e-3,  # a floor with slack: the exact cosine decides
             "filter": {"bool": {"must_not": [{"term": {"path": record.path}}]}},
         })
-        hits = []
-        for r in found:
-            e = np.asarray(r.embedding, dtype=np.float64)
-            cosine = float(e @ query) / (float(np.linalg.norm(e)) * norm)
-            if cosine >= min_similarity:
-                hits.append(Candidate(r, 1.0 - cosine))
-        hits.sort(key=lambda c: (c.distance, c.record.path))
-        return hits
 
     async def same_digest(self, record: ImageRecord) -> list[ImageRecord]:
         if record.digest is None:
