@@ -15,6 +15,8 @@ import time
 import uuid
 from pathlib import Path
 
+from PIL import Image
+
 from services.hasher.handler import handle_file_event
 from services.runner import Context, start_actuator, start_matcher, start_watcher
 from shared.bus.rabbitmq import RabbitBus
@@ -286,8 +288,9 @@ def test_services_on_hosts_of_their_own_move_what_local_mode_moves_and_undo_take
         tmp_path, vhost, es_index):
     """A watcher, two hashers, two matchers and two actuators, each with its own HOME,
     temporary folder, journals and duplicates folder, sharing only the photos, RabbitMQ and
-    Elasticsearch: they move exactly the files local mode removes, no SQLite file is made
-    anywhere, and one ``undo`` of all the actuators' journals brings every file back."""
+    Elasticsearch: they move exactly the files local mode removes (also when a better copy of a
+    kept photo arrives later), no SQLite file is made anywhere, and one ``undo`` of all the
+    actuators' journals brings every file back."""
     library = tmp_path / "library"
     files = make_library(library, 16, seed=5, subfolders=4)
     expected = local_removed(library, tmp_path / "local")
@@ -306,11 +309,20 @@ def test_services_on_hosts_of_their_own_move_what_local_mode_moves_and_undo_take
                  lambda: f"moved {sorted(removed() ^ expected)[:6]} apart from local mode\n{services.log_text()}")
         time.sleep(3)  # and nothing more
         assert removed() == expected
+        # a 2x upscaled copy of a kept photo arrives after the run converged: it is the better
+        # copy now, and the old keeper is moved for it, as local mode would (a newer decision
+        # supersedes the one that kept it)
+        kept, bigger = photos / "album0" / "img0000.jpg", photos / "album0" / "img0000 big.jpg"
+        with Image.open(kept) as img:
+            img.resize((img.width * 2, img.height * 2), Image.LANCZOS).save(bigger, quality=95)
+        wait_for(lambda: not kept.exists(), 120, lambda: f"the old keeper stayed\n{services.log_text()}")
+        time.sleep(3)
+        assert bigger.exists() and removed() == expected | {"album0/img0000.jpg"}
     finally:
         services.stop()
     moved = {str(p.relative_to(d / "photos")) for d in hosts.glob("actuator-*/duplicates") for p in d.rglob("*")
              if p.is_file()}
-    assert moved == expected, "each actuator moved into its own duplicates folder"
+    assert moved == expected | {"album0/img0000.jpg"}, "each actuator moved into its own duplicates folder"
     journals = sorted(hosts.glob("*/journals/*.jsonl"))
     assert journals and {j.parts[-3] for j in journals} <= {"actuator-0", "actuator-1"}
     assert not [p for p in tmp_path.rglob("*.sqlite*") if "local" not in p.relative_to(tmp_path).parts], \
@@ -318,4 +330,4 @@ def test_services_on_hosts_of_their_own_move_what_local_mode_moves_and_undo_take
     undone = subprocess.run([str(VENV_BIN / "image-dedup"), "undo", *map(str, journals)], env=services.env,
                             capture_output=True, text=True, timeout=120)
     assert undone.returncode == 0, undone.stderr
-    assert snapshot(photos) == set(files), undone.stdout
+    assert snapshot(photos) == set(files) | {"album0/img0000 big.jpg"}, undone.stdout
