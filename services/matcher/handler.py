@@ -36,12 +36,16 @@ async def _candidates(record: ImageRecord, store: Store, settings: Settings) -> 
         queries += [
             dataclasses.replace(record, signature=o, words=words(o)) for o in orientations(record.signature)[1:]
         ]
-    found: dict[str, ImageRecord] = {r.path: r for r in await store.same_digest(record)}
-    for query in queries:
-        for c in await store.candidates(query, settings.max_dist, CANDIDATE_LIMIT):
+    # all at once: a store on a server (Elasticsearch) answers them side by side
+    same, *near = await asyncio.gather(
+        store.same_digest(record),
+        *(store.candidates(query, settings.max_dist, CANDIDATE_LIMIT) for query in queries),
+        store.similar(record, settings.min_similarity, SIMILAR_LIMIT),
+    )
+    found: dict[str, ImageRecord] = {r.path: r for r in same}
+    for hits in near:
+        for c in hits:
             found.setdefault(c.record.path, c.record)
-    for c in await store.similar(record, settings.min_similarity, SIMILAR_LIMIT):
-        found.setdefault(c.record.path, c.record)
     return [
         r for r in found.values()
         if r.error is None and r.signature is not None and r.path != record.path
