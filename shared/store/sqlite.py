@@ -62,6 +62,18 @@ END;
 CREATE TRIGGER IF NOT EXISTS words_uncounted AFTER DELETE ON words BEGIN
     UPDATE word_counts SET n = n - 1 WHERE pos = old.pos AND word = old.word;
 END;
+-- changes with the images only (the ledger shares the file): when the embeddings in memory are stale
+CREATE TABLE IF NOT EXISTS images_version (v INTEGER NOT NULL);
+INSERT INTO images_version (v) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM images_version);
+CREATE TRIGGER IF NOT EXISTS images_inserted AFTER INSERT ON images BEGIN
+    UPDATE images_version SET v = v + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS images_updated AFTER UPDATE ON images BEGIN
+    UPDATE images_version SET v = v + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS images_deleted AFTER DELETE ON images BEGIN
+    UPDATE images_version SET v = v + 1;
+END;
 """
 
 # Only the rarest words of a query are looked up. A word shared by a large part of the library
@@ -153,9 +165,9 @@ class SQLiteFile:
 @dataclass(frozen=True, slots=True)
 class _Embeddings:
     """Every stored embedding as a float32 matrix of the int8 values (their dot products are
-    integers below 2**24, so exact), with the norms, as of one state of the file."""
+    integers below 2**24, so exact), with the norms, as of one version of the images table."""
 
-    version: tuple[int, int]
+    version: int
     paths: list[str]
     matrix: np.ndarray  # (n, D) float32
     norms: np.ndarray  # (n,) float64
@@ -163,7 +175,6 @@ class _Embeddings:
 
 class SQLiteStore(SQLiteFile):
     def __init__(self, path: Path | str):
-        self._writes = 0  # PRAGMA data_version only counts the commits of other connections
         self._embeddings: _Embeddings | None = None
         super().__init__(path)
 
@@ -197,7 +208,6 @@ class SQLiteStore(SQLiteFile):
             )
 
     def _upsert_many(self, records: Sequence[ImageRecord]) -> None:
-        self._writes += 1
         self._transaction(lambda: [self._insert(r) for r in records])
 
     async def upsert(self, record: ImageRecord) -> None:
@@ -207,7 +217,6 @@ class SQLiteStore(SQLiteFile):
         await self._run(self._upsert_many, records)
 
     def _delete(self, path: str) -> None:
-        self._writes += 1
         path = _to_db(path)  # type: ignore[assignment]
         self._db.execute("DELETE FROM images WHERE path = ?", (path,))
 
@@ -280,7 +289,7 @@ class SQLiteStore(SQLiteFile):
         return await self._run(self._candidates, record, max_dist, limit)
 
     def _current_embeddings(self) -> _Embeddings:
-        version = (self._db.execute("PRAGMA data_version").fetchone()[0], self._writes)
+        version = self._db.execute("SELECT v FROM images_version").fetchone()[0]
         if self._embeddings is None or self._embeddings.version != version:
             rows = self._db.execute("SELECT path, embedding FROM images WHERE embedding IS NOT NULL").fetchall()
             matrix = (np.stack([np.frombuffer(blob, dtype=np.int8) for _, blob in rows]).astype(np.float32)
