@@ -262,7 +262,8 @@ class ElasticsearchStore(_Index):
 
         return await self._nearest("embedding", distance, size=limit, knn={
             "field": "embedding", "query_vector": query.tolist(), "k": limit,
-            "num_candidates": min(max(2 * limit, 100), 10_000),
+            # approximate (HNSW per segment): a wide beam, or a copy is missed now and then
+            "num_candidates": min(max(10 * limit, 100), 10_000),
             "similarity": min_similarity - 1e-3,  # a floor with slack: the exact cosine decides
             "filter": {"bool": {"must_not": [{"term": {"path": record.path}}]}},
         })
