@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from importlib import metadata
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from shared.core.verdict import Look
 from shared.image.pixels import look_in_thread
 from shared.messages import Decision, FileEvent, Message
 from shared.store import Ledger, Store
-from shared.store.comparisons import COMPARE_VERSION
+from shared.store.comparisons import COMPARE_VERSION, ledger_key
 from shared.store.open import open_stores
 
 
@@ -194,15 +193,14 @@ async def match_library(
         sorted((p, r.size, r.mtime_ns, r.digest, r.error) for p, r in records.items()),
         sorted(sorted(pair) for pair in marked),
     )
-    fingerprint = hashlib.blake2b(repr(facts).encode("utf-8", "surrogateescape"), digest_size=20).hexdigest()
-    key = "plan-" + hashlib.blake2b(repr(sorted(map(str, settings.source_directories))).encode(
-        "utf-8", "surrogateescape"), digest_size=20).hexdigest()
+    fingerprint = ledger_key(*facts)
+    key = "plan-" + ledger_key(*sorted(map(str, settings.source_directories)))
     last = (await ledger.recall([key])).get(key)
     if last is not None and last["fingerprint"] == fingerprint:
         advance(len(paths))
         return [Decision.model_validate(d) for d in last["decisions"]]
     decisions = [to_decision(g) for g in await plan(paths, store=store, settings=settings, ledger=ledger,
-                                                    look=look, on_progress=advance)]
+                                                    look=look, on_progress=advance, seeds=records)]
     await ledger.remember({key: {"fingerprint": fingerprint,
                                  "decisions": [d.model_dump(mode="json") for d in decisions]}})
     return decisions

@@ -145,9 +145,10 @@ async def handle_decision(
     if settings.dry_run and keep_record is not None:
         # nothing is removed: what was compared before for these same file versions will do;
         # a real action looks at the pixels again
-        look = remembering = RememberingLook(look, ledger)
+        remembering = RememberingLook(look, ledger)
         await remembering.recall([(version(keep_record), version(r)) for p, r in records.items() if p != keep_record.path],
                                  settings.match_orientations)
+        look = remembering
     approved = []
     for removal in decision.remove:
         try:

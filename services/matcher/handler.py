@@ -67,13 +67,16 @@ def _same_file(a: str, b: str) -> bool:
 async def plan(
     paths: Iterable[str], *, store: Store, settings: Settings, ledger: Ledger | None = None,
     look: Look = look_in_thread, on_progress: Callable[[int], None] = lambda n: None,
+    seeds: Mapping[str, ImageRecord] | None = None,
 ) -> list[Group]:
     """Plan the components that contain ``paths``: stage 1 (the indexes) links candidates into
     components, and each component is planned with the verdict (stage 2) as its judge. With a
-    ledger, pixel comparisons made before are recalled from it, and the new ones kept there."""
+    ledger, pixel comparisons made before are recalled from it, and the new ones kept there.
+    ``seeds``: the stored records of ``paths``, when the caller has read them already."""
     thresholds = Thresholds.of(settings)
     remembering = RememberingLook(look, ledger)
-    seeds = await store.get_many(list(dict.fromkeys(paths)))
+    if seeds is None:
+        seeds = await store.get_many(list(dict.fromkeys(paths)))
     pending = [p for p, r in sorted(seeds.items()) if r.signature is not None]
     done: set[str] = set()
     groups: list[Group] = []

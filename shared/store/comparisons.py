@@ -20,9 +20,14 @@ from . import Ledger
 COMPARE_VERSION = 2
 
 
+def ledger_key(*parts: object) -> str:
+    """A short key for what the ledger remembers: a hash of ``parts`` (file names that are not
+    valid UTF-8 included)."""
+    return hashlib.blake2b(repr(parts).encode("utf-8", "surrogateescape"), digest_size=20).hexdigest()
+
+
 def comparison_key(a: FileVersion, b: FileVersion, mirrors: bool) -> str:
-    raw = repr((COMPARE_VERSION, a, b, mirrors)).encode("utf-8", "surrogateescape")
-    return hashlib.blake2b(raw, digest_size=20).hexdigest()
+    return ledger_key(COMPARE_VERSION, a, b, mirrors)
 
 
 class RememberingLook:
@@ -35,7 +40,6 @@ class RememberingLook:
         self._ledger = ledger
         self._known: dict[str, Agreement] = {}
         self._new: dict[str, dict] = {}
-        self.looked = 0  # comparisons made, not recalled
 
     async def recall(self, pairs: Iterable[tuple[FileVersion, FileVersion]], mirrors: bool) -> None:
         """Fetch what the ledger holds about ``pairs``, both ways."""
@@ -49,7 +53,6 @@ class RememberingLook:
         if key not in self._known:
             self._known[key] = await self._look(a, b, mirrors)
             self._new[key] = dataclasses.asdict(self._known[key])
-            self.looked += 1
         return self._known[key]
 
     async def save(self) -> None:
