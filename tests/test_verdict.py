@@ -17,7 +17,7 @@ from services.actuator import handler as actuator
 from services.matcher import handler as matcher
 from shared.core import verdict
 from shared.core.verdict import Thresholds, same_photo
-from shared.image.compare import Agreement
+from shared.image.compare import PATCH_SHIFT_PX, Agreement, phase_shifts
 from shared.image.pixels import look_in_thread
 from shared.image.signature import analyze
 from shared.store import ImageRecord
@@ -103,6 +103,20 @@ def test_two_frames_of_a_moving_scene_are_not(tmp_path):
     assert not evidence.same and evidence.reason, evidence
 
 
+def test_an_edited_fake_with_something_faint_pasted_in_is_not(tmp_path):
+    """An object blended into the middle of an otherwise faithful copy (as the kit's
+    ela_modified, a penguin pasted in): those patches differ far more than the rest of the
+    picture does, though not enough to be another picture's content by an absolute measure."""
+    original = make_photo(5, (640, 480))
+    fake = original.copy()
+    box = (272, 192, 368, 288)
+    fake.paste(Image.blend(original.crop(box), make_photo(6, (96, 96)), 0.35), box[:2])
+    a = _save(tmp_path, "original.jpg", original, quality=95)
+    b = _save(tmp_path, "fake.jpg", fake, quality=95)
+    for evidence in (judge(a, b), judge(b, a)):
+        assert not evidence.same and "other content" in evidence.reason, evidence
+
+
 def test_different_photos_are_not(tmp_path):
     a = _save(tmp_path, "a.jpg", make_photo(21, (640, 480)), quality=90)
     b = _save(tmp_path, "b.jpg", make_photo(22, (640, 480)), quality=90)
@@ -126,6 +140,30 @@ def test_an_animation_is_not_a_copy_of_its_first_frame(tmp_path):
     still = _save(tmp_path, "still.png", Image.open(gif).convert("RGB"))
     evidence = judge(still, gif)
     assert not evidence.same and "animation" in evidence.reason
+
+
+@pytest.mark.parametrize("size", [44, 45, 48])
+def test_phase_correlation_measures_sub_pixel_shifts_at_every_patch_size(size):
+    """cv2.phaseCorrelate reports identical patches of odd (padded) size as moved by half a
+    pixel on each axis, which made a faithful copy's patches look displaced."""
+    import cv2
+
+    rng = np.random.default_rng(size)
+    texture = cv2.GaussianBlur(rng.normal(0, 40, (200, 200)).astype(np.float32), (0, 0), 2)
+    window = cv2.createHanningWindow((size, size), cv2.CV_32F)
+    patches, moved = [], []
+    for dx, dy in ((0.0, 0.0), (0.4, 0.0), (0.0, -1.5), (2.0, 1.0)):
+        shifted = cv2.warpAffine(texture, np.float32([[1, 0, dx], [0, 1, dy]]), (200, 200), flags=cv2.INTER_CUBIC)
+        patches.append(texture[60:60 + size, 60:60 + size])
+        moved.append(shifted[60:60 + size, 60:60 + size])
+    shifts, responses = phase_shifts(np.stack(patches), np.stack(moved), window)
+    assert np.abs(shifts[0]).max() < 0.01, "identical patches did not move"
+    # in the right direction, and on the right side of the verdict's threshold (the estimate,
+    # the centroid of the peak as OpenCV takes it, is good to about half a pixel)
+    assert np.allclose(shifts[1:], [(0.4, 0.0), (0.0, -1.5), (2.0, 1.0)], atol=0.8), shifts
+    lengths = np.hypot(*shifts.T)
+    assert lengths[1] < PATCH_SHIFT_PX < lengths[2] < lengths[3], lengths
+    assert np.all(responses > 0.5)
 
 
 # --------------------------------------------------------------------------------------------

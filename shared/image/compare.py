@@ -38,6 +38,10 @@ TOGETHER_PX = 1.5  # neighbouring displaced patches whose shifts agree this clos
 SUBJECT_SHIFT_PX = 2.5  # ... when displaced by at least this much: more than resampling noise
 MIN_PATCHES = 4
 SAME_CONTENT = 0.5  # correlation of an aligned patch below which it shows something else
+#: ... or whose mismatch (1 - correlation) is this many times the picture's median mismatch,
+#: and at least OTHER_CONTENT_MIN: an object pasted into an otherwise faithful copy
+OTHER_CONTENT_RATIO = 20.0
+OTHER_CONTENT_MIN = 0.08
 MAX_CHANGED_PATCHES = 2  # inner patches with other content that make it another picture
 INNER_BAND = 0.15  # the outer band (share of each side) where overlays are allowed
 _TEXTURE = 6.0  # grey-level standard deviation below which a patch says nothing
@@ -107,12 +111,41 @@ _ORIENTATION_INDEX = {(0, False): 0, (1, False): 3, (2, False): 2, (3, False): 1
                       (0, True): 4, (1, True): 7, (2, True): 5, (3, True): 6}
 
 
+def phase_shifts(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Phase correlation of many same-sized picture pairs at once (``a``, ``b``: (n, h, w)):
+    the sub-pixel shift (dx, dy) of each ``b`` against its ``a`` and the peak's response
+    (about 1 for pictures that only moved). Written here rather than ``cv2.phaseCorrelate``,
+    which is one call per pair and reports identical pictures of odd (padded) size as moved by
+    half a pixel on each axis."""
+    n, h, w = a.shape
+    fa = np.fft.rfft2(a * window)
+    fb = np.fft.rfft2(b * window)
+    cross = fb * np.conj(fa)
+    cross /= np.maximum(np.abs(cross), 1e-12)
+    surface = np.fft.fftshift(np.fft.irfft2(cross, s=(h, w)), axes=(1, 2))
+    peak = surface.reshape(n, -1).argmax(axis=1)
+    py, px = np.divmod(peak, w)
+    # centroid of the 5 x 5 neighbourhood of the peak (clipped at the borders), as OpenCV does
+    ys = np.clip(py[:, None] + np.arange(-2, 3), 0, h - 1)
+    xs = np.clip(px[:, None] + np.arange(-2, 3), 0, w - 1)
+    box = surface[np.arange(n)[:, None, None], ys[:, :, None], xs[:, None, :]]
+    inside_y = (py[:, None] + np.arange(-2, 3) == ys)[:, :, None]
+    inside_x = (px[:, None] + np.arange(-2, 3) == xs)[:, None, :]
+    box = np.where(inside_y & inside_x, box, 0.0)
+    total = box.sum(axis=(1, 2))
+    safe = np.where(np.abs(total) > 1e-12, total, 1e-12)
+    cy = (box * ys[:, :, None]).sum(axis=(1, 2)) / safe
+    cx = (box * xs[:, None, :]).sum(axis=(1, 2)) / safe
+    return np.stack([cx - w // 2, cy - h // 2], axis=1), total
+
+
 def _patch_changes(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[int, int, int, bool]:
     """Over the textured patches of two aligned pictures: how many there are, how many are
     displaced (moved), how many inner ones hold other content (pasted in or taken out), and
     whether two neighbouring patches moved together (a subject that moved: another moment).
-    Patches in the outer band are not held to the content test: watermarks, logos and caption
-    bars are put there."""
+    Other content is judged against the picture's own faithfulness, so that a heavily
+    re-encoded copy is not held to a pristine one's standard. Patches in the outer band are not
+    held to the content test: watermarks, logos and caption bars are put there."""
     h, w = x.shape
     size = int(min(48, max(16, min(h, w) // 8)))
     window = cv2.createHanningWindow((size, size), cv2.CV_32F)
@@ -128,20 +161,24 @@ def _patch_changes(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[in
     sa, sb = xb.std(axis=(2, 3)), yb.std(axis=(2, 3))
     textured = blocks(inside).all(axis=(2, 3)) & (sa >= _TEXTURE) & (sb >= _TEXTURE)
     where = np.argwhere(textured)
+    if len(where) == 0:
+        return 0, 0, 0, False
     r, c = where[:, 0], where[:, 1]
     na = (xb[r, c] - xb[r, c].mean(axis=(1, 2), keepdims=True)) / sa[r, c][:, None, None]
     nb = (yb[r, c] - yb[r, c].mean(axis=(1, 2), keepdims=True)) / sb[r, c][:, None, None]
-    correlations = (na * nb).mean(axis=(1, 2))
+    mismatch = 1.0 - (na * nb).mean(axis=(1, 2))
+    other_content = min(1.0 - SAME_CONTENT, max(OTHER_CONTENT_MIN, OTHER_CONTENT_RATIO * float(np.median(mismatch))))
     moved = changed = 0
     shifts: dict[tuple[int, int], tuple[float, float]] = {}
+    offsets, responses = phase_shifts(na, nb, window)
     for k, (row, col) in enumerate(where.tolist()):
-        (dx, dy), response = cv2.phaseCorrelate(na[k], nb[k], window)
+        (dx, dy), response = offsets[k].tolist(), responses[k]
         i, j = row * size, col * size
         if math.hypot(dx, dy) > PATCH_SHIFT_PX and response >= PATCH_CONFIDENT:
             moved += 1
             if math.hypot(dx, dy) >= SUBJECT_SHIFT_PX:
                 shifts[(row, col)] = (dx, dy)
-        elif correlations[k] < SAME_CONTENT and band_y <= i and i + size <= h - band_y \
+        elif mismatch[k] > other_content and band_y <= i and i + size <= h - band_y \
                 and band_x <= j and j + size <= w - band_x:
             changed += 1
     total = len(where)
@@ -216,7 +253,7 @@ def _agreement(a: Features, b: Features, mirrored: bool) -> Agreement:
     # keypoints are placed to a pixel or so; the whole picture's phase correlation refines the
     # shift to a fraction of one, which the per-patch test needs
     window = cv2.createHanningWindow((w, h), cv2.CV_32F)
-    (dx, dy), _ = cv2.phaseCorrelate(warped.astype(np.float32), frame.astype(np.float32), window)
+    (dx, dy) = phase_shifts(warped[None].astype(np.float32), frame[None].astype(np.float32), window)[0][0].tolist()
     inside = cv2.warpAffine(np.full(moving.shape, 255, np.uint8), into, (w, h), flags=cv2.INTER_NEAREST)
     if 0 < math.hypot(dx, dy) <= 3.0:  # kept only where it brings the pictures closer
         shifted = into.copy()

@@ -17,7 +17,7 @@ from ..image.compare import Agreement
 from ..image.pixels import FileVersion
 from . import Ledger
 
-COMPARE_VERSION = 2
+COMPARE_VERSION = 3
 
 
 def ledger_key(*parts: object) -> str:
