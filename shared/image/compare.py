@@ -111,32 +111,25 @@ _ORIENTATION_INDEX = {(0, False): 0, (1, False): 3, (2, False): 2, (3, False): 1
                       (0, True): 4, (1, True): 7, (2, True): 5, (3, True): 6}
 
 
-def phase_shifts(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Phase correlation of many same-sized picture pairs at once (``a``, ``b``: (n, h, w)):
-    the sub-pixel shift (dx, dy) of each ``b`` against its ``a`` and the peak's response
-    (about 1 for pictures that only moved). Written here rather than ``cv2.phaseCorrelate``,
-    which is one call per pair and reports identical pictures of odd (padded) size as moved by
-    half a pixel on each axis."""
-    n, h, w = a.shape
-    fa = np.fft.rfft2(a * window)
-    fb = np.fft.rfft2(b * window)
-    cross = fb * np.conj(fa)
-    cross /= np.maximum(np.abs(cross), 1e-12)
-    surface = np.fft.fftshift(np.fft.irfft2(cross, s=(h, w)), axes=(1, 2))
-    peak = surface.reshape(n, -1).argmax(axis=1)
-    py, px = np.divmod(peak, w)
-    # centroid of the 5 x 5 neighbourhood of the peak (clipped at the borders), as OpenCV does
-    ys = np.clip(py[:, None] + np.arange(-2, 3), 0, h - 1)
-    xs = np.clip(px[:, None] + np.arange(-2, 3), 0, w - 1)
-    box = surface[np.arange(n)[:, None, None], ys[:, :, None], xs[:, None, :]]
-    inside_y = (py[:, None] + np.arange(-2, 3) == ys)[:, :, None]
-    inside_x = (px[:, None] + np.arange(-2, 3) == xs)[:, None, :]
-    box = np.where(inside_y & inside_x, box, 0.0)
-    total = box.sum(axis=(1, 2))
-    safe = np.where(np.abs(total) > 1e-12, total, 1e-12)
-    cy = (box * ys[:, :, None]).sum(axis=(1, 2)) / safe
-    cx = (box * xs[:, None, :]).sum(axis=(1, 2)) / safe
-    return np.stack([cx - w // 2, cy - h // 2], axis=1), total
+def _even_dft_size(n: int) -> int:
+    """The smallest fast DFT length >= n that is even. ``cv2.phaseCorrelate`` pads to a fast
+    length and, when that is odd, reports identical pictures as moved by half a pixel."""
+    m = cv2.getOptimalDFTSize(n)
+    while m % 2:
+        m = cv2.getOptimalDFTSize(m + 1)
+    return m
+
+
+def phase_shift(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> tuple[tuple[float, float], float]:
+    """``cv2.phaseCorrelate(a, b, window)`` (the shift of ``b`` against ``a`` and the peak's
+    response) without its half-pixel error: the windowed pictures are zero-padded to an even
+    fast length first."""
+    h, w = a.shape
+    ph, pw = _even_dft_size(h), _even_dft_size(w)
+    if (ph, pw) == (h, w):
+        return cv2.phaseCorrelate(a, b, window)
+    pad = lambda x: cv2.copyMakeBorder(x, 0, ph - h, 0, pw - w, cv2.BORDER_CONSTANT, value=0)  # noqa: E731
+    return cv2.phaseCorrelate(pad(a * window), pad(b * window))
 
 
 def _patch_changes(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[int, int, int, bool]:
@@ -170,9 +163,8 @@ def _patch_changes(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[in
     other_content = min(1.0 - SAME_CONTENT, max(OTHER_CONTENT_MIN, OTHER_CONTENT_RATIO * float(np.median(mismatch))))
     moved = changed = 0
     shifts: dict[tuple[int, int], tuple[float, float]] = {}
-    offsets, responses = phase_shifts(na, nb, window)
     for k, (row, col) in enumerate(where.tolist()):
-        (dx, dy), response = offsets[k].tolist(), responses[k]
+        (dx, dy), response = phase_shift(na[k], nb[k], window)
         i, j = row * size, col * size
         if math.hypot(dx, dy) > PATCH_SHIFT_PX and response >= PATCH_CONFIDENT:
             moved += 1
@@ -253,7 +245,7 @@ def _agreement(a: Features, b: Features, mirrored: bool) -> Agreement:
     # keypoints are placed to a pixel or so; the whole picture's phase correlation refines the
     # shift to a fraction of one, which the per-patch test needs
     window = cv2.createHanningWindow((w, h), cv2.CV_32F)
-    (dx, dy) = phase_shifts(warped[None].astype(np.float32), frame[None].astype(np.float32), window)[0][0].tolist()
+    (dx, dy), _ = phase_shift(warped.astype(np.float32), frame.astype(np.float32), window)
     inside = cv2.warpAffine(np.full(moving.shape, 255, np.uint8), into, (w, h), flags=cv2.INTER_NEAREST)
     if 0 < math.hypot(dx, dy) <= 3.0:  # kept only where it brings the pictures closer
         shifted = into.copy()

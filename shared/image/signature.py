@@ -485,14 +485,17 @@ def _decode(path: str, target: int, rgb_target: int = 0) -> _Decoded:
         fmt = _FORMAT_NAMES.get(img.format or "", img.format or "unknown")
         width, height = img.size
         frames = int(getattr(img, "n_frames", 1) or 1)
-        if fmt == "JPEG" and rgb_target:  # a second, smaller DCT-scaled decode, in colour
-            with Image.open(io.BytesIO(data)) as colour:
-                colour.draft("RGB", (rgb_target, rgb_target))
-                rgb = _rgb(colour)
         if fmt == "JPEG" and target:
-            img.draft("L", (target, target))  # DCT-scaled decode of the luma channel only
+            # DCT-scaled, and the decoder's own colour space: its luma is the grey levels, and
+            # the colour for the embedding comes from the same decode (it is entropy decoding,
+            # not the scale, that costs)
+            img.draft("YCbCr" if rgb_target else "L", (target, target))
         img.load()
         tags, date, orientation = _exif_info(img)
+        if img.mode == "YCbCr":
+            if rgb_target:
+                rgb = img.reduce(_reduce_factor(*img.size, rgb_target)).convert("RGB")
+            img = img.getchannel(0)
         if fmt != "JPEG" and target:
             factor = _reduce_factor(*img.size, target)
             if factor > 1:
