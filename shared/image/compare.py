@@ -111,6 +111,7 @@ _ORIENTATION_INDEX = {(0, False): 0, (1, False): 3, (2, False): 2, (3, False): 1
                       (0, True): 4, (1, True): 7, (2, True): 5, (3, True): 6}
 
 
+@functools.cache
 def _even_dft_size(n: int) -> int:
     """The smallest fast DFT length >= n that is even. ``cv2.phaseCorrelate`` pads to a fast
     length and, when that is odd, reports identical pictures as moved by half a pixel."""
@@ -128,8 +129,8 @@ def phase_shift(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> tuple[tuple
     ph, pw = _even_dft_size(h), _even_dft_size(w)
     if (ph, pw) == (h, w):
         return cv2.phaseCorrelate(a, b, window)
-    pad = lambda x: cv2.copyMakeBorder(x, 0, ph - h, 0, pw - w, cv2.BORDER_CONSTANT, value=0)  # noqa: E731
-    return cv2.phaseCorrelate(pad(a * window), pad(b * window))
+    padding = ((0, ph - h), (0, pw - w))
+    return cv2.phaseCorrelate(np.pad(a * window, padding), np.pad(b * window, padding))
 
 
 def _patch_changes(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[int, int, int, bool]:
