@@ -21,6 +21,7 @@ from shared.image.compare import PATCH_SHIFT_PX, Agreement, phase_shift
 from shared.image.pixels import look_in_thread
 from shared.image.signature import analyze
 from shared.store import ImageRecord
+from shared.store.comparisons import RememberingLook
 
 from .conftest import make_photo, summary_rows
 
@@ -206,15 +207,41 @@ def test_rules_without_pixels():
 
 def test_the_pixels_decide_and_are_asked_both_ways():
     a, b = _rec("/r/a.jpg"), _rec("/r/b.jpg")  # the embeddings agree: proposed
-    look = Looks(Agreement(score=0.99), Agreement(score=0.97))
+    look = Looks((Agreement(score=0.99), Agreement(score=0.97)))
     evidence = _judge(a, b, look)
     assert evidence.same and evidence.stage == "embedding" and evidence.score == 0.97
-    assert look.calls == [("/r/a.jpg", "/r/b.jpg"), ("/r/b.jpg", "/r/a.jpg")]
-    evidence = _judge(a, b, Looks(Agreement(score=0.99), Agreement(score=0.60)))
+    assert look.calls == [("/r/a.jpg", "/r/b.jpg")], "one look, both ways"
+    evidence = _judge(a, b, Looks((Agreement(score=0.99), Agreement(score=0.60))))
     assert not evidence.same and "moved" in evidence.reason
-    evidence = _judge(a, b, Looks(Agreement(reason="the details do not line up"), Agreement(score=1.0)))
+    evidence = _judge(a, b, Looks((Agreement(reason="the details do not line up"), None)))
     assert not evidence.same and evidence.reason == "the details do not line up"
-    assert _judge(a, b, Looks(Agreement(score=0.9), Agreement(score=0.9)), min_agreement=0.95).same is False
+    evidence = _judge(a, b, Looks((Agreement(score=1.0), Agreement(reason="part of the picture holds other content"))))
+    assert not evidence.same and "other content" in evidence.reason, "a refusal from either side is final"
+    assert _judge(a, b, Looks((Agreement(score=0.9), Agreement(score=0.9))), min_agreement=0.95).same is False
+
+
+def test_the_second_look_is_not_taken_when_the_first_refuses():
+    from shared.image.compare import Features, both_ways
+
+    frames = []
+    for dx in (0, 14):  # a subject that moved between two frames
+        frame = make_photo(9, (640, 480))
+        frame.paste(make_photo(10, (160, 160)), (240 + dx, 160))
+        frames.append(Features(np.asarray(frame.convert("L").resize((512, 384)))))
+    forth, back = both_ways(*frames)
+    assert forth.refuses and back is None
+    forth, back = both_ways(frames[0], frames[0])
+    assert not forth.reason and back is not None and not back.reason
+
+
+def test_a_pair_asked_the_other_way_round_is_answered_from_the_same_comparison():
+    a, b = _rec("/r/a.jpg"), _rec("/r/b.jpg")
+    look = Looks((Agreement(score=0.99, orientation=1), Agreement(score=0.97, orientation=3)))
+    remembering = RememberingLook(look, None)
+    assert _judge(a, b, remembering).orientation == 1
+    turned = _judge(b, a, remembering)
+    assert turned.same and turned.orientation == 3 and turned.score == 0.97
+    assert look.calls == [("/r/a.jpg", "/r/b.jpg")]
 
 
 # --------------------------------------------------------------------------------------------

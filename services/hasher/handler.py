@@ -17,7 +17,7 @@ from shared.bus import Reject
 from shared.config import Settings
 from shared.messages import FileEvent, ImageSigned
 from shared.core.safety import Unsafe, confine, root_of
-from shared.image.compare import Agreement
+from shared.image.compare import BothWays
 from shared.image.pixels import FileVersion, compare_files
 from shared.image.signature import Analysis, ImageError, analyze, words
 from shared.store import ImageRecord, Store
@@ -68,7 +68,7 @@ class ProcessSigner:
     async def __call__(self, path: str) -> Analysis:
         return await asyncio.get_running_loop().run_in_executor(self._pool, analyze, path)
 
-    async def look(self, a: FileVersion, b: FileVersion, mirrors: bool) -> Agreement:
+    async def look(self, a: FileVersion, b: FileVersion, mirrors: bool) -> BothWays:
         """The verdict's pixel comparison, in the same pool (shared.core.verdict.Look)."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, compare_files, a, b, mirrors)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..image.compare import NO_DETAILS, Agreement
+from ..image.compare import NO_DETAILS, BothWays
 from ..image.embedding import cosine
 from ..image.pixels import FileVersion
 from ..image.signature import distances, orientations
@@ -31,7 +31,7 @@ MIN_SIDE = 32  # pixels; smaller pictures hold too little to compare
 #: Goldberg distance up to which a pair too plain to line up by keypoints still matches.
 PLAIN_MAX_DIST = 0.10
 
-Look = Callable[[FileVersion, FileVersion, bool], Awaitable[Agreement]]
+Look = Callable[[FileVersion, FileVersion, bool], Awaitable[BothWays]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +89,9 @@ async def same_photo(a: ImageRecord, b: ImageRecord, thresholds: Thresholds, loo
         stage = "embedding"
     else:
         return _no("neither the signature nor the embedding is close", **facts)
-    # the comparison is not symmetric (keypoints, which picture is warped): the verdict is,
-    # because it asks both ways (the second only when the first did not already refuse)
-    forth = await look(version(a), version(b), thresholds.match_orientations)
-    if forth.reason and forth.reason != NO_DETAILS:
-        return _no(forth.reason, **{**facts, "score": forth.score})
-    both = (forth, await look(version(b), version(a), thresholds.match_orientations))
-    refused = [r for r in both if r.reason and r.reason != NO_DETAILS]
+    # asked both ways (shared.image.compare.both_ways), so the verdict is symmetric
+    both = [r for r in await look(version(a), version(b), thresholds.match_orientations) if r is not None]
+    refused = [r for r in both if r.refuses]
     usable = [r for r in both if not r.reason]
     if refused:
         facts.update(score=refused[0].score)

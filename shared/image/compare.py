@@ -78,6 +78,15 @@ class Agreement:
     patches: int = 0
     reason: str = ""
 
+    @property
+    def refuses(self) -> bool:
+        """The pictures were lined up (or could not be) and differ; too few details is no refusal."""
+        return bool(self.reason) and self.reason != NO_DETAILS
+
+
+#: ``b`` against ``a``, then ``a`` against ``b`` (None when the first already refuses)
+BothWays = tuple[Agreement, Agreement | None]
+
 
 def _keypoints(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     h, w = grey.shape
@@ -217,6 +226,14 @@ def agreement(a: Features, b: Features, mirrors: bool = True) -> Agreement:
     if plain.reason == NO_DETAILS or (not flipped.reason and (plain.reason or flipped.score > plain.score)):
         return flipped
     return plain
+
+
+def both_ways(a: Features, b: Features, mirrors: bool = True) -> BothWays:
+    """The comparison is not symmetric (keypoints are matched from one side, the transform is
+    fitted to those matches), so the verdict asks both ways; the second look is not taken
+    when the first refuses."""
+    forth = agreement(a, b, mirrors)
+    return forth, (None if forth.refuses else agreement(b, a, mirrors))
 
 
 def _agreement(a: Features, b: Features, mirrored: bool) -> Agreement:

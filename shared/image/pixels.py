@@ -1,6 +1,7 @@
 """Decoding for the pixel comparison, with a small cache of features per file version, so a
 file compared with several candidates is decoded once. Safe to call from threads and from
-the decoder pool's worker processes."""
+the decoder pool's worker processes. Both ways of a pair are compared in one call, so one
+process decodes the two files."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import asyncio
 import threading
 from collections import OrderedDict
 
-from .compare import MAX_SIDE, Agreement, Features, agreement
+from .compare import MAX_SIDE, Agreement, BothWays, Features, both_ways
 from .signature import ImageError, load_grey
 
 FileVersion = tuple[str, int, int]  # path, size, mtime_ns: a cache key that changes with the file
@@ -31,14 +32,14 @@ def _features(version: FileVersion) -> Features:
     return found
 
 
-def compare_files(a: FileVersion, b: FileVersion, mirrors: bool) -> Agreement:
-    """``compare.agreement`` of two files, decoded now; a file that cannot be read is no match."""
+def compare_files(a: FileVersion, b: FileVersion, mirrors: bool) -> BothWays:
+    """``compare.both_ways`` of two files, decoded now; a file that cannot be read is no match."""
     try:
-        return agreement(_features(a), _features(b), mirrors)
+        return both_ways(_features(a), _features(b), mirrors)
     except ImageError as exc:
-        return Agreement(reason=f"cannot compare the pixels: {exc}")
+        return Agreement(reason=f"cannot compare the pixels: {exc}"), None
 
 
-async def look_in_thread(a: FileVersion, b: FileVersion, mirrors: bool) -> Agreement:
+async def look_in_thread(a: FileVersion, b: FileVersion, mirrors: bool) -> BothWays:
     """The comparison off the event loop (OpenCV and numpy release the GIL)."""
     return await asyncio.to_thread(compare_files, a, b, mirrors)

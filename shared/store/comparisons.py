@@ -1,8 +1,8 @@
 """Pixel comparisons remembered in the ledger, so an unchanged re-run looks at no pixels.
 
-A comparison depends only on the two files and on whether mirrors count. It is remembered per
-pair of file versions (path, size, mtime), the same test the hasher trusts to skip an unchanged
-file, so a changed file is compared again. ``COMPARE_VERSION`` is part of every key: bump it
+A comparison (both ways) depends only on the two files and on whether mirrors count. It is
+remembered per pair of file versions (path, size, mtime), the same test the hasher trusts to
+skip an unchanged file, so a changed file is compared again. ``COMPARE_VERSION`` is part of every key: bump it
 when ``shared.image.compare`` changes what it answers, and nothing old is reused.
 """
 
@@ -13,11 +13,11 @@ import hashlib
 from collections.abc import Iterable
 
 from ..core.verdict import Look
-from ..image.compare import Agreement
+from ..image.compare import Agreement, BothWays
 from ..image.pixels import FileVersion
 from . import Ledger
 
-COMPARE_VERSION = 3
+COMPARE_VERSION = 4
 
 
 def ledger_key(*parts: object) -> str:
@@ -30,29 +30,44 @@ def comparison_key(a: FileVersion, b: FileVersion, mirrors: bool) -> str:
     return ledger_key(COMPARE_VERSION, a, b, mirrors)
 
 
+def _stored(both: BothWays) -> dict:
+    forth, back = both
+    return {"forth": dataclasses.asdict(forth), "back": dataclasses.asdict(back) if back else None}
+
+
+def _loaded(value: dict) -> BothWays:
+    return Agreement(**value["forth"]), (Agreement(**value["back"]) if value["back"] else None)
+
+
 class RememberingLook:
     """A ``Look`` that answers from the ledger what was compared before and keeps what it
     compares now: ``recall`` the pairs about to be judged (one query), judge, then ``save``.
-    Without a ledger it only remembers for its own lifetime."""
+    A pair asked the other way round is answered from the same comparison. Without a ledger it
+    only remembers for its own lifetime."""
 
     def __init__(self, look: Look, ledger: Ledger | None):
         self._look = look
         self._ledger = ledger
-        self._known: dict[str, Agreement] = {}
+        self._known: dict[str, BothWays] = {}
         self._new: dict[str, dict] = {}
 
     async def recall(self, pairs: Iterable[tuple[FileVersion, FileVersion]], mirrors: bool) -> None:
-        """Fetch what the ledger holds about ``pairs``, both ways."""
+        """Fetch what the ledger holds about ``pairs``, either way round."""
         keys = {comparison_key(x, y, mirrors) for a, b in pairs for x, y in ((a, b), (b, a))}
         wanted = sorted(keys - self._known.keys())
         if wanted and self._ledger is not None:
-            self._known.update((k, Agreement(**v)) for k, v in (await self._ledger.recall(wanted)).items())
+            self._known.update((k, _loaded(v)) for k, v in (await self._ledger.recall(wanted)).items())
 
-    async def __call__(self, a: FileVersion, b: FileVersion, mirrors: bool) -> Agreement:
+    async def __call__(self, a: FileVersion, b: FileVersion, mirrors: bool) -> BothWays:
         key = comparison_key(a, b, mirrors)
-        if key not in self._known:
-            self._known[key] = await self._look(a, b, mirrors)
-            self._new[key] = dataclasses.asdict(self._known[key])
+        if key in self._known:
+            return self._known[key]
+        turned = self._known.get(comparison_key(b, a, mirrors))
+        if turned is not None:  # a refusal either way is the answer
+            forth, back = turned
+            return (back, forth) if back is not None else turned
+        self._known[key] = await self._look(a, b, mirrors)
+        self._new[key] = _stored(self._known[key])
         return self._known[key]
 
     async def save(self) -> None:
