@@ -10,8 +10,9 @@ the tool, the library and the CPU time per image.
 Tools (all at their own defaults):
 
 - ``image-dedup``: this project, in-process from a fresh store (``services.local.deduplicate``,
-  a dry run with one decoder process); its groups become the pairs map, so here the keep rule
-  is score.py's too (our own keep accuracy is in bench/accuracy.py).
+  a dry run with one decoder process per CPU given, see ``--threads``); its groups become the
+  pairs map, so here the keep rule is score.py's too (our own keep accuracy is in
+  bench/accuracy.py).
 - ``immaculate-sscd``, ``immaculate-sscd_distilled``, ``immaculate-pdq``: the ``immaculate``
   package (PyPI, Rust core; ``immaculate[sscd]`` for the two SSCD models), called through its
   public ``immaculate.find_duplicates(folder, method)``. Its exact sets (identical pixels) and
@@ -174,9 +175,9 @@ def run_image_match(lib: Path, images: list[Path], cutoff: float) -> tuple[dict,
     return out, skipped
 
 
-def run_image_dedup(lib: Path) -> tuple[dict, list[str]]:
-    """Our own tool, from a fresh store, at its defaults (a dry run; one decoder process, as
-    the child is pinned to one CPU): its groups as a pairs map, kept by score.py's rule too."""
+def run_image_dedup(lib: Path, workers: int) -> tuple[dict, list[str]]:
+    """Our own tool, from a fresh store, at its defaults (a dry run; one decoder process per
+    CPU the child is given): its groups as a pairs map, kept by score.py's rule too."""
     import io
 
     from rich.console import Console
@@ -186,7 +187,7 @@ def run_image_dedup(lib: Path) -> tuple[dict, list[str]]:
     from shared.config import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(source_directories=[lib], threads=1, store_path=Path(tmp) / "store.sqlite",
+        settings = Settings(source_directories=[lib], threads=workers, store_path=Path(tmp) / "store.sqlite",
                             journal_directory=Path(tmp) / "journals")
         summary = asyncio.run(deduplicate(settings, Console(file=io.StringIO()), quiet=True))
     rel = lambda p: os.path.relpath(p, lib)  # noqa: E731
@@ -206,7 +207,7 @@ def worker(args: argparse.Namespace) -> None:
     elif args.tool == "image-match":
         pairs, skipped = run_image_match(lib, images, args.cutoff)
     elif args.tool == "image-dedup":
-        pairs, skipped = run_image_dedup(lib)
+        pairs, skipped = run_image_dedup(lib, args.threads or os.cpu_count() or 1)
     else:
         raise SystemExit(f"unknown tool {args.tool}")
     work = time.process_time() - start
@@ -261,7 +262,7 @@ def run_tool(args: argparse.Namespace, pairs_path: Path) -> tuple[dict, float]:
     """Run the worker in the tool's venv; its stats and its CPU seconds (all threads)."""
     command = [args.python, os.path.abspath(__file__), "--worker", "--tool", args.tool,
                "--lib", str(args.lib), "--pairs", str(pairs_path),
-               "--max-bits", str(args.max_bits), "--cutoff", str(args.cutoff)]
+               "--max-bits", str(args.max_bits), "--cutoff", str(args.cutoff), "--threads", str(args.threads)]
     if not args.exif_transpose:
         command.append("--no-exif-transpose")
     env = dict(os.environ)
