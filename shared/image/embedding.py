@@ -4,8 +4,9 @@ SSCD (Meta's self-supervised copy-detection descriptor) places copies of a pictu
 or overlaid, close together, which a global signature cannot. It is used only to *find*
 candidates (a vector index); whether two files show the same photo is decided by the verdict
 (``shared.core.verdict``), because SSCD also places distinct look-alikes (video frames, stereo
-pairs) close together. The distilled model at 224 px costs about 12 ms per image on one core,
-against about 75 ms for the full SSCD model (docs/benchmarks.md), and finds nearly the same.
+pairs) close together. The distilled model at 224 px costs about 5-12 ms per image on one core
+(by CPU), against about 75 ms for the full SSCD model (docs/benchmarks.md), and finds nearly the
+same.
 """
 
 from __future__ import annotations
