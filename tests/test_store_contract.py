@@ -123,13 +123,12 @@ def near(sig: np.ndarray, changes: int = 20, rng=RNG) -> np.ndarray:
 async def test_a_record_comes_back_as_it_was_stored(store):
     sig, emb = signature(), embedding()
     full = record("/r/a.jpg", sig, emb, format="JPEG", width=640, height=480, exif_tags=7,
-                  exif_date="2020:01:02 03:04:05", digest="ab" * 32, frames=3, thumb=b"\x00\xffthumb")
+                  exif_date="2020:01:02 03:04:05", digest="ab" * 32, frames=3)
     await store.upsert(full)
     got = await store.get("/r/a.jpg")
     assert got == full  # the compared fields
     assert np.array_equal(got.signature, sig) and got.signature.dtype == np.int8
     assert np.array_equal(got.embedding, emb) and got.embedding.dtype == np.int8
-    assert got.thumb == b"\x00\xffthumb"
     assert await store.get("/r/missing.jpg") is None
 
 
@@ -138,7 +137,7 @@ async def test_a_record_without_descriptors_has_none(store):
     await store.upsert(bad)
     got = await store.get("/r/bad.jpg")
     assert got == bad and got.error == "cannot identify image file"
-    assert got.signature is None and got.embedding is None and got.thumb is None and got.digest is None
+    assert got.signature is None and got.embedding is None and got.digest is None
 
 
 async def test_upsert_replaces_and_delete_forgets(store):
@@ -366,7 +365,7 @@ async def test_an_old_sqlite_file_is_migrated_in_place(tmp_path):
     try:
         old = await store.get("/r/a.jpg")
         assert np.array_equal(old.signature, sig) and old.format == "JPEG"
-        assert old.embedding is None and old.digest is None and old.thumb is None and old.frames == 1
+        assert old.embedding is None and old.digest is None and old.frames == 1
         await store.upsert(record("/r/b.jpg", near(sig), embedding(), digest="ee" * 32))
         assert [c.record.path for c in await store.candidates(record("/r/b.jpg", near(sig)), 0.2)] == ["/r/a.jpg"]
         assert (await store.get("/r/b.jpg")).embedding is not None

@@ -145,8 +145,9 @@ def test_an_animation_is_not_a_copy_of_its_first_frame(tmp_path):
 
 @pytest.mark.parametrize("size", [44, 45, 48])
 def test_phase_correlation_measures_sub_pixel_shifts_at_every_patch_size(size):
-    """cv2.phaseCorrelate reports identical patches of odd (padded) size as moved by half a
-    pixel on each axis, which made a faithful copy's patches look displaced."""
+    """Phase correlation padded to an odd length (cv2.phaseCorrelate's own padding) reports
+    identical patches as moved by half a pixel on each axis, which made a faithful copy's
+    patches look displaced."""
     import cv2
 
     rng = np.random.default_rng(size)
@@ -168,6 +169,30 @@ def test_phase_correlation_measures_sub_pixel_shifts_at_every_patch_size(size):
     lengths = np.hypot(*shifts.T)
     assert lengths[1] < PATCH_SHIFT_PX < lengths[3] and lengths[1] < lengths[2] < lengths[3], lengths
     assert np.all(responses > 0.5)
+
+
+def test_the_batched_phase_correlation_measures_what_opencv_measures():
+    """All patches of a comparison are correlated in one batched FFT; each shift and response
+    is OpenCV's own (cv2.phaseCorrelate of the windowed patch padded to an even length)."""
+    import cv2
+
+    from shared.image.compare import phase_shifts
+
+    rng = np.random.default_rng(7)
+    texture = cv2.GaussianBlur(rng.normal(0, 40, (300, 300)).astype(np.float32), (0, 0), 2)
+    moved = cv2.warpAffine(texture, np.float32([[1, 0, 1.7], [0, 1, -0.6]]), (300, 300), flags=cv2.INTER_CUBIC)
+    moved += rng.normal(0, 4, moved.shape).astype(np.float32)
+    size = 44
+    window = cv2.createHanningWindow((size, size), cv2.CV_32F)
+    corners = rng.integers(10, 240, (12, 2))
+    a = np.stack([texture[y:y + size, x:x + size] for y, x in corners])
+    b = np.stack([moved[y:y + size, x:x + size] for y, x in corners])
+    shifts, responses = phase_shifts(a, b, window)
+    pad = ((0, 4), (0, 4))  # 44 -> 48, the even fast length
+    for k in range(len(a)):
+        (dx, dy), response = cv2.phaseCorrelate(np.pad(a[k] * window, pad), np.pad(b[k] * window, pad))
+        assert shifts[k] == pytest.approx((dx, dy), abs=2e-3) and responses[k] == pytest.approx(response, abs=2e-3)
+    assert np.all(shifts[:, 0] > 1.0) and np.all(shifts[:, 1] < 0), "the shift was not found"
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import scipy.fft
 
 cv2.setNumThreads(1)  # the process pool is the parallelism
 
@@ -122,24 +123,54 @@ _ORIENTATION_INDEX = {(0, False): 0, (1, False): 3, (2, False): 2, (3, False): 1
 
 @functools.cache
 def _even_dft_size(n: int) -> int:
-    """The smallest fast DFT length >= n that is even. ``cv2.phaseCorrelate`` pads to a fast
-    length and, when that is odd, reports identical pictures as moved by half a pixel."""
+    """The smallest fast DFT length >= n that is even: padded to an odd length, phase
+    correlation (``cv2.phaseCorrelate`` too) reports identical pictures as moved by half a pixel."""
     m = cv2.getOptimalDFTSize(n)
     while m % 2:
         m = cv2.getOptimalDFTSize(m + 1)
     return m
 
 
-def phase_shift(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> tuple[tuple[float, float], float]:
-    """``cv2.phaseCorrelate(a, b, window)`` (the shift of ``b`` against ``a`` and the peak's
-    response) without its half-pixel error: the windowed pictures are zero-padded to an even
-    fast length first."""
-    h, w = a.shape
+_BOX = np.arange(-2, 3)  # the 5x5 box around the peak whose centroid is the shift
+
+
+def phase_shifts(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Phase correlation of each pair of pictures ``a[i]``, ``b[i]`` (stacks of one shape): the
+    shift (x, y) of ``b[i]`` against ``a[i]`` and the peak's response, measured as
+    ``cv2.phaseCorrelate`` does (the centroid of the 5x5 box around the peak). The whole stack
+    is one batched FFT (about 4x faster than a call per patch), in the windowed pictures
+    zero-padded to an even fast length."""
+    n, h, w = a.shape
     ph, pw = _even_dft_size(h), _even_dft_size(w)
-    if (ph, pw) == (h, w):
-        return cv2.phaseCorrelate(a, b, window)
-    padding = ((0, ph - h), (0, pw - w))
-    return cv2.phaseCorrelate(np.pad(a * window, padding), np.pad(b * window, padding))
+    fa = scipy.fft.rfft2(a * window, s=(ph, pw))
+    fb = scipy.fft.rfft2(b * window, s=(ph, pw))
+    cross = fa * np.conj(fb)
+    cross /= np.abs(cross) + np.finfo(np.float32).eps
+    surface = np.fft.fftshift(scipy.fft.irfft2(cross, s=(ph, pw)), axes=(1, 2))
+    py, px = np.divmod(surface.reshape(n, -1).argmax(axis=1), pw)
+    rows, cols = py[:, None] + _BOX, px[:, None] + _BOX  # (n, 5) each; outside the surface is 0
+    box = np.pad(surface, ((0, 0), (2, 2), (2, 2)))[np.arange(n)[:, None, None], rows[:, :, None] + 2, cols[:, None, :] + 2]
+    response = box.sum(axis=(1, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = (box.sum(axis=2) * rows).sum(axis=1) / response
+        x = (box.sum(axis=1) * cols).sum(axis=1) / response
+    return np.stack([pw / 2 - x, ph / 2 - y], axis=1), response
+
+
+def phase_shift(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> tuple[tuple[float, float], float]:
+    """``phase_shifts`` of one pair of pictures."""
+    shift, response = phase_shifts(a[None], b[None], window)
+    return (float(shift[0, 0]), float(shift[0, 1])), float(response[0])
+
+
+def _block_stats(x: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each whole ``size`` x ``size`` block of ``x`` (float32),
+    by area-averaging ``x`` and its square (one C call each instead of numpy reductions)."""
+    rows, cols = x.shape[0] // size, x.shape[1] // size
+    crop = x[: rows * size, : cols * size]
+    mean = cv2.resize(crop, (cols, rows), interpolation=cv2.INTER_AREA)
+    square = cv2.resize(crop * crop, (cols, rows), interpolation=cv2.INTER_AREA)
+    return mean, np.sqrt(np.maximum(square - mean * mean, 0.0))
 
 
 def _patch_changes(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[int, int, int, bool]:
@@ -154,50 +185,46 @@ def _patch_changes(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[in
     window = cv2.createHanningWindow((size, size), cv2.CV_32F)
     x = cv2.GaussianBlur(x.astype(np.float32), (0, 0), 1.0)
     y = cv2.GaussianBlur(y.astype(np.float32), (0, 0), 1.0)
-    band_y, band_x = INNER_BAND * h, INNER_BAND * w
     rows, cols = h // size, w // size
 
     def blocks(a: np.ndarray) -> np.ndarray:  # (rows, cols, size, size) views of the patches
         return a[: rows * size, : cols * size].reshape(rows, size, cols, size).swapaxes(1, 2)
 
-    xb, yb = blocks(x), blocks(y)
-    sa, sb = xb.std(axis=(2, 3)), yb.std(axis=(2, 3))
+    (ma, sa), (mb, sb) = _block_stats(x, size), _block_stats(y, size)
     textured = blocks(inside).all(axis=(2, 3)) & (sa >= _TEXTURE) & (sb >= _TEXTURE)
     where = np.argwhere(textured)
     if len(where) == 0:
         return 0, 0, 0, False
     r, c = where[:, 0], where[:, 1]
-    na = (xb[r, c] - xb[r, c].mean(axis=(1, 2), keepdims=True)) / sa[r, c][:, None, None]
-    nb = (yb[r, c] - yb[r, c].mean(axis=(1, 2), keepdims=True)) / sb[r, c][:, None, None]
+    na = (blocks(x)[r, c] - ma[r, c][:, None, None]) / sa[r, c][:, None, None]
+    nb = (blocks(y)[r, c] - mb[r, c][:, None, None]) / sb[r, c][:, None, None]
     mismatch = 1.0 - (na * nb).mean(axis=(1, 2))
     other_content = min(1.0 - SAME_CONTENT, max(OTHER_CONTENT_MIN, OTHER_CONTENT_RATIO * float(np.median(mismatch))))
-    moved = changed = 0
-    shifts: dict[tuple[int, int], tuple[float, float]] = {}
-    for k, (row, col) in enumerate(where.tolist()):
-        (dx, dy), response = phase_shift(na[k], nb[k], window)
-        i, j = row * size, col * size
-        if math.hypot(dx, dy) > PATCH_SHIFT_PX and response >= PATCH_CONFIDENT:
-            moved += 1
-            if math.hypot(dx, dy) >= SUBJECT_SHIFT_PX:
-                shifts[(row, col)] = (dx, dy)
-        elif mismatch[k] > other_content and band_y <= i and i + size <= h - band_y \
-                and band_x <= j and j + size <= w - band_x:
-            changed += 1
-    total = len(where)
+    shifts, response = phase_shifts(na, nb, window)
+    length = np.hypot(shifts[:, 0], shifts[:, 1])
+    moved = (length > PATCH_SHIFT_PX) & (response >= PATCH_CONFIDENT)
+    top, left = r * size, c * size
+    inner = (top >= INNER_BAND * h) & (top + size <= h - INNER_BAND * h) \
+        & (left >= INNER_BAND * w) & (left + size <= w - INNER_BAND * w)
+    changed = ~moved & (mismatch > other_content) & inner
+    subject = {(int(r[k]), int(c[k])): shifts[k] for k in np.flatnonzero(moved & (length >= SUBJECT_SHIFT_PX))}
     together = any(
-        math.hypot(dx - shifts[n][0], dy - shifts[n][1]) <= TOGETHER_PX
-        for (r, c), (dx, dy) in shifts.items() for n in ((r + 1, c), (r, c + 1)) if n in shifts
+        math.hypot(*(shift - subject[n])) <= TOGETHER_PX
+        for (i, j), shift in subject.items() for n in ((i + 1, j), (i, j + 1)) if n in subject
     )
-    return total, moved, changed, together
+    return len(where), int(moved.sum()), int(changed.sum()), together
 
 
 def _difference(x: np.ndarray, y: np.ndarray, where: np.ndarray) -> float:
-    """Mean absolute difference of two aligned pictures, brightness and contrast set aside."""
-    a = x[where].astype(np.float32)
-    b = y[where].astype(np.float32)
-    if a.size == 0:
+    """Mean absolute difference of two aligned pictures where ``where`` is set, brightness and
+    contrast set aside."""
+    mask = where.astype(np.uint8)
+    if not mask.any():
         return math.inf
-    return float(np.abs((a - a.mean()) / (a.std() + 1e-6) - (b - b.mean()) / (b.std() + 1e-6)).mean())
+    (ma, sa), (mb, sb) = ((float(m[0, 0]), float(d[0, 0]) + 1e-6) for m, d in (cv2.meanStdDev(x, mask=mask),
+                                                                               cv2.meanStdDev(y, mask=mask)))
+    standardised = cv2.addWeighted(x, 1 / sa, y, -1 / sb, mb / sb - ma / sa, dtype=cv2.CV_32F)
+    return float(cv2.mean(np.abs(standardised), mask=mask)[0])
 
 
 def _lines_up(inliers: int, matches: int) -> bool:

@@ -468,7 +468,7 @@ def _rgb(img: Image.Image) -> Image.Image:
 MAX_FILE_BYTES = 1 << 30
 
 
-def _decode(path: str, target: int, rgb_target: int = 0) -> _Decoded:
+def _decode(path: str, target: int, rgb_target: int = 0, digest: bool = True) -> _Decoded:
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size == 0:
@@ -476,7 +476,7 @@ def _decode(path: str, target: int, rgb_target: int = 0) -> _Decoded:
         if size > MAX_FILE_BYTES:
             raise ImageError(f"file too large for an image ({size:,} bytes)")
         data = fh.read()
-    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    content = hashlib.blake2b(data, digest_size=16).hexdigest() if digest else ""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         img = Image.open(io.BytesIO(data))
@@ -515,7 +515,7 @@ def _decode(path: str, target: int, rgb_target: int = 0) -> _Decoded:
             rgb = Image.fromarray(np.ascontiguousarray(transform(np.asarray(rgb))))
         if orientation >= 5:  # 5-8 swap the axes
             width, height = height, width
-    return _Decoded(fmt, width, height, tags, date, grey, digest, frames, rgb)
+    return _Decoded(fmt, width, height, tags, date, grey, content, frames, rgb)
 
 
 def _image_errors(fn):
@@ -570,7 +570,7 @@ def analyze(path: str, target: int = DRAFT_TARGET, embed: bool = True) -> Analys
 def load_grey(path: str, max_side: int) -> np.ndarray:
     """The file's grey levels (uint8 where possible), EXIF orientation honoured, the long side
     reduced to at most ``max_side``: what the verdict's pixel comparison looks at."""
-    grey = _decode(os.fspath(path), max_side // 2).grey
+    grey = _decode(os.fspath(path), max_side // 2, digest=False).grey
     if grey.dtype != np.uint8:
         grey = np.round(np.clip(grey, 0, 1) * 255).astype(np.uint8)
     h, w = grey.shape

@@ -45,7 +45,6 @@ class ImageRecord:
     digest: str | None = None  # BLAKE2b of the file's bytes, hex: byte-identical copies
     frames: int = 1  # animation frames or pages
     embedding: np.ndarray | None = field(default=None, compare=False, repr=False)  # int8 (D,), L2 ~ 127
-    thumb: bytes | None = field(default=None, compare=False, repr=False)  # verification thumbnail
 
     @property
     def pixels(self) -> int:

@@ -57,7 +57,6 @@ IMAGES_MAPPING: dict[str, Any] = {
         **{f"w{i}": _KEYWORD for i in range(WORDS)},
         "embedding": {"type": "dense_vector", "element_type": "byte", "dims": EMBEDDING_DIMS,
                       "index": True, "similarity": "cosine"},
-        "thumb": {"type": "binary"},
     },
 }
 LEDGER_MAPPING: dict[str, Any] = {
@@ -86,7 +85,7 @@ def _to_doc(r: ImageRecord) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "path": r.path, "root": r.root, "size": r.size, "mtime_ns": r.mtime_ns, "format": r.format,
         "width": r.width, "height": r.height, "exif_tags": r.exif_tags, "exif_date": r.exif_date,
-        "error": r.error, "digest": r.digest, "frames": r.frames, "thumb": _b64(r.thumb),
+        "error": r.error, "digest": r.digest, "frames": r.frames,
     }
     if r.signature is not None:
         signature = np.ascontiguousarray(r.signature, dtype=np.int8)
@@ -104,14 +103,12 @@ def _to_record(doc: dict[str, Any]) -> ImageRecord:
         signature = np.frombuffer(base64.b64decode(doc["signature"]), dtype=np.int8)
         words = tuple(int(doc[f"w{i}"]) for i in range(WORDS))
     embedding = doc.get("embedding")
-    thumb = doc.get("thumb")
     return ImageRecord(
         path=doc["path"], root=doc["root"], size=doc["size"], mtime_ns=doc["mtime_ns"], format=doc["format"],
         width=doc["width"], height=doc["height"], exif_tags=doc["exif_tags"], exif_date=doc.get("exif_date"),
         signature=signature, words=words, error=doc.get("error"), digest=doc.get("digest"),
         frames=doc.get("frames", 1),
         embedding=None if embedding is None else np.asarray(embedding, dtype=np.int8),
-        thumb=None if thumb is None else base64.b64decode(thumb),
     )
 
 
