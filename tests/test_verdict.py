@@ -230,43 +230,79 @@ def test_rules_without_pixels():
     assert "not analysed" in _judge(a, _rec("/r/x.jpg", signature=None), Looks()).reason
 
 
-def test_the_pixels_decide_and_are_asked_both_ways():
+def test_the_pixels_decide_and_the_better_look_counts():
     a, b = _rec("/r/a.jpg"), _rec("/r/b.jpg")  # the embeddings agree: proposed
-    look = Looks((Agreement(score=0.99), Agreement(score=0.97)))
+    look = Looks((Agreement(score=0.9), Agreement(score=0.97)))
     evidence = _judge(a, b, look)
     assert evidence.same and evidence.stage == "embedding" and evidence.score == 0.97
     assert look.calls == [("/r/a.jpg", "/r/b.jpg")], "one look, both ways"
-    evidence = _judge(a, b, Looks((Agreement(score=0.99), Agreement(score=0.60))))
-    assert not evidence.same and "moved" in evidence.reason
+    assert _judge(a, b, Looks((Agreement(score=0.99), None))).score == 0.99, "a convincing first look is enough"
+    evidence = _judge(a, b, Looks((Agreement(score=0.8), Agreement(score=0.60))))
+    assert not evidence.same and "moved" in evidence.reason and evidence.score == 0.8
     evidence = _judge(a, b, Looks((Agreement(reason="the details do not line up"), None)))
     assert not evidence.same and evidence.reason == "the details do not line up"
-    evidence = _judge(a, b, Looks((Agreement(score=1.0), Agreement(reason="part of the picture holds other content"))))
+    evidence = _judge(a, b, Looks((Agreement(score=0.9), Agreement(reason="part of the picture holds other content"))))
     assert not evidence.same and "other content" in evidence.reason, "a refusal from either side is final"
     assert _judge(a, b, Looks((Agreement(score=0.9), Agreement(score=0.9))), min_agreement=0.95).same is False
 
 
-def test_the_second_look_is_not_taken_when_the_first_refuses():
-    from shared.image.compare import Features, both_ways
+def test_the_better_look_reports_the_turn_of_b():
+    a, b = _rec("/r/a.jpg"), _rec("/r/b.jpg")
+    # the second look is a against b: its quarter turn one way is b's the other way
+    evidence = _judge(a, b, Looks((Agreement(score=0.9, orientation=1), Agreement(score=1.0, orientation=1))))
+    assert evidence.same and evidence.orientation == 3
+    evidence = _judge(a, b, Looks((Agreement(score=0.9, orientation=5), Agreement(score=1.0, orientation=5))))
+    assert evidence.orientation == 5, "a mirror undoes itself"
+
+
+def _frames_of_a_moving_subject() -> list:
+    from shared.image.compare import Features
 
     frames = []
-    for dx in (0, 14):  # a subject that moved between two frames
+    for dx in (0, 14):
         frame = make_photo(9, (640, 480))
         frame.paste(make_photo(10, (160, 160)), (240 + dx, 160))
         frames.append(Features(np.asarray(frame.convert("L").resize((512, 384)))))
+    return frames
+
+
+def test_a_refusal_or_a_convincing_look_settles_the_pair_in_one_look():
+    from shared.image.compare import both_ways
+
+    frames = _frames_of_a_moving_subject()
     forth, back = both_ways(*frames)
     assert forth.refuses and back is None
     forth, back = both_ways(frames[0], frames[0])
-    assert not forth.reason and back is not None and not back.reason
+    assert forth.convincing and back is None
+
+
+def test_a_look_that_does_not_settle_the_pair_is_taken_the_other_way_too(monkeypatch):
+    from shared.image import compare
+
+    frames = _frames_of_a_moving_subject()
+    asked = []
+
+    def scripted(a, b, mirrors=True):
+        asked.append((a, b))
+        return Agreement(score=0.9) if len(asked) == 1 else Agreement(score=1.0)
+
+    monkeypatch.setattr(compare, "agreement", scripted)
+    forth, back = compare.both_ways(*frames)
+    assert (forth.score, back.score) == (0.9, 1.0) and asked == [tuple(frames), tuple(frames[::-1])]
 
 
 def test_a_pair_asked_the_other_way_round_is_answered_from_the_same_comparison():
     a, b = _rec("/r/a.jpg"), _rec("/r/b.jpg")
-    look = Looks((Agreement(score=0.99, orientation=1), Agreement(score=0.97, orientation=3)))
+    look = Looks((Agreement(score=0.9, orientation=1), Agreement(score=0.97, orientation=1)),
+                 (Agreement(score=0.99, orientation=1), None))
     remembering = RememberingLook(look, None)
-    assert _judge(a, b, remembering).orientation == 1
+    assert _judge(a, b, remembering).orientation == 3  # the better look: a against b, turned round
     turned = _judge(b, a, remembering)
-    assert turned.same and turned.orientation == 3 and turned.score == 0.97
-    assert look.calls == [("/r/a.jpg", "/r/b.jpg")]
+    assert turned.same and turned.orientation == 1 and turned.score == 0.97
+    c = _rec("/r/c.jpg")
+    assert _judge(a, c, remembering).orientation == 1
+    assert _judge(c, a, remembering).orientation == 3, "one look, seen from the other picture"
+    assert look.calls == [("/r/a.jpg", "/r/b.jpg"), ("/r/a.jpg", "/r/c.jpg")]
 
 
 # --------------------------------------------------------------------------------------------

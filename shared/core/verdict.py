@@ -89,8 +89,10 @@ async def same_photo(a: ImageRecord, b: ImageRecord, thresholds: Thresholds, loo
         stage = "embedding"
     else:
         return _no("neither the signature nor the embedding is close", **facts)
-    # asked both ways (shared.image.compare.both_ways), so the verdict is symmetric
-    both = [r for r in await look(version(a), version(b), thresholds.match_orientations) if r is not None]
+    # looked at both ways unless the first look settles it (shared.image.compare.both_ways): a
+    # refusal from either look stands, otherwise the better fit of the two decides
+    forth, back = await look(version(a), version(b), thresholds.match_orientations)
+    both = [forth] if back is None else [forth, back.turned_round()]
     refused = [r for r in both if r.refuses]
     usable = [r for r in both if not r.reason]
     if refused:
@@ -102,8 +104,8 @@ async def same_photo(a: ImageRecord, b: ImageRecord, thresholds: Thresholds, loo
             # signature alone, at the strict distance that kept every look-alike apart
             return Evidence(same=True, stage="goldberg", **facts)
         return _no(NO_DETAILS, **facts)
-    agreed = min(usable, key=lambda r: r.score)
-    facts.update(orientation=usable[0].orientation, score=agreed.score)
+    agreed = max(usable, key=lambda r: r.score)
+    facts.update(orientation=agreed.orientation, score=agreed.score)
     if agreed.score < thresholds.min_agreement:
         moved = 1.0 - agreed.score
         return _no(f"{moved:.0%} of the picture moved against the rest (another moment or viewpoint)", **facts)

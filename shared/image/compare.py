@@ -12,6 +12,7 @@ caller decodes (``shared.image.signature.load_grey``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ OTHER_CONTENT_RATIO = 20.0
 OTHER_CONTENT_MIN = 0.08
 MAX_CHANGED_PATCHES = 2  # inner patches with other content that make it another picture
 INNER_BAND = 0.15  # the outer band (share of each side) where overlays are allowed
+CONVINCING = 0.95  # share of patches in place at which a look settles the pair
 _TEXTURE = 6.0  # grey-level standard deviation below which a patch says nothing
 
 
@@ -84,8 +86,19 @@ class Agreement:
         """The pictures were lined up (or could not be) and differ; too few details is no refusal."""
         return bool(self.reason) and self.reason != NO_DETAILS
 
+    @property
+    def convincing(self) -> bool:
+        """Lined up with (nearly) every patch in place: a transform that good is the evidence."""
+        return not self.reason and self.score >= CONVINCING
 
-#: ``b`` against ``a``, then ``a`` against ``b`` (None when the first already refuses)
+    def turned_round(self) -> Agreement:
+        """The same look seen from the other picture: the inverse turn (the quarter turns swap;
+        a half turn and every mirror undo themselves) and the inverse scale."""
+        return dataclasses.replace(self, orientation={1: 3, 3: 1}.get(self.orientation, self.orientation),
+                                   scale=round(1 / self.scale, 4) if self.scale else self.scale)
+
+
+#: ``b`` against ``a``, then ``a`` against ``b`` (None when the first settles the pair)
 BothWays = tuple[Agreement, Agreement | None]
 
 
@@ -238,16 +251,12 @@ def _prefilter(grey: np.ndarray, shrink: float) -> np.ndarray:
     return cv2.GaussianBlur(grey, (0, 0), 0.5 * shrink)
 
 
-#: A plain comparison scoring below this is tried mirrored too (a symmetric picture's mirrored
-#: copy can line up unmirrored, then fail the patch test).
-CONVINCING = 0.95
-
-
 def agreement(a: Features, b: Features, mirrors: bool = True) -> Agreement:
     """Compare picture ``b`` (a candidate copy) with picture ``a``; a mirrored ``b`` is tried
-    only when the plain comparison is not convincing, mirrored copies being the rarer."""
+    only when the plain comparison is not convincing, mirrored copies being the rarer (and a
+    symmetric picture's mirrored copy can line up unmirrored, then fail the patch test)."""
     plain = _agreement(a, b, False)
-    if not mirrors or (not plain.reason and plain.score >= CONVINCING):
+    if not mirrors or plain.convincing:
         return plain
     flipped = _agreement(a, b, True)
     if plain.reason == NO_DETAILS or (not flipped.reason and (plain.reason or flipped.score > plain.score)):
@@ -257,10 +266,13 @@ def agreement(a: Features, b: Features, mirrors: bool = True) -> Agreement:
 
 def both_ways(a: Features, b: Features, mirrors: bool = True) -> BothWays:
     """The comparison is not symmetric (keypoints are matched from one side, the transform is
-    fitted to those matches), so the verdict asks both ways; the second look is not taken
-    when the first refuses."""
+    fitted to those matches), so a pair the first look does not settle is looked at the other
+    way too. A refusal settles it; so does a convincing look, which no second fit can better
+    (on the kit's libraries, a second look after one only ever refused true copies, by a worse
+    fit, and cost 45% of the comparisons)."""
     forth = agreement(a, b, mirrors)
-    return forth, (None if forth.refuses else agreement(b, a, mirrors))
+    settled = forth.refuses or forth.convincing
+    return forth, (None if settled else agreement(b, a, mirrors))
 
 
 def _agreement(a: Features, b: Features, mirrored: bool) -> Agreement:

@@ -17,7 +17,7 @@ from ..image.compare import Agreement, BothWays
 from ..image.pixels import FileVersion
 from . import Ledger
 
-COMPARE_VERSION = 5
+COMPARE_VERSION = 6
 
 
 def ledger_key(*parts: object) -> str:
@@ -63,9 +63,9 @@ class RememberingLook:
         if key in self._known:
             return self._known[key]
         turned = self._known.get(comparison_key(b, a, mirrors))
-        if turned is not None:  # a refusal either way is the answer
+        if turned is not None:  # the same looks, seen from the other picture
             forth, back = turned
-            return (back, forth) if back is not None else turned
+            return (back, forth) if back is not None else (forth.turned_round(), None)
         self._known[key] = await self._look(a, b, mirrors)
         self._new[key] = _stored(self._known[key])
         return self._known[key]
