@@ -114,7 +114,7 @@ async def deduplicate(
     store, ledger = await open_stores(settings)
     bus = InProcessBus()
     phases = Phases(console, quiet)
-    signer = ProcessSigner(settings.threads) if sign is None else None
+    signer = ProcessSigner(settings.threads, keep_pixels=True) if sign is None else None
     sign = sign or signer
     try:
         if signer is not None:

@@ -118,6 +118,20 @@ def test_an_edited_fake_with_something_faint_pasted_in_is_not(tmp_path):
         assert not evidence.same and "other content" in evidence.reason, evidence
 
 
+def test_an_object_pasted_onto_a_plain_area_is_not_a_copy(tmp_path):
+    """Where the original is plain (sky, a wall) its patches have no texture to correlate;
+    an object pasted there shows as texture that appeared from nothing."""
+    original = make_photo(7, (640, 480))
+    ImageDraw.Draw(original).rectangle((200, 150, 440, 330), fill=(150, 180, 220))
+    fake = original.copy()
+    fake.paste(make_photo(8, (110, 110)), (265, 185))
+    a = _save(tmp_path, "original.jpg", original, quality=95)
+    b = _save(tmp_path, "fake.jpg", fake, quality=95)
+    for evidence in (judge(a, b), judge(b, a)):
+        assert not evidence.same and "other content" in evidence.reason, evidence
+    assert judge(a, _save(tmp_path, "copy.jpg", original.resize((480, 360)), quality=80)).same
+
+
 def test_different_photos_are_not(tmp_path):
     a = _save(tmp_path, "a.jpg", make_photo(21, (640, 480)), quality=90)
     b = _save(tmp_path, "b.jpg", make_photo(22, (640, 480)), quality=90)
@@ -193,6 +207,78 @@ def test_the_batched_phase_correlation_measures_what_opencv_measures():
         (dx, dy), response = cv2.phaseCorrelate(np.pad(a[k] * window, pad), np.pad(b[k] * window, pad))
         assert shifts[k] == pytest.approx((dx, dy), abs=2e-3) and responses[k] == pytest.approx(response, abs=2e-3)
     assert np.all(shifts[:, 0] > 1.0) and np.all(shifts[:, 1] < 0), "the shift was not found"
+
+
+def _save_kinds(tmp_path: Path) -> list[Path]:
+    photo = make_photo(12, (2400, 1800))
+    paths = []
+    for name, save in (
+        ("big.jpg", lambda p: photo.save(p, quality=90)),
+        ("turned.jpg", lambda p: photo.save(p, quality=90, exif=_orientation_exif(6))),
+        ("cmyk.jpg", lambda p: photo.convert("CMYK").save(p, quality=90)),
+        ("alpha.png", lambda p: photo.resize((900, 600)).convert("RGBA").save(p)),
+        ("deep.png", lambda p: Image.fromarray((np.asarray(photo.convert("L"), np.uint16) * 257)).save(p)),
+    ):
+        save(tmp_path / name)
+        paths.append(tmp_path / name)
+    return paths
+
+
+def _orientation_exif(value: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif.tobytes()
+
+
+def test_a_picture_kept_from_the_analysis_is_the_one_a_fresh_decode_gives(tmp_path):
+    """Local mode compares the picture its analysis decoded; a fresh decode (another process,
+    the actuator's last check) must see exactly the same pixels, or the verdict would depend
+    on where it ran."""
+    from shared.image.compare import MAX_SIDE
+    from shared.image.signature import comparison_grey, load_grey
+
+    for path in _save_kinds(tmp_path):
+        kept = []
+        analyze(str(path), keep=lambda version, grey: kept.append((version, grey)))
+        [(version, grey)] = kept
+        st = os.stat(path)
+        assert version == (str(path), st.st_size, st.st_mtime_ns)
+        assert np.array_equal(comparison_grey(grey, MAX_SIDE), load_grey(str(path), MAX_SIDE)), path.name
+    assert load_grey(str(tmp_path / "turned.jpg"), MAX_SIDE).shape == (512, 384), "EXIF orientation honoured"
+
+
+def test_a_file_analysed_in_this_process_is_compared_without_decoding_it_again(tmp_path, monkeypatch):
+    from shared.image import pixels
+
+    a, b = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    photo = make_photo(13, (1600, 1200))
+    photo.save(a, quality=92)
+    photo.resize((800, 600)).save(b, quality=80)
+    versions = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in (a, b)]
+    monkeypatch.setattr(pixels, "_pictures", pixels._Pictures())
+    fresh = pixels.compare_files(*versions, True)
+    monkeypatch.setattr(pixels, "_pictures", pixels._Pictures())
+    for p in (a, b):
+        pixels.analyze_keeping_pixels(str(p))
+
+    def no_decoding(*args):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(pixels, "load_grey", no_decoding)
+    kept = pixels.compare_files(*versions, True)
+    assert kept == fresh and kept[0].convincing
+
+
+def test_the_kept_pictures_stay_within_their_budget(monkeypatch):
+    from shared.image import pixels
+    from shared.image.compare import Features
+
+    monkeypatch.setattr(pixels, "CACHE_BYTES", 2 * 512 * 384)
+    kept = pixels._Pictures()
+    for name in ("a", "b", "c"):
+        kept.keep((name, 1, 1), Features(np.zeros((384, 512), np.uint8)))
+    assert kept.get(("a", 1, 1)) is None, "the least recently used goes first"
+    assert kept.get(("b", 1, 1)) is not None and kept.get(("c", 1, 1)) is not None
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from shared.config import Settings
 from shared.messages import FileEvent, ImageSigned
 from shared.core.safety import Unsafe, confine, root_of
 from shared.image.compare import BothWays
-from shared.image.pixels import FileVersion, compare_files
+from shared.image.pixels import FileVersion, analyze_keeping_pixels, compare_files
 from shared.image.signature import Analysis, ImageError, analyze, words
 from shared.store import ImageRecord, Store
 from services.watcher.handler import wanted
@@ -48,9 +48,12 @@ def _die_with_service(lifeline: Connection) -> None:
 
 class ProcessSigner:
     """``analyze`` in a pool of worker processes: decoding is CPU-bound, so it runs off the
-    event loop, on every core asked for. The workers die with the service."""
+    event loop, on every core asked for. The workers die with the service. With
+    ``keep_pixels`` (when the same pool compares the pixels next, as in local mode) each worker
+    keeps the comparison's picture of what it analysed, so that is not decoded again."""
 
-    def __init__(self, processes: int):
+    def __init__(self, processes: int, keep_pixels: bool = False):
+        self._analyze = analyze_keeping_pixels if keep_pixels else analyze
         context = multiprocessing.get_context("forkserver")
         lifeline, self._lifeline = context.Pipe(duplex=False)
         self._pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_die_with_service,
@@ -66,7 +69,7 @@ class ProcessSigner:
             raise WorkersUnavailable(f"cannot start the decoder processes: {exc}") from None
 
     async def __call__(self, path: str) -> Analysis:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, analyze, path)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._analyze, path)
 
     async def look(self, a: FileVersion, b: FileVersion, mirrors: bool) -> BothWays:
         """The verdict's pixel comparison, in the same pool (shared.core.verdict.Look)."""

@@ -7,7 +7,7 @@ displaced. Distinct photos that look alike do not: a video frame or burst shot h
 moved, a stereo pair or another view of a scene has parallax, a different photo of the same
 object does not line up at all. Local features (ORB, RANSAC) find the transform; phase
 correlation of each textured patch measures what is still displaced. Pure computation: the
-caller decodes (``shared.image.signature.load_grey``).
+caller decodes (``shared.image.signature.comparison_grey``).
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ SAME_CONTENT = 0.5  # correlation of an aligned patch below which it shows somet
 #: and at least OTHER_CONTENT_MIN: an object pasted into an otherwise faithful copy
 OTHER_CONTENT_RATIO = 20.0
 OTHER_CONTENT_MIN = 0.08
+#: ... or that is flat in one picture and textured in the other, its contrast changed this many
+#: times more (or less) than the picture's
+APPEARED_CONTRAST = 4.0
 MAX_CHANGED_PATCHES = 2  # inner patches with other content that make it another picture
 INNER_BAND = 0.15  # the outer band (share of each side) where overlays are allowed
 CONVINCING = 0.95  # share of patches in place at which a look settles the pair
@@ -51,12 +54,16 @@ _TEXTURE = 6.0  # grey-level standard deviation below which a patch says nothing
 
 
 class Features:
-    """What the comparison needs of one picture; computed once per file and reused. The
-    mirrored keypoints are only computed when a pair does not line up unmirrored."""
+    """What the comparison needs of one picture; computed once per file and reused, each part
+    when first needed (a picture kept from the analysis may never be compared). The mirrored
+    keypoints are only computed when a pair does not line up unmirrored."""
 
     def __init__(self, grey: np.ndarray):
         self.grey = np.ascontiguousarray(grey)
-        self.points, self.descriptors = _keypoints(self.grey)
+
+    @functools.cached_property
+    def keypoints(self) -> tuple[np.ndarray, np.ndarray | None]:
+        return _keypoints(self.grey)
 
     @functools.cached_property
     def mirrored(self) -> np.ndarray:
@@ -112,15 +119,16 @@ def _keypoints(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _transform(a: Features, b: Features, mirrored: bool):
-    pb, db = b.mirrored_keypoints if mirrored else (b.points, b.descriptors)
-    if db is None or a.descriptors is None or len(pb) < MIN_KEYPOINTS or len(a.points) < MIN_KEYPOINTS:
+    pa, da = a.keypoints
+    pb, db = b.mirrored_keypoints if mirrored else b.keypoints
+    if db is None or da is None or len(pb) < MIN_KEYPOINTS or len(pa) < MIN_KEYPOINTS:
         return None
-    pairs = _MATCHER.knnMatch(db, a.descriptors, k=2)
+    pairs = _MATCHER.knnMatch(db, da, k=2)
     good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < 0.8 * p[1].distance]
     if len(good) < MIN_INLIERS:
         return None
     src = pb[[g.queryIdx for g in good]]
-    dst = a.points[[g.trainIdx for g in good]]
+    dst = pa[[g.trainIdx for g in good]]
     m, inliers = cv2.estimateAffinePartial2D(
         src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0, maxIters=2000, confidence=0.995
     )
@@ -204,10 +212,20 @@ def _patch_changes(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[in
         return a[: rows * size, : cols * size].reshape(rows, size, cols, size).swapaxes(1, 2)
 
     (ma, sa), (mb, sb) = _block_stats(x, size), _block_stats(y, size)
-    textured = blocks(inside).all(axis=(2, 3)) & (sa >= _TEXTURE) & (sb >= _TEXTURE)
+    overlapping = blocks(inside).all(axis=(2, 3))
+    textured = overlapping & (sa >= _TEXTURE) & (sb >= _TEXTURE)
     where = np.argwhere(textured)
     if len(where) == 0:
         return 0, 0, 0, False
+    top, left = np.arange(rows)[:, None] * size, np.arange(cols)[None, :] * size
+    inner = (top >= INNER_BAND * h) & (top + size <= h - INNER_BAND * h) \
+        & (left >= INNER_BAND * w) & (left + size <= w - INNER_BAND * w)
+    # a patch flat in one picture and clearly textured in the other (an object pasted onto sky
+    # or a wall) has no correlation to judge it by: its contrast, against the picture's own
+    # change of contrast, tells
+    contrast = (sb / np.maximum(sa, 1e-3)) / float(np.median(sb[textured] / sa[textured]))
+    appeared = overlapping & ~textured & inner & (np.maximum(sa, sb) >= 2 * _TEXTURE) \
+        & ((contrast > APPEARED_CONTRAST) | (contrast < 1 / APPEARED_CONTRAST))
     r, c = where[:, 0], where[:, 1]
     na = (blocks(x)[r, c] - ma[r, c][:, None, None]) / sa[r, c][:, None, None]
     nb = (blocks(y)[r, c] - mb[r, c][:, None, None]) / sb[r, c][:, None, None]
@@ -216,16 +234,13 @@ def _patch_changes(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[in
     shifts, response = phase_shifts(na, nb, window)
     length = np.hypot(shifts[:, 0], shifts[:, 1])
     moved = (length > PATCH_SHIFT_PX) & (response >= PATCH_CONFIDENT)
-    top, left = r * size, c * size
-    inner = (top >= INNER_BAND * h) & (top + size <= h - INNER_BAND * h) \
-        & (left >= INNER_BAND * w) & (left + size <= w - INNER_BAND * w)
-    changed = ~moved & (mismatch > other_content) & inner
+    changed = ~moved & (mismatch > other_content) & inner[r, c]
     subject = {(int(r[k]), int(c[k])): shifts[k] for k in np.flatnonzero(moved & (length >= SUBJECT_SHIFT_PX))}
     together = any(
         math.hypot(*(shift - subject[n])) <= TOGETHER_PX
         for (i, j), shift in subject.items() for n in ((i + 1, j), (i, j + 1)) if n in subject
     )
-    return len(where), int(moved.sum()), int(changed.sum()), together
+    return len(where), int(moved.sum()), int(changed.sum() + appeared.sum()), together
 
 
 def _difference(x: np.ndarray, y: np.ndarray, where: np.ndarray) -> float:

@@ -41,6 +41,7 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -453,6 +454,7 @@ class _Decoded:
     digest: str
     frames: int
     rgb: Image.Image | None  # small RGB image for the embedding, when asked for
+    version: tuple[str, int, int]  # path, size, mtime_ns of the file as it was read
 
 
 def _rgb(img: Image.Image) -> Image.Image:
@@ -470,7 +472,8 @@ MAX_FILE_BYTES = 1 << 30
 
 def _decode(path: str, target: int, rgb_target: int = 0, digest: bool = True) -> _Decoded:
     with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
+        st = os.fstat(fh.fileno())
+        size = st.st_size
         if size == 0:
             raise ImageError("zero-byte file")
         if size > MAX_FILE_BYTES:
@@ -515,7 +518,7 @@ def _decode(path: str, target: int, rgb_target: int = 0, digest: bool = True) ->
             rgb = Image.fromarray(np.ascontiguousarray(transform(np.asarray(rgb))))
         if orientation >= 5:  # 5-8 swap the axes
             width, height = height, width
-    return _Decoded(fmt, width, height, tags, date, grey, content, frames, rgb)
+    return _Decoded(fmt, width, height, tags, date, grey, content, frames, rgb, (path, size, st.st_mtime_ns))
 
 
 def _image_errors(fn):
@@ -552,25 +555,32 @@ def _image_errors(fn):
 
 
 @_image_errors
-def analyze(path: str, target: int = DRAFT_TARGET, embed: bool = True) -> Analysis:
+def analyze(
+    path: str, target: int = DRAFT_TARGET, embed: bool = True,
+    keep: Callable[[tuple[str, int, int], np.ndarray], None] | None = None,
+) -> Analysis:
     """Decode ``path`` once and compute its signature, digest, embedding and metadata.
 
     ``target`` is the draft/reduce size (0 = full resolution). Raises :class:`ImageError` with
     a one-line reason for every file that cannot be analysed, and nothing else for bad files.
+    ``keep`` is given the file's version (path, size, mtime_ns) and its decoded grey levels, for
+    a caller that compares the pixels next (``shared.image.pixels``).
     """
     from . import embedding
 
     d = _decode(os.fspath(path), target, embedding.INPUT_SIZE if embed else 0)
     signature = signature_from_grey(d.grey)
     vector = embedding.embed(d.rgb) if embed and d.rgb is not None else None
+    if keep is not None and target == DRAFT_TARGET:
+        keep(d.version, d.grey)
     return Analysis(d.format, d.width, d.height, d.exif_tags, d.exif_date, signature, d.digest, d.frames, vector)
 
 
-@_image_errors
-def load_grey(path: str, max_side: int) -> np.ndarray:
-    """The file's grey levels (uint8 where possible), EXIF orientation honoured, the long side
-    reduced to at most ``max_side``: what the verdict's pixel comparison looks at."""
-    grey = _decode(os.fspath(path), max_side // 2, digest=False).grey
+def comparison_grey(grey: np.ndarray, max_side: int) -> np.ndarray:
+    """What the verdict's pixel comparison looks at, from a file's grey levels decoded at
+    ``DRAFT_TARGET``: uint8, the long side reduced to at most ``max_side``. The analysis and
+    ``load_grey`` both make it this way, so a picture kept from the analysis is exactly the one
+    a fresh decode gives."""
     if grey.dtype != np.uint8:
         grey = np.round(np.clip(grey, 0, 1) * 255).astype(np.uint8)
     h, w = grey.shape
@@ -579,3 +589,9 @@ def load_grey(path: str, max_side: int) -> np.ndarray:
         img = Image.fromarray(grey).resize((max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.BOX)
         grey = np.asarray(img)
     return np.ascontiguousarray(grey)
+
+
+@_image_errors
+def load_grey(path: str, max_side: int) -> np.ndarray:
+    """The file's ``comparison_grey`` (EXIF orientation honoured), decoded now."""
+    return comparison_grey(_decode(os.fspath(path), DRAFT_TARGET, digest=False).grey, max_side)

@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -246,7 +247,7 @@ class SQLiteStore(SQLiteFile):
         counts = dict(((pos, word), n) for pos, word, n in self._db.execute(
             f"""WITH q(pos, word) AS (VALUES {values})
                 SELECT c.pos, c.word, c.n FROM q JOIN word_counts c ON c.pos = q.pos AND c.word = q.word""",
-            [x for pair in words for x in pair],
+            list(chain.from_iterable(words)),
         ))
         # a word that only the stored record under the query's own path has cannot find anything
         # (the query may be a turned version of that record, so compare the words themselves)
@@ -267,12 +268,12 @@ class SQLiteStore(SQLiteFile):
                       ORDER BY shared DESC LIMIT ?) AS best
                 JOIN images i ON i.id = best.image_id
                 WHERE i.path != ?""",
-            [x for pair in query for x in pair] + [limit + 1, _to_db(record.path)],
+            [*chain.from_iterable(query), limit + 1, _to_db(record.path)],
         ).fetchall()
         if not best:
             return []
         # the full signatures decide; only the records within max_dist are read whole
-        dists = sig.distances(record.signature, np.stack([np.frombuffer(s, dtype=np.int8) for _, s in best]))
+        dists = sig.distances(record.signature, np.frombuffer(b"".join(s for _, s in best), dtype=np.int8))
         near = {row_id: float(d) for (row_id, _), d in zip(best, dists) if d <= max_dist}
         if not near:
             return []
