@@ -17,7 +17,7 @@ from services.actuator import handler as actuator
 from services.matcher import handler as matcher
 from shared.core import verdict
 from shared.core.verdict import Thresholds, same_photo
-from shared.image.compare import PATCH_SHIFT_PX, Agreement, phase_shift
+from shared.image.compare import PATCH_SHIFT_PX, Agreement, phase_shifts
 from shared.image.pixels import look_in_thread
 from shared.image.signature import analyze
 from shared.store import ImageRecord
@@ -172,8 +172,7 @@ def test_phase_correlation_measures_sub_pixel_shifts_at_every_patch_size(size):
         shifted = cv2.warpAffine(texture, np.float32([[1, 0, dx], [0, 1, dy]]), (200, 200), flags=cv2.INTER_CUBIC)
         patches.append(texture[60:60 + size, 60:60 + size])
         moved.append(shifted[60:60 + size, 60:60 + size])
-    found = [phase_shift(p, m, window) for p, m in zip(patches, moved)]
-    shifts, responses = np.array([f[0] for f in found]), np.array([f[1] for f in found])
+    shifts, responses = phase_shifts(np.stack(patches), np.stack(moved), window)
     assert np.abs(shifts[0]).max() < 0.01, "identical patches did not move"
     # the estimate (the centroid of the peak, as OpenCV takes it) is rough, about half a pixel:
     # what the verdict relies on is which side of its threshold a shift is, and the direction of
@@ -189,8 +188,6 @@ def test_the_batched_phase_correlation_measures_what_opencv_measures():
     """All patches of a comparison are correlated in one batched FFT; each shift and response
     is OpenCV's own (cv2.phaseCorrelate of the windowed patch padded to an even length)."""
     import cv2
-
-    from shared.image.compare import phase_shifts
 
     rng = np.random.default_rng(7)
     texture = cv2.GaussianBlur(rng.normal(0, 40, (300, 300)).astype(np.float32), (0, 0), 2)
@@ -228,6 +225,28 @@ def _orientation_exif(value: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = value
     return exif.tobytes()
+
+
+def test_the_patches_own_shifts_refine_an_alignment_off_in_scale_and_turn():
+    """Keypoints fit the turn and scale to a pixel or so, which leaves the corners of a copy
+    (say one turned by 3 degrees and cropped) displaced; the patches' own shifts correct it."""
+    import cv2
+
+    from shared.image.compare import _patches, _refined
+
+    frame = np.asarray(make_photo(14, (512, 384)).convert("L"))
+    off = cv2.getRotationMatrix2D((256, 192), 0.4, 1.006)  # the keypoints' fit, slightly wrong
+    inside = np.ones(frame.shape, bool)
+
+    def displacement(into):
+        warped = cv2.warpAffine(frame, into, (512, 384), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        patches = _patches(frame, warped, inside)
+        return np.hypot(*patches.shifts.T), patches
+
+    before, patches = displacement(off)
+    assert before.max() > 2 * PATCH_SHIFT_PX, "the corners are displaced"
+    after, _ = displacement(_refined(off, patches))
+    assert np.median(after) < 0.2 and np.mean(after > PATCH_SHIFT_PX) < 0.05, after
 
 
 def test_a_picture_kept_from_the_analysis_is_the_one_a_fresh_decode_gives(tmp_path):

@@ -39,6 +39,8 @@ PATCH_CONFIDENT = 0.2  # phase-correlation response above which a displacement i
 TOGETHER_PX = 1.5  # neighbouring displaced patches whose shifts agree this closely moved together
 SUBJECT_SHIFT_PX = 2.5  # ... when displaced by at least this much: more than resampling noise
 MIN_PATCHES = 4
+REFINE_MIN_PATCHES = 6  # confidently measured patches a refinement of the alignment is fitted to
+REFINE_MAX_PX = 4.0  # patch shifts the refinement uses, and the most it may move the picture
 SAME_CONTENT = 0.5  # correlation of an aligned patch below which it shows something else
 #: ... or whose mismatch (1 - correlation) is this many times the picture's median mismatch,
 #: and at least OTHER_CONTENT_MIN: an object pasted into an otherwise faithful copy
@@ -178,12 +180,6 @@ def phase_shifts(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> tuple[np.n
     return np.stack([pw / 2 - x, ph / 2 - y], axis=1), response
 
 
-def phase_shift(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> tuple[tuple[float, float], float]:
-    """``phase_shifts`` of one pair of pictures."""
-    shift, response = phase_shifts(a[None], b[None], window)
-    return (float(shift[0, 0]), float(shift[0, 1])), float(response[0])
-
-
 def _block_stats(x: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of each whole ``size`` x ``size`` block of ``x`` (float32),
     by area-averaging ``x`` and its square (one C call each instead of numpy reductions)."""
@@ -194,13 +190,33 @@ def _block_stats(x: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.sqrt(np.maximum(square - mean * mean, 0.0))
 
 
-def _patch_changes(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[int, int, int, bool]:
-    """Over the textured patches of two aligned pictures: how many there are, how many are
-    displaced (moved), how many inner ones hold other content (pasted in or taken out), and
-    whether two neighbouring patches moved together (a subject that moved: another moment).
-    Other content is judged against the picture's own faithfulness, so that a heavily
-    re-encoded copy is not held to a pristine one's standard. Patches in the outer band are not
-    held to the content test: watermarks, logos and caption bars are put there."""
+@dataclass(frozen=True)
+class _Patches:
+    """The patches of two aligned pictures, each ``size`` square on a (rows, cols) grid: which
+    are textured in both (``r``, ``c``: their grid positions), and for those the contrast-
+    normalised mismatch and the shift of the second picture's patch against the first's."""
+
+    size: int
+    shape: tuple[int, int]
+    overlapping: np.ndarray  # (rows, cols) bool: the patch lies inside both pictures
+    sa: np.ndarray  # (rows, cols) grey-level standard deviation in each picture
+    sb: np.ndarray
+    r: np.ndarray
+    c: np.ndarray
+    mismatch: np.ndarray  # 1 - correlation, per textured patch
+    shifts: np.ndarray  # (n, 2) x, y
+    response: np.ndarray
+
+    @property
+    def centres(self) -> np.ndarray:
+        return np.stack([self.c, self.r], axis=1).astype(np.float32) * self.size + self.size / 2.0
+
+    @property
+    def textured(self) -> np.ndarray:
+        return self.overlapping & (self.sa >= _TEXTURE) & (self.sb >= _TEXTURE)
+
+
+def _patches(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> _Patches:
     h, w = x.shape
     size = int(min(48, max(16, min(h, w) // 8)))
     window = cv2.createHanningWindow((size, size), cv2.CV_32F)
@@ -213,46 +229,61 @@ def _patch_changes(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> tuple[in
 
     (ma, sa), (mb, sb) = _block_stats(x, size), _block_stats(y, size)
     overlapping = blocks(inside).all(axis=(2, 3))
-    textured = overlapping & (sa >= _TEXTURE) & (sb >= _TEXTURE)
-    where = np.argwhere(textured)
-    if len(where) == 0:
+    r, c = np.nonzero(overlapping & (sa >= _TEXTURE) & (sb >= _TEXTURE))
+    na = (blocks(x)[r, c] - ma[r, c][:, None, None]) / sa[r, c][:, None, None]
+    nb = (blocks(y)[r, c] - mb[r, c][:, None, None]) / sb[r, c][:, None, None]
+    shifts, response = phase_shifts(na, nb, window) if len(r) else (np.zeros((0, 2)), np.zeros(0))
+    return _Patches(size, (h, w), overlapping, sa, sb, r, c, 1.0 - (na * nb).mean(axis=(1, 2)), shifts, response)
+
+
+def _refined(into: np.ndarray, patches: _Patches) -> np.ndarray | None:
+    """``into`` corrected by the similarity transform that takes the confidently measured
+    patches back by their shifts (least median of squares: a part that really moved, say a
+    subject, is left out of the fit and stays displaced). Keypoints place a transform to a
+    pixel or so; the patch test needs a fraction of one, in scale and turn too (a copy turned by
+    3 degrees and cropped is off at its corners otherwise). None when it cannot be fitted or
+    would move the picture by more than the keypoints' error."""
+    ok = (patches.response >= PATCH_CONFIDENT) & (np.hypot(*patches.shifts.T) <= REFINE_MAX_PX)
+    if ok.sum() < REFINE_MIN_PATCHES:
+        return None
+    centres = patches.centres[ok]
+    back, _ = cv2.estimateAffinePartial2D(centres + patches.shifts[ok].astype(np.float32), centres, method=cv2.LMEDS)
+    if back is None or np.abs(cv2.transform(centres[None], back)[0] - centres).max() > REFINE_MAX_PX:
+        return None
+    return (np.vstack([back, (0, 0, 1)]) @ np.vstack([into, (0, 0, 1)]))[:2]
+
+
+def _patch_changes(patches: _Patches) -> tuple[int, int, int, bool]:
+    """Over the textured patches of two aligned pictures: how many there are, how many are
+    displaced (moved), how many inner ones hold other content (pasted in or taken out), and
+    whether two neighbouring patches moved together (a subject that moved: another moment).
+    Other content is judged against the picture's own faithfulness, so that a heavily
+    re-encoded copy is not held to a pristine one's standard. Patches in the outer band are not
+    held to the content test: watermarks, logos and caption bars are put there."""
+    p = patches
+    if len(p.r) == 0:
         return 0, 0, 0, False
-    top, left = np.arange(rows)[:, None] * size, np.arange(cols)[None, :] * size
-    inner = (top >= INNER_BAND * h) & (top + size <= h - INNER_BAND * h) \
-        & (left >= INNER_BAND * w) & (left + size <= w - INNER_BAND * w)
+    (h, w), rows, cols = p.shape, *p.overlapping.shape
+    top, left = np.arange(rows)[:, None] * p.size, np.arange(cols)[None, :] * p.size
+    inner = (top >= INNER_BAND * h) & (top + p.size <= h - INNER_BAND * h) \
+        & (left >= INNER_BAND * w) & (left + p.size <= w - INNER_BAND * w)
     # a patch flat in one picture and clearly textured in the other (an object pasted onto sky
     # or a wall) has no correlation to judge it by: its contrast, against the picture's own
     # change of contrast, tells
-    contrast = (sb / np.maximum(sa, 1e-3)) / float(np.median(sb[textured] / sa[textured]))
-    appeared = overlapping & ~textured & inner & (np.maximum(sa, sb) >= 2 * _TEXTURE) \
+    textured = p.textured
+    contrast = (p.sb / np.maximum(p.sa, 1e-3)) / float(np.median(p.sb[textured] / p.sa[textured]))
+    appeared = p.overlapping & ~textured & inner & (np.maximum(p.sa, p.sb) >= 2 * _TEXTURE) \
         & ((contrast > APPEARED_CONTRAST) | (contrast < 1 / APPEARED_CONTRAST))
-    r, c = where[:, 0], where[:, 1]
-    na = (blocks(x)[r, c] - ma[r, c][:, None, None]) / sa[r, c][:, None, None]
-    nb = (blocks(y)[r, c] - mb[r, c][:, None, None]) / sb[r, c][:, None, None]
-    mismatch = 1.0 - (na * nb).mean(axis=(1, 2))
-    other_content = min(1.0 - SAME_CONTENT, max(OTHER_CONTENT_MIN, OTHER_CONTENT_RATIO * float(np.median(mismatch))))
-    shifts, response = phase_shifts(na, nb, window)
-    length = np.hypot(shifts[:, 0], shifts[:, 1])
-    moved = (length > PATCH_SHIFT_PX) & (response >= PATCH_CONFIDENT)
-    changed = ~moved & (mismatch > other_content) & inner[r, c]
-    subject = {(int(r[k]), int(c[k])): shifts[k] for k in np.flatnonzero(moved & (length >= SUBJECT_SHIFT_PX))}
+    other_content = min(1.0 - SAME_CONTENT, max(OTHER_CONTENT_MIN, OTHER_CONTENT_RATIO * float(np.median(p.mismatch))))
+    length = np.hypot(p.shifts[:, 0], p.shifts[:, 1])
+    moved = (length > PATCH_SHIFT_PX) & (p.response >= PATCH_CONFIDENT)
+    changed = ~moved & (p.mismatch > other_content) & inner[p.r, p.c]
+    subject = {(int(p.r[k]), int(p.c[k])): p.shifts[k] for k in np.flatnonzero(moved & (length >= SUBJECT_SHIFT_PX))}
     together = any(
         math.hypot(*(shift - subject[n])) <= TOGETHER_PX
         for (i, j), shift in subject.items() for n in ((i + 1, j), (i, j + 1)) if n in subject
     )
-    return len(where), int(moved.sum()), int(changed.sum() + appeared.sum()), together
-
-
-def _difference(x: np.ndarray, y: np.ndarray, where: np.ndarray) -> float:
-    """Mean absolute difference of two aligned pictures where ``where`` is set, brightness and
-    contrast set aside."""
-    mask = where.astype(np.uint8)
-    if not mask.any():
-        return math.inf
-    (ma, sa), (mb, sb) = ((float(m[0, 0]), float(d[0, 0]) + 1e-6) for m, d in (cv2.meanStdDev(x, mask=mask),
-                                                                               cv2.meanStdDev(y, mask=mask)))
-    standardised = cv2.addWeighted(x, 1 / sa, y, -1 / sb, mb / sb - ma / sa, dtype=cv2.CV_32F)
-    return float(cv2.mean(np.abs(standardised), mask=mask)[0])
+    return len(p.r), int(moved.sum()), int(changed.sum() + appeared.sum()), together
 
 
 def _lines_up(inliers: int, matches: int) -> bool:
@@ -313,34 +344,31 @@ def _agreement(a: Features, b: Features, mirrored: bool) -> Agreement:
     else:
         frame, moving, into = a.grey, _prefilter(bg, 1.0 / max(scale, 1e-6)), m
     h, w = frame.shape
-    warped = cv2.warpAffine(moving, into, (w, h), flags=cv2.INTER_LINEAR)
-    # keypoints are placed to a pixel or so; the whole picture's phase correlation refines the
-    # shift to a fraction of one, which the per-patch test needs
-    window = cv2.createHanningWindow((w, h), cv2.CV_32F)
-    (dx, dy), _ = phase_shift(warped.astype(np.float32), frame.astype(np.float32), window)
-    inside = cv2.warpAffine(np.full(moving.shape, 255, np.uint8), into, (w, h), flags=cv2.INTER_NEAREST)
-    if 0 < math.hypot(dx, dy) <= 3.0:  # kept only where it brings the pictures closer
-        shifted = into.copy()
-        shifted[:, 2] += (dx, dy)
-        rewarped = cv2.warpAffine(moving, shifted, (w, h), flags=cv2.INTER_LINEAR)
-        overlap = inside > 0
-        if _difference(rewarped, frame, overlap) < _difference(warped, frame, overlap):
-            into, warped = shifted, rewarped
-            inside = cv2.warpAffine(np.full(moving.shape, 255, np.uint8), into, (w, h), flags=cv2.INTER_NEAREST)
-    x, y = frame, warped
-    inside = cv2.erode(inside, np.ones((5, 5), np.uint8)) > 0
+    ones = np.full(moving.shape, 255, np.uint8)
+
+    def aligned(into: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # the moving picture, where it lies
+        warped = cv2.warpAffine(moving, into, (w, h), flags=cv2.INTER_LINEAR)
+        inside = cv2.warpAffine(ones, into, (w, h), flags=cv2.INTER_NEAREST)
+        return warped, cv2.erode(inside, np.ones((5, 5), np.uint8)) > 0
+
+    warped, inside = aligned(into)
     coverage = float(inside.mean())  # the frame compared in is the smaller picture's
     base["coverage"] = round(coverage, 3)
     if coverage < MIN_COVERAGE:
         return Agreement(**base, reason=f"only {coverage:.0%} of the smaller picture lies in the other")
-    patches, moved, changed, together = _patch_changes(x, y, inside)
-    base["patches"] = patches
-    if patches < MIN_PATCHES:
+    patches = _patches(frame, warped, inside)
+    refined = _refined(into, patches)
+    if refined is not None:
+        warped, inside = aligned(refined)
+        patches = _patches(frame, warped, inside)
+    textured, moved, changed, together = _patch_changes(patches)
+    base["patches"] = textured
+    if textured < MIN_PATCHES:
         return Agreement(**base, reason="too little structure to compare")
     if together:
-        return Agreement(**base, score=round(1.0 - moved / patches, 4),
+        return Agreement(**base, score=round(1.0 - moved / textured, 4),
                          reason="part of the picture moved against the rest (another moment)")
     if changed >= MAX_CHANGED_PATCHES:
         return Agreement(**base, reason=f"part of the picture holds other content ({changed} patches)")
-    return Agreement(score=round(1.0 - moved / patches, 4), **base)
+    return Agreement(score=round(1.0 - moved / textured, 4), **base)
 
