@@ -17,7 +17,7 @@ from ..image.compare import Agreement, BothWays
 from ..image.pixels import FileVersion
 from . import Ledger
 
-COMPARE_VERSION = 8
+COMPARE_VERSION = 9
 
 
 def ledger_key(*parts: object) -> str:
