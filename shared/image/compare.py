@@ -69,8 +69,8 @@ class Features:
     def keypoints(self) -> tuple[np.ndarray, np.ndarray | None]:
         return _keypoints(self.grey)
 
-    @functools.cached_property
-    def mirrored(self) -> np.ndarray:
+    @property
+    def mirrored(self) -> np.ndarray:  # not kept: cheap to make, and the cache counts only the grey
         return np.ascontiguousarray(self.grey[:, ::-1])
 
     @functools.cached_property
@@ -317,7 +317,7 @@ def both_ways(a: Features, b: Features, mirrors: bool = True) -> BothWays:
     fitted to those matches), so a pair the first look does not settle is looked at the other
     way too. A refusal settles it; so does a convincing look, which no second fit can better
     (on the kit's libraries, a second look after one only ever refused true copies, by a worse
-    fit, and cost 45% of the comparisons)."""
+    fit, and was half of all looks)."""
     forth = agreement(a, b, mirrors)
     settled = forth.refuses or forth.convincing
     return forth, (None if settled else agreement(b, a, mirrors))
