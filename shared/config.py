@@ -76,7 +76,7 @@ class Settings(BaseSettings):
         0.85, gt=0, le=1,
         description="Verification: smallest share of textured patches that must sit in place once the two "
         "pictures are lined up. Copies score about 0.9-1.0; consecutive video frames and burst shots, "
-        "whose subjects moved, about 0.6 and less (see docs/benchmarks.md).",
+        "whose subjects moved, about 0.7 and less (see docs/benchmarks.md).",
     )
     prioritization_rules: list[RuleName] = Field(
         default_factory=lambda: list(DEFAULT_RULES),
