@@ -201,9 +201,10 @@ class _Patches:
     size: int
     shape: tuple[int, int]
     overlapping: np.ndarray  # (rows, cols) bool: the patch lies inside both pictures
+    textured: np.ndarray  # (rows, cols) bool: ... and has texture in both
     sa: np.ndarray  # (rows, cols) grey-level standard deviation in each picture
     sb: np.ndarray
-    r: np.ndarray
+    r: np.ndarray  # np.nonzero(textured): the per-patch arrays below follow this order
     c: np.ndarray
     mismatch: np.ndarray  # 1 - correlation, per textured patch
     shifts: np.ndarray  # (n, 2) x, y
@@ -212,10 +213,6 @@ class _Patches:
     @property
     def centres(self) -> np.ndarray:
         return np.stack([self.c, self.r], axis=1).astype(np.float32) * self.size + self.size / 2.0
-
-    @property
-    def textured(self) -> np.ndarray:
-        return self.overlapping & (self.sa >= _TEXTURE) & (self.sb >= _TEXTURE)
 
 
 def _patches(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> _Patches:
@@ -231,11 +228,12 @@ def _patches(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> _Patches:
 
     (ma, sa), (mb, sb) = _block_stats(x, size), _block_stats(y, size)
     overlapping = blocks(inside).all(axis=(2, 3))
-    r, c = np.nonzero(overlapping & (sa >= _TEXTURE) & (sb >= _TEXTURE))
+    textured = overlapping & (sa >= _TEXTURE) & (sb >= _TEXTURE)
+    r, c = np.nonzero(textured)
     na = (blocks(x)[r, c] - ma[r, c][:, None, None]) / sa[r, c][:, None, None]
     nb = (blocks(y)[r, c] - mb[r, c][:, None, None]) / sb[r, c][:, None, None]
     shifts, response = phase_shifts(na, nb, window) if len(r) else (np.zeros((0, 2)), np.zeros(0))
-    return _Patches(size, (h, w), overlapping, sa, sb, r, c, 1.0 - (na * nb).mean(axis=(1, 2)), shifts, response)
+    return _Patches(size, (h, w), overlapping, textured, sa, sb, r, c, 1.0 - (na * nb).mean(axis=(1, 2)), shifts, response)
 
 
 def _refined(into: np.ndarray, patches: _Patches) -> np.ndarray | None:
@@ -272,9 +270,8 @@ def _patch_changes(patches: _Patches) -> tuple[int, int, int, bool]:
     # a patch flat in one picture and clearly textured in the other (an object pasted onto sky
     # or a wall) has no correlation to judge it by: its contrast, against the picture's own
     # change of contrast, tells
-    textured = p.textured
-    contrast = (p.sb / np.maximum(p.sa, 1e-3)) / float(np.median(p.sb[textured] / p.sa[textured]))
-    appeared = p.overlapping & ~textured & inner & (np.maximum(p.sa, p.sb) >= 2 * _TEXTURE) \
+    contrast = (p.sb / np.maximum(p.sa, 1e-3)) / float(np.median(p.sb[p.textured] / p.sa[p.textured]))
+    appeared = p.overlapping & ~p.textured & inner & (np.maximum(p.sa, p.sb) >= 2 * _TEXTURE) \
         & ((contrast > APPEARED_CONTRAST) | (contrast < 1 / APPEARED_CONTRAST))
     other_content = min(1.0 - SAME_CONTENT, max(OTHER_CONTENT_MIN, OTHER_CONTENT_RATIO * float(np.median(p.mismatch))))
     length = np.hypot(p.shifts[:, 0], p.shifts[:, 1])

@@ -1,9 +1,10 @@
 """Pixel comparisons remembered in the ledger, so an unchanged re-run looks at no pixels.
 
-A comparison (both ways) depends only on the two files and on whether mirrors count. It is
-remembered per pair of file versions (path, size, mtime), the same test the hasher trusts to
-skip an unchanged file, so a changed file is compared again. ``COMPARE_VERSION`` is part of every key: bump it
-when ``shared.image.compare`` changes what it answers, and nothing old is reused.
+A comparison (one look, or both ways when the first does not settle the pair) depends only on
+the two files and on whether mirrors count. It is remembered per pair of file versions (path,
+size, mtime), the same test the hasher trusts to skip an unchanged file, so a changed file is
+compared again. ``COMPARE_VERSION`` is part of every key: bump it when ``shared.image.compare``
+changes what it answers, and nothing old is reused.
 """
 
 from __future__ import annotations
