@@ -212,6 +212,22 @@ async def test_a_turned_query_under_a_stored_path_finds_the_turned_copy(store):
     assert await store.candidates(record("/r/a.jpg", original), 0.1) == []
 
 
+async def test_candidates_with_turns_find_every_turned_copy_in_one_call(store):
+    rng = np.random.default_rng(4)
+    original = signature(rng)
+    turned = orientations(original)
+    await store.upsert(record("/r/a.jpg", original))
+    await store.upsert_many([record(f"/r/a-{k}.jpg", near(turned[k], 10, rng)) for k in (0, 1, 4, 6)])
+    await store.upsert_many([record(f"/r/other{i}.jpg", signature(rng)) for i in range(30)])
+    found = await store.candidates(record("/r/a.jpg", original), 0.2, turns=True)
+    assert sorted(c.record.path for c in found) == ["/r/a-0.jpg", "/r/a-1.jpg", "/r/a-4.jpg", "/r/a-6.jpg"]
+    # each at its distance to the nearest orientation, nearest first
+    assert all(0 < c.distance <= 0.2 for c in found)
+    assert [c.distance for c in found] == sorted(c.distance for c in found)
+    assert [c.record.path for c in await store.candidates(record("/r/a.jpg", original), 0.2)] == ["/r/a-0.jpg"]
+    assert len(await store.candidates(record("/r/a.jpg", original), 0.2, limit=2, turns=True)) == 2
+
+
 async def test_similar_finds_near_embeddings_with_their_exact_cosine(store):
     rng = np.random.default_rng(7)
     base = embedding(rng)

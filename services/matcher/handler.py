@@ -5,7 +5,6 @@ a whole-library plan would give (see shared.core.ranking)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
@@ -15,7 +14,6 @@ from shared.image.pixels import look_in_thread
 from shared.messages import Decision, Evidence, FileRef, Removal
 from shared.core.ranking import Group, pair_allowed, plan_groups
 from shared.core.safety import root_of
-from shared.image.signature import orientations, words
 from shared.store import ImageRecord, Ledger, Store
 from shared.store.comparisons import RememberingLook
 
@@ -31,15 +29,10 @@ SIMILAR_LIMIT = 24
 async def _candidates(record: ImageRecord, store: Store, settings: Settings) -> list[ImageRecord]:
     """Stage 1: what the indexes propose for ``record`` (never all pairs): the same digest, a
     signature near any orientation of it, an embedding near it."""
-    queries = [record]
-    if settings.match_orientations:
-        queries += [
-            dataclasses.replace(record, signature=o, words=words(o)) for o in orientations(record.signature)[1:]
-        ]
     # all at once: a store on a server (Elasticsearch) answers them side by side
     same, *near = await asyncio.gather(
         store.same_digest(record),
-        *(store.candidates(query, settings.max_dist, CANDIDATE_LIMIT) for query in queries),
+        store.candidates(record, settings.max_dist, CANDIDATE_LIMIT, turns=settings.match_orientations),
         store.similar(record, settings.min_similarity, SIMILAR_LIMIT),
     )
     found: dict[str, ImageRecord] = {r.path: r for r in same}

@@ -74,9 +74,13 @@ class Store(Protocol):
 
     async def get_many(self, paths: Sequence[str]) -> dict[str, ImageRecord]: ...
 
-    async def candidates(self, record: ImageRecord, max_dist: float, limit: int = 100) -> list[Candidate]:
+    async def candidates(
+        self, record: ImageRecord, max_dist: float, limit: int = 100, turns: bool = False
+    ) -> list[Candidate]:
         """Records (other than ``record.path``) whose signature lies within ``max_dist`` of
-        ``record.signature``, nearest first, found through the word index (never a scan)."""
+        ``record.signature`` or, with ``turns``, of any of its 8 orientations (turned copies,
+        ``shared.image.signature.orientations``), nearest first by the nearest orientation,
+        found through the word index (never a scan), in one call."""
         ...
 
     async def similar(self, record: ImageRecord, min_similarity: float, limit: int = 100) -> list[Candidate]:

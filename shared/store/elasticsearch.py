@@ -18,6 +18,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -212,35 +213,46 @@ class ElasticsearchStore(_Index):
             hits = (await self._es.search(index=self.index, track_total_hits=False, **request))["hits"]["hits"]
         return [_to_record(h["_source"]) for h in hits]
 
-    async def _nearest(self, field: str, keep: Callable[[Any], float | None], **request: Any) -> list[Candidate]:
-        """Search reading only ``field`` of each hit; ``keep`` gives a hit's distance from that
-        value (None: not near enough), and only the near hits are read whole, nearest first."""
+    async def _nearest(self, field: str, keep: Callable[[Any], float | None], *searches: dict[str, Any]) -> list[Candidate]:
+        """The hits of ``searches`` (one msearch), reading only ``field`` of each; ``keep``
+        gives a hit's distance from that value (None: not near enough), and only the near hits
+        are read whole, nearest first."""
         with self._reachable():
-            hits = (await self._es.search(index=self.index, track_total_hits=False, source=[field],
-                                          **request))["hits"]["hits"]
-            near = {h["_id"]: d for h in hits if (d := keep(h["_source"].get(field))) is not None}
+            found = await self._es.msearch(index=self.index, searches=list(chain.from_iterable(
+                ({}, {"track_total_hits": False, "_source": [field], **search}) for search in searches)))
+            near: dict[str, float] = {}
+            for answer in found["responses"]:
+                if "error" in answer:
+                    raise elasticsearch.ApiError(str(answer["error"]), meta=found.meta, body=answer)
+                for h in answer["hits"]["hits"]:
+                    if h["_id"] not in near and (d := keep(h["_source"].get(field))) is not None:
+                        near[h["_id"]] = d
             if not near:
                 return []
             docs = (await self._es.mget(index=self.index, ids=list(near)))["docs"]
         found = [Candidate(_to_record(d["_source"]), near[d["_id"]]) for d in docs if d.get("found")]
         return sorted(found, key=lambda c: (c.distance, c.record.path))
 
-    async def candidates(self, record: ImageRecord, max_dist: float, limit: int = 100) -> list[Candidate]:
+    async def candidates(
+        self, record: ImageRecord, max_dist: float, limit: int = 100, turns: bool = False
+    ) -> list[Candidate]:
         if record.signature is None:
             return []
-        words = record.words or sig.words(record.signature)
+        queries = np.stack(sig.orientations(record.signature) if turns else [record.signature])
+        asked = [record.words or sig.words(record.signature), *(sig.words(q) for q in queries[1:])]
 
-        def distance(stored: str | None) -> float | None:
+        def distance(stored: str | None) -> float | None:  # to the nearest orientation
             if stored is None:
                 return None
-            d = float(sig.distances(record.signature, np.frombuffer(base64.b64decode(stored), dtype=np.int8)[None])[0])
+            d = float(sig.distances(np.frombuffer(base64.b64decode(stored), dtype=np.int8), queries).min())
             return d if d <= max_dist else None
 
-        return await self._nearest("signature", distance, size=limit, query={"bool": {
+        found = await self._nearest("signature", distance, *({"size": limit, "query": {"bool": {
             "should": [{"term": {f"w{i}": str(w)}} for i, w in enumerate(words)],
             "minimum_should_match": 1,
             "must_not": [{"term": {"path": record.path}}],
-        }})
+        }}} for words in asked))
+        return found[:limit]
 
     async def similar(self, record: ImageRecord, min_similarity: float, limit: int = 100) -> list[Candidate]:
         if record.embedding is None:
@@ -257,13 +269,13 @@ class ElasticsearchStore(_Index):
             cosine = float(e @ query) / (float(np.linalg.norm(e)) * norm)
             return 1.0 - cosine if cosine >= min_similarity else None
 
-        return await self._nearest("embedding", distance, size=limit, knn={
+        return await self._nearest("embedding", distance, {"size": limit, "knn": {
             "field": "embedding", "query_vector": query.tolist(), "k": limit,
             # approximate (HNSW per segment): a wide beam, or a copy is missed now and then
             "num_candidates": min(max(10 * limit, 100), 10_000),
             "similarity": min_similarity - 1e-3,  # a floor with slack: the exact cosine decides
             "filter": {"bool": {"must_not": [{"term": {"path": record.path}}]}},
-        })
+        }})
 
     async def same_digest(self, record: ImageRecord) -> list[ImageRecord]:
         if record.digest is None:

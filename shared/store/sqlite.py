@@ -239,15 +239,19 @@ class SQLiteStore(SQLiteFile):
     async def get(self, path: str) -> ImageRecord | None:
         return (await self.get_many([path])).get(path)
 
-    def _candidates(self, record: ImageRecord, max_dist: float, limit: int) -> list[Candidate]:
+    def _candidates(self, record: ImageRecord, max_dist: float, limit: int, turns: bool) -> list[Candidate]:
+        """One pass of four statements for all the orientations asked (not four per
+        orientation): the word counts, the query's own words, the best-sharing records per
+        orientation, and the near ones read whole."""
         if record.signature is None:
             return []
-        words = list(enumerate(record.words or sig.words(record.signature)))
-        values = ",".join("(?,?)" for _ in words)
+        queries = sig.orientations(record.signature) if turns else [record.signature]
+        asked = [record.words or sig.words(record.signature), *(sig.words(q) for q in queries[1:])]
+        every = sorted({pw for ws in asked for pw in enumerate(ws)})
         counts = dict(((pos, word), n) for pos, word, n in self._db.execute(
-            f"""WITH q(pos, word) AS (VALUES {values})
+            f"""WITH q(pos, word) AS (VALUES {",".join("(?,?)" for _ in every)})
                 SELECT c.pos, c.word, c.n FROM q JOIN word_counts c ON c.pos = q.pos AND c.word = q.word""",
-            list(chain.from_iterable(words)),
+            list(chain.from_iterable(every)),
         ))
         # a word that only the stored record under the query's own path has cannot find anything
         # (the query may be a turned version of that record, so compare the words themselves)
@@ -255,26 +259,29 @@ class SQLiteStore(SQLiteFile):
             "SELECT w.pos, w.word FROM words w JOIN images i ON i.id = w.image_id WHERE i.path = ?",
             (_to_db(record.path),)
         ))
-        shared = [pw for pw in words if counts.get(pw, 0) > (pw in own)]
-        query = sorted(shared, key=lambda pw: (counts[pw], pw))[:QUERY_WORDS]
-        if not query:
-            return []
-        values = ",".join("(?,?)" for _ in query)
-        best = self._db.execute(
-            f"""WITH q(pos, word) AS (VALUES {values})
-                SELECT i.id, i.signature
-                FROM (SELECT w.image_id, COUNT(*) AS shared FROM q JOIN words w
-                      ON w.pos = q.pos AND w.word = q.word GROUP BY w.image_id
-                      ORDER BY shared DESC LIMIT ?) AS best
-                JOIN images i ON i.id = best.image_id
-                WHERE i.path != ?""",
-            [*chain.from_iterable(query), limit + 1, _to_db(record.path)],
-        ).fetchall()
+        best: dict[int, bytes] = {}
+        for ws in asked:
+            shared = [pw for pw in enumerate(ws) if counts.get(pw, 0) > (pw in own)]
+            query = sorted(shared, key=lambda pw: (counts[pw], pw))[:QUERY_WORDS]
+            if not query:
+                continue
+            best.update(self._db.execute(
+                f"""WITH q(pos, word) AS (VALUES {",".join("(?,?)" for _ in query)})
+                    SELECT i.id, i.signature
+                    FROM (SELECT w.image_id, COUNT(*) AS shared FROM q JOIN words w
+                          ON w.pos = q.pos AND w.word = q.word GROUP BY w.image_id
+                          ORDER BY shared DESC, w.image_id LIMIT ?) AS best
+                    JOIN images i ON i.id = best.image_id
+                    WHERE i.path != ?""",
+                [*chain.from_iterable(query), limit + 1, _to_db(record.path)],
+            ))
         if not best:
             return []
-        # the full signatures decide; only the records within max_dist are read whole
-        dists = sig.distances(record.signature, np.frombuffer(b"".join(s for _, s in best), dtype=np.int8))
-        near = {row_id: float(d) for (row_id, _), d in zip(best, dists) if d <= max_dist}
+        # the full signatures decide, the nearest orientation for each; only the records
+        # within max_dist are read whole
+        found = np.frombuffer(b"".join(best.values()), dtype=np.int8)
+        dists = np.min([sig.distances(q, found) for q in queries], axis=0)
+        near = {row_id: float(d) for row_id, d in zip(best, dists) if d <= max_dist}
         if not near:
             return []
         rows = self._db.execute(
@@ -284,8 +291,10 @@ class SQLiteStore(SQLiteFile):
         hits.sort(key=lambda c: (c.distance, c.record.path))
         return hits[:limit]
 
-    async def candidates(self, record: ImageRecord, max_dist: float, limit: int = 100) -> list[Candidate]:
-        return await self._run(self._candidates, record, max_dist, limit)
+    async def candidates(
+        self, record: ImageRecord, max_dist: float, limit: int = 100, turns: bool = False
+    ) -> list[Candidate]:
+        return await self._run(self._candidates, record, max_dist, limit, turns)
 
     def _current_embeddings(self) -> _Embeddings:
         version = self._db.execute("SELECT v FROM images_version").fetchone()[0]
