@@ -232,7 +232,7 @@ def test_the_patches_own_shifts_refine_an_alignment_off_in_scale_and_turn():
     (say one turned by 3 degrees and cropped) displaced; the patches' own shifts correct it."""
     import cv2
 
-    from shared.image.compare import _patches, _refined
+    from shared.image.compare import _Frame, _patches, _refined
 
     frame = np.asarray(make_photo(14, (512, 384)).convert("L"))
     off = cv2.getRotationMatrix2D((256, 192), 0.4, 1.006)  # the keypoints' fit, slightly wrong
@@ -240,7 +240,7 @@ def test_the_patches_own_shifts_refine_an_alignment_off_in_scale_and_turn():
 
     def displacement(into):
         warped = cv2.warpAffine(frame, into, (512, 384), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        patches = _patches(frame, warped, inside)
+        patches = _patches(_Frame(frame), warped, inside)
         return np.hypot(*patches.shifts.T), patches
 
     before, patches = displacement(off)

@@ -178,16 +178,29 @@ def phase_shifts(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> tuple[np.n
     ``cv2.phaseCorrelate`` does (the centroid of the 5x5 box around the peak). The whole stack
     is one batched FFT (about 4x faster than a call per patch), in the windowed pictures
     zero-padded to an even fast length."""
-    n, h, w = a.shape
-    ph, pw = _even_dft_size(h), _even_dft_size(w)
-    fa = scipy.fft.rfft2(a * window, s=(ph, pw))
-    fb = scipy.fft.rfft2(b * window, s=(ph, pw))
+    shape = (_even_dft_size(a.shape[1]), _even_dft_size(a.shape[2]))
+    return _shifts(_spectra(a, window, shape), _spectra(b, window, shape), shape)
+
+
+def _spectra(stack: np.ndarray, window: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return scipy.fft.rfft2(stack * window, s=shape)
+
+
+def _shifts(fa: np.ndarray, fb: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``phase_shifts`` from the pictures' spectra. The peak and its box are read in the
+    correlation surface as OpenCV centres it (no shift in the middle, outside it is 0), by
+    index arithmetic on the surface as the inverse FFT gives it (no shift at (0, 0))."""
+    ph, pw = shape
+    n = len(fa)
     cross = fa * np.conj(fb)
     cross /= np.abs(cross) + np.finfo(np.float32).eps
-    surface = np.fft.fftshift(scipy.fft.irfft2(cross, s=(ph, pw)), axes=(1, 2))
-    py, px = np.divmod(surface.reshape(n, -1).argmax(axis=1), pw)
-    rows, cols = py[:, None] + _BOX, px[:, None] + _BOX  # (n, 5) each; outside the surface is 0
-    box = np.pad(surface, ((0, 0), (2, 2), (2, 2)))[np.arange(n)[:, None, None], rows[:, :, None] + 2, cols[:, None, :] + 2]
+    surface = scipy.fft.irfft2(cross, s=shape)
+    qy, qx = np.divmod(surface.reshape(n, -1).argmax(axis=1), pw)
+    rows, cols = (qy + ph // 2) % ph, (qx + pw // 2) % pw  # the peak in the centred surface
+    rows, cols = rows[:, None] + _BOX, cols[:, None] + _BOX  # (n, 5) each
+    inside = ((rows >= 0) & (rows < ph))[:, :, None] & ((cols >= 0) & (cols < pw))[:, None, :]
+    box = np.where(inside, surface[np.arange(n)[:, None, None], ((rows - ph // 2) % ph)[:, :, None],
+                                   ((cols - pw // 2) % pw)[:, None, :]], 0.0)
     response = box.sum(axis=(1, 2))
     with np.errstate(divide="ignore", invalid="ignore"):
         y = (box.sum(axis=2) * rows).sum(axis=1) / response
@@ -228,25 +241,55 @@ class _Patches:
         return np.stack([self.c, self.r], axis=1).astype(np.float32) * self.size + self.size / 2.0
 
 
-def _patches(x: np.ndarray, y: np.ndarray, inside: np.ndarray) -> _Patches:
-    h, w = x.shape
-    size = int(min(48, max(16, min(h, w) // 8)))
-    window = cv2.createHanningWindow((size, size), cv2.CV_32F)
-    x = cv2.GaussianBlur(x.astype(np.float32), (0, 0), 1.0)
+def _blocks(a: np.ndarray, size: int, grid: tuple[int, int]) -> np.ndarray:
+    """(rows, cols, size, size) views of the ``size`` square patches of ``a``."""
+    rows, cols = grid
+    return a[: rows * size, : cols * size].reshape(rows, size, cols, size).swapaxes(1, 2)
+
+
+class _Frame:
+    """The frame picture's side of the patch test, the same in the first pass and in the
+    refined one: its blurred grey levels, their block statistics, and each textured patch
+    normalised and its spectrum, made when first asked for."""
+
+    def __init__(self, grey: np.ndarray):
+        h, w = grey.shape
+        self.size = size = int(min(48, max(16, min(h, w) // 8)))
+        self.grid = (h // size, w // size)
+        self.dft = (_even_dft_size(size), _even_dft_size(size))
+        self.window = cv2.createHanningWindow((size, size), cv2.CV_32F)
+        self.blurred = cv2.GaussianBlur(grey.astype(np.float32), (0, 0), 1.0)
+        self.mean, self.std = _block_stats(self.blurred, size)
+        self._normalised = np.empty((*self.grid, size, size), np.float32)
+        self._spectra = np.empty((*self.grid, self.dft[0], self.dft[1] // 2 + 1), np.complex64)
+        self._made = np.zeros(self.grid, bool)
+
+    def patches(self, r: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The normalised patches at grid positions (r, c) and their spectra."""
+        new = ~self._made[r, c]
+        if new.any():
+            nr, nc = r[new], c[new]
+            normalised = (_blocks(self.blurred, self.size, self.grid)[nr, nc] - self.mean[nr, nc][:, None, None]) \
+                / self.std[nr, nc][:, None, None]
+            self._normalised[nr, nc] = normalised
+            self._spectra[nr, nc] = _spectra(normalised, self.window, self.dft)
+            self._made[nr, nc] = True
+        return self._normalised[r, c], self._spectra[r, c]
+
+
+def _patches(frame: _Frame, y: np.ndarray, inside: np.ndarray) -> _Patches:
+    size, grid = frame.size, frame.grid
     y = cv2.GaussianBlur(y.astype(np.float32), (0, 0), 1.0)
-    rows, cols = h // size, w // size
-
-    def blocks(a: np.ndarray) -> np.ndarray:  # (rows, cols, size, size) views of the patches
-        return a[: rows * size, : cols * size].reshape(rows, size, cols, size).swapaxes(1, 2)
-
-    (ma, sa), (mb, sb) = _block_stats(x, size), _block_stats(y, size)
-    overlapping = blocks(inside).all(axis=(2, 3))
-    textured = overlapping & (sa >= _TEXTURE) & (sb >= _TEXTURE)
+    mb, sb = _block_stats(y, size)
+    overlapping = _blocks(inside, size, grid).all(axis=(2, 3))
+    textured = overlapping & (frame.std >= _TEXTURE) & (sb >= _TEXTURE)
     r, c = np.nonzero(textured)
-    na = (blocks(x)[r, c] - ma[r, c][:, None, None]) / sa[r, c][:, None, None]
-    nb = (blocks(y)[r, c] - mb[r, c][:, None, None]) / sb[r, c][:, None, None]
-    shifts, response = phase_shifts(na, nb, window) if len(r) else (np.zeros((0, 2)), np.zeros(0))
-    return _Patches(size, (h, w), overlapping, textured, sa, sb, r, c, 1.0 - (na * nb).mean(axis=(1, 2)), shifts, response)
+    na, fa = frame.patches(r, c)
+    nb = (_blocks(y, size, grid)[r, c] - mb[r, c][:, None, None]) / sb[r, c][:, None, None]
+    shifts, response = _shifts(fa, _spectra(nb, frame.window, frame.dft), frame.dft) if len(r) \
+        else (np.zeros((0, 2)), np.zeros(0))
+    return _Patches(size, y.shape, overlapping, textured, frame.std, sb, r, c, 1.0 - (na * nb).mean(axis=(1, 2)),
+                    shifts, response)
 
 
 def _refined(into: np.ndarray, patches: _Patches) -> np.ndarray | None:
@@ -404,11 +447,12 @@ def _judged(a: Features, b: Features, m: np.ndarray, mirrored: bool, base: dict)
     base["coverage"] = round(coverage, 3)
     if coverage < MIN_COVERAGE:
         return Agreement(**base, reason=f"only {coverage:.0%} of the smaller picture lies in the other")
-    patches = _patches(frame, warped, inside)
+    frame_side = _Frame(frame)
+    patches = _patches(frame_side, warped, inside)
     refined = _refined(into, patches)
     if refined is not None:
         warped, inside = aligned(refined)
-        patches = _patches(frame, warped, inside)
+        patches = _patches(frame_side, warped, inside)
     textured, moved, placed, changed, together = _patch_changes(patches)
     base.update(patches=textured, placed=placed)
     if textured < MIN_PATCHES:
