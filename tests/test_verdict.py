@@ -381,6 +381,26 @@ def test_a_refusal_or_a_convincing_look_settles_the_pair_in_one_look():
     assert forth.convincing and back is None
 
 
+def test_a_copy_of_one_shape_is_lined_up_by_its_size_without_keypoints():
+    """Most copies (re-encoded, resized, recoloured) keep the picture's shape: they are lined
+    up by their sizes alone, and no keypoints are computed for either picture."""
+    from shared.image.compare import RESIZED_LIKENESS, Features, _resized, both_ways
+
+    img = make_photo(5, (640, 480))
+    a = Features(np.asarray(img.convert("L").resize((512, 384))))
+    b = Features(np.asarray(ImageEnhance.Brightness(img.resize((320, 240), Image.LANCZOS)).enhance(1.2).convert("L")))
+    forth, back = both_ways(a, b)
+    assert forth.convincing and back is None and (forth.inliers, forth.scale) == (0, 1.6), forth
+    assert "keypoints" not in vars(a) and "keypoints" not in vars(b)
+    # a mirrored copy of one shape is no resized copy: its keypoints find the mirror
+    forth, _ = both_ways(a, Features(np.ascontiguousarray(a.grey[:, ::-1])))
+    assert forth.convincing and forth.orientation == 4 and forth.inliers > 0, forth
+    # two frames of a moving subject, of one shape and alike: the patch test refuses them
+    frames = _frames_of_a_moving_subject()
+    assert float(frames[0].thumbnail @ frames[1].thumbnail) >= RESIZED_LIKENESS
+    assert _resized(*frames) is None and both_ways(*frames)[0].refuses
+
+
 def test_a_look_that_does_not_settle_the_pair_is_taken_the_other_way_too(monkeypatch):
     from shared.image import compare
 
