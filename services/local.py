@@ -95,8 +95,9 @@ class Phases:
 
         def advance(n: int = 1) -> None:
             self.progress.advance(task, n)
-            speed = self.progress.tasks[task].speed
-            self.progress.update(task, rate=f"{speed:.0f}/s" if speed else "")
+            if not self.progress.disable:  # the rate is a pass over the task's samples
+                speed = self.progress.tasks[task].speed
+                self.progress.update(task, rate=f"{speed:.0f}/s" if speed else "")
 
         try:
             yield advance
