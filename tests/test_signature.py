@@ -529,6 +529,11 @@ def test_distance_and_distances(img):
     assert distance(a, zero) == 1.0
     np.testing.assert_array_equal(distances(zero, np.stack([zero, a])), [0.0, 1.0])
     assert distances(a, np.zeros((0, SIGNATURE_LENGTH), np.int8)).shape == (0,)
+    # several signatures at once: one row of distances each
+    several = distances(many[:3], many)
+    assert several.shape == (3, 7)
+    for row, query in zip(several, many[:3]):
+        np.testing.assert_array_equal(row, distances(query, many))
 
 
 def test_analysis_pickles_and_runs_in_a_process_pool(tmp_path, img):

@@ -327,22 +327,23 @@ def distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def distances(a: np.ndarray, many: np.ndarray) -> np.ndarray:
-    """``distance(a, m)`` for every row m of ``many`` (shape (n, 648)), as float64."""
+    """``distance(a, m)`` for every row m of ``many`` (shape (n, 648)), as float64; for several
+    signatures ``a`` (shape (k, 648)) at once, shape (k, n)."""
     many = np.asarray(many)
     if many.ndim != 2:
         many = many.reshape(-1, SIGNATURE_LENGTH)
-    if many.shape[0] == 0:
-        return np.zeros(0)
     af = np.asarray(a, dtype=np.float32)
+    single = af.ndim == 1
+    af = af.reshape(-1, SIGNATURE_LENGTH)
     mf = many.astype(np.float32)
     # all terms are small integers (< 2**24), so float32 arithmetic is exact here
-    na2 = float(af @ af)
+    na2 = np.einsum("ij,ij->i", af, af)
     nb2 = np.einsum("ij,ij->i", mf, mf)
-    d2 = np.maximum(na2 + nb2 - 2.0 * (mf @ af), 0.0).astype(np.float64)
-    den = math.sqrt(na2) + np.sqrt(nb2.astype(np.float64))
-    out = np.zeros(many.shape[0])
+    d2 = np.maximum(na2[:, None] + nb2[None, :] - 2.0 * (af @ mf.T), 0.0).astype(np.float64)
+    den = np.sqrt(na2.astype(np.float64))[:, None] + np.sqrt(nb2.astype(np.float64))[None, :]
+    out = np.zeros(d2.shape)
     np.divide(np.sqrt(d2), den, out=out, where=den > 0)
-    return out
+    return out[0] if single else out
 
 
 def _orientation_permutations() -> list[np.ndarray]:

@@ -280,7 +280,7 @@ class SQLiteStore(SQLiteFile):
         # the full signatures decide, the nearest orientation for each; only the records
         # within max_dist are read whole
         found = np.frombuffer(b"".join(best.values()), dtype=np.int8)
-        dists = np.min([sig.distances(q, found) for q in queries], axis=0)
+        dists = sig.distances(np.stack(queries), found).min(axis=0)
         near = {row_id: float(d) for row_id, d in zip(best, dists) if d <= max_dist}
         if not near:
             return []
