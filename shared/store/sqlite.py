@@ -240,9 +240,8 @@ class SQLiteStore(SQLiteFile):
         return (await self.get_many([path])).get(path)
 
     def _candidates(self, record: ImageRecord, max_dist: float, limit: int, turns: bool) -> list[Candidate]:
-        """One pass of four statements for all the orientations asked (not four per
-        orientation): the word counts, the query's own words, the best-sharing records per
-        orientation, and the near ones read whole."""
+        """The word counts and the query's own words are read once for all the orientations
+        asked, the best-sharing records per orientation, and the near ones whole at once."""
         if record.signature is None:
             return []
         queries = sig.orientations(record.signature) if turns else [record.signature]
