@@ -507,13 +507,15 @@ def test_memory_error_becomes_image_error(tmp_path, monkeypatch, img):
 
 
 def test_words_equal_image_match(img):
-    for sig in [signature_from_image(img), signature_from_image(photo(300, 500, seed=9)), np.zeros(648, np.int8)]:
+    sigs = [signature_from_image(img), signature_from_image(photo(300, 500, seed=9)), np.zeros(648, np.int8)]
+    for sig in sigs:
         ours = words(sig)
         assert isinstance(ours, tuple) and len(ours) == WORD_COUNT
         assert all(type(w) is int for w in ours)
         ref = get_words(sig, WORD_LENGTH, WORD_COUNT)
         max_contrast(ref)
         assert list(ours) == [int(v) for v in words_to_int(ref)]
+    assert words(np.stack(sigs)) == [words(sig) for sig in sigs]  # several at once
 
 
 def test_distance_and_distances(img):

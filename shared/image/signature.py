@@ -301,18 +301,21 @@ _WORD_INDEX = np.minimum(_WORD_POSITIONS[:, None] + np.arange(WORD_LENGTH)[None,
 _WORD_CODING = 3 ** np.arange(WORD_LENGTH, dtype=np.int64)
 
 
-def words(signature: np.ndarray) -> tuple[int, ...]:
-    """image-match's words: ``words_to_int(max_contrast(get_words(sig, 16, 63)))``.
+def words(signature: np.ndarray) -> tuple[int, ...] | list[tuple[int, ...]]:
+    """image-match's words: ``words_to_int(max_contrast(get_words(sig, 16, 63)))``; for several
+    signatures (shape (k, 648)) at once, a list of them.
 
     Word i covers the 16 values from ``int(i * 648 / 63)`` (image-match's
     ``np.linspace(0, 648, 63, endpoint=False)``; the last words run past the end and are padded
     with zeros), clipped to {-1, 0, 1} and read as a base-3 number, first value least significant.
     """
     sig = np.asarray(signature)
-    if sig.shape != (SIGNATURE_LENGTH,):
+    if sig.shape[-1:] != (SIGNATURE_LENGTH,) or sig.ndim > 2:
         raise ValueError(f"signature must have shape ({SIGNATURE_LENGTH},), got {sig.shape}")
-    digits = np.append(np.clip(sig.astype(np.int64), -1, 1), 0)[_WORD_INDEX] + 1
-    return tuple(int(v) for v in digits @ _WORD_CODING)
+    clipped = np.clip(sig.astype(np.int64), -1, 1).reshape(-1, SIGNATURE_LENGTH)
+    digits = np.pad(clipped, ((0, 0), (0, 1)))[:, _WORD_INDEX] + 1
+    found = [tuple(row) for row in (digits @ _WORD_CODING).tolist()]
+    return found[0] if sig.ndim == 1 else found
 
 
 def distance(a: np.ndarray, b: np.ndarray) -> float:

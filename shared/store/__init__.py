@@ -19,6 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ..image.signature import orientations, words
+
 
 class StoreUnavailable(Exception):
     """The store's server does not answer (or refuses us); one line naming its URL."""
@@ -61,6 +63,13 @@ class Candidate:
 
     record: ImageRecord
     distance: float
+
+
+def searched(record: ImageRecord, turns: bool) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """What ``Store.candidates`` looks for: the record's signature, or its 8 orientations
+    (shape (k, 648)), and their words."""
+    queries = np.stack(orientations(record.signature) if turns else [record.signature])
+    return queries, words(queries)
 
 
 class Store(Protocol):

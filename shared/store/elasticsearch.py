@@ -28,7 +28,7 @@ from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
 from ..image import signature as sig
-from . import Candidate, ImageRecord, StoreUnavailable
+from . import Candidate, ImageRecord, StoreUnavailable, searched
 
 EMBEDDING_DIMS = 512
 WORDS = 63
@@ -238,8 +238,7 @@ class ElasticsearchStore(_Index):
     ) -> list[Candidate]:
         if record.signature is None:
             return []
-        queries = np.stack(sig.orientations(record.signature) if turns else [record.signature])
-        asked = [record.words or sig.words(record.signature), *(sig.words(q) for q in queries[1:])]
+        queries, asked = searched(record, turns)
 
         def distance(stored: str | None) -> float | None:  # to the nearest orientation
             if stored is None:

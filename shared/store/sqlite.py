@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from ..image import signature as sig
-from . import Candidate, ImageRecord
+from . import Candidate, ImageRecord, searched
 
 T = TypeVar("T")
 
@@ -244,8 +244,7 @@ class SQLiteStore(SQLiteFile):
         asked, the best-sharing records per orientation, and the near ones whole at once."""
         if record.signature is None:
             return []
-        queries = sig.orientations(record.signature) if turns else [record.signature]
-        asked = [record.words or sig.words(record.signature), *(sig.words(q) for q in queries[1:])]
+        queries, asked = searched(record, turns)
         every = sorted({pw for ws in asked for pw in enumerate(ws)})
         counts = dict(((pos, word), n) for pos, word, n in self._db.execute(
             f"""WITH q(pos, word) AS (VALUES {",".join("(?,?)" for _ in every)})
@@ -279,7 +278,7 @@ class SQLiteStore(SQLiteFile):
         # the full signatures decide, the nearest orientation for each; only the records
         # within max_dist are read whole
         found = np.frombuffer(b"".join(best.values()), dtype=np.int8)
-        dists = sig.distances(np.stack(queries), found).min(axis=0)
+        dists = sig.distances(queries, found).min(axis=0)
         near = {row_id: float(d) for row_id, d in zip(best, dists) if d <= max_dist}
         if not near:
             return []
