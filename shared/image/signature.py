@@ -44,6 +44,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -140,20 +141,18 @@ def _percentile(sorted_values: np.ndarray, q: float) -> float:
 def _crop_limits(grey: np.ndarray) -> tuple[int, int, int, int]:
     """image-match's ``crop_image``: (top, bottom, left, right).
 
-    For uint8 grey (levels 0..255) the absolute differences are summed exactly in integers,
-    4x less memory traffic than float64; percentiles and searchsorted are scale-invariant, so
-    this equals the float computation up to rounding in the last bits.
+    For uint8 grey (levels 0..255) the absolute differences are summed exactly in integers, by
+    OpenCV; percentiles and searchsorted are scale-invariant, so this equals the float
+    computation up to rounding in the last bits.
     """
     lower_p, upper_p = CROP_PERCENTILES
-    if grey.dtype == np.uint8:
-        g = grey.astype(np.int16)
-        d = g[:, 1:] - g[:, :-1]
-        np.abs(d, out=d)
-        rw = np.cumsum(d.sum(axis=1, dtype=np.int64))
-        d = g[1:] - g[:-1]
-        np.abs(d, out=d)
-        cw = np.cumsum(d.sum(axis=0, dtype=np.int64))
+    if grey.dtype == np.uint8 and min(grey.shape) > 1:
+        row_sums = cv2.reduce(cv2.absdiff(grey[:, 1:], grey[:, :-1]), 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S)
+        rw = np.cumsum(row_sums.ravel(), dtype=np.int64)
+        col_sums = cv2.reduce(cv2.absdiff(grey[1:], grey[:-1]), 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S)
+        cw = np.cumsum(col_sums.ravel(), dtype=np.int64)
     else:
+        grey = grey.astype(np.float64, copy=False)
         rw = np.cumsum(np.sum(np.abs(np.diff(grey, axis=1)), axis=1))
         cw = np.cumsum(np.sum(np.abs(np.diff(grey, axis=0)), axis=0))
     # cumulative sums of non-negative values are sorted already
