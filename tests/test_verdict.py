@@ -381,24 +381,30 @@ def test_a_refusal_or_a_convincing_look_settles_the_pair_in_one_look():
     assert forth.convincing and back is None
 
 
-def test_a_copy_of_one_shape_is_lined_up_by_its_size_without_keypoints():
-    """Most copies (re-encoded, resized, recoloured) keep the picture's shape: they are lined
-    up by their sizes alone, and no keypoints are computed for either picture."""
-    from shared.image.compare import RESIZED_LIKENESS, Features, _resized, both_ways
+@pytest.mark.parametrize("turn", [None, *Image.Transpose])
+def test_a_whole_copy_is_lined_up_by_its_size_without_keypoints(turn):
+    """Most copies (re-encoded, resized, recoloured, turned, mirrored) show the whole picture:
+    they are lined up by their sizes and the turn their thumbnails fit best, and no keypoints
+    are computed for either picture. The turn is the one the keypoints would have found."""
+    from shared.image.compare import Features, agreement, both_ways
 
     img = make_photo(5, (640, 480))
+    copy = ImageEnhance.Brightness(img.resize((320, 240), Image.LANCZOS)).enhance(1.2).convert("L")
     a = Features(np.asarray(img.convert("L").resize((512, 384))))
-    b = Features(np.asarray(ImageEnhance.Brightness(img.resize((320, 240), Image.LANCZOS)).enhance(1.2).convert("L")))
+    b = Features(np.asarray(copy if turn is None else copy.transpose(turn)))
     forth, back = both_ways(a, b)
     assert forth.convincing and back is None and (forth.inliers, forth.scale) == (0, 1.6), forth
     assert "keypoints" not in vars(a) and "keypoints" not in vars(b)
-    # a mirrored copy of one shape is no resized copy: its keypoints find the mirror
-    forth, _ = both_ways(a, Features(np.ascontiguousarray(a.grey[:, ::-1])))
-    assert forth.convincing and forth.orientation == 4 and forth.inliers > 0, forth
-    # two frames of a moving subject, of one shape and alike: the patch test refuses them
+    assert forth.orientation == agreement(a, b).orientation
+
+
+def test_look_alikes_of_one_shape_are_not_taken_for_whole_copies():
+    """Two frames of a moving subject: of one shape and alike, but the patch test refuses them."""
+    from shared.image.compare import WHOLE_COPY_LIKENESS, _whole_copy, both_ways
+
     frames = _frames_of_a_moving_subject()
-    assert float(frames[0].thumbnail @ frames[1].thumbnail) >= RESIZED_LIKENESS
-    assert _resized(*frames) is None and both_ways(*frames)[0].refuses
+    assert float((frames[0].thumbnail * frames[1].thumbnail).sum()) >= WHOLE_COPY_LIKENESS
+    assert _whole_copy(*frames) is None and both_ways(*frames)[0].refuses
 
 
 def test_a_look_that_does_not_settle_the_pair_is_taken_the_other_way_too(monkeypatch):

@@ -5,9 +5,9 @@ A copy (re-encoded, resized, recoloured, cropped, turned, mirrored, with a borde
 bar) lines up under a single similarity transform, and after it no patch of the picture is
 displaced. Distinct photos that look alike do not: a video frame or burst shot has parts that
 moved, a stereo pair or another view of a scene has parallax, a different photo of the same
-object does not line up at all. Local features (ORB, RANSAC) find the transform, or, for two
-pictures of one shape, their sizes are tried first; phase correlation of each textured patch
-measures what is still displaced. Pure computation: the
+object does not line up at all. Local features (ORB, RANSAC) find the transform, or, for a
+whole copy (one shape, under a turn), the sizes are tried first; phase correlation of each
+textured patch measures what is still displaced. Pure computation: the
 caller decodes (``shared.image.signature.comparison_grey``).
 """
 
@@ -55,13 +55,13 @@ APPEARED_CONTRAST = 4.0
 MAX_CHANGED_PATCHES = 2  # inner patches with other content that make it another picture
 INNER_BAND = 0.15  # the outer band (share of each side) where overlays are allowed
 CONVINCING = 0.95  # share of patches in place at which a look settles the pair
-#: A pair of one shape (aspect ratios this close) whose thumbnails (THUMBNAIL px square)
-#: correlate this well is first lined up as a resized whole copy, by its size: no keypoints.
-#: On the kit's libraries, 80% of the copies compared are lined up so; the likeness spares the
-#: attempt on most mirrored and cropped copies (0.9 kept all but 2 of 791 such copies).
+#: A pair of one shape (aspect ratios this close, under a turn) whose thumbnails (THUMBNAIL
+#: px square) correlate this well in one of the 8 orientations is first lined up as a whole
+#: copy (resized, turned, mirrored) by its size: no keypoints. The likeness spares the attempt
+#: on most cropped copies (0.9 kept all but 2 of 791 resized copies on the kit's libraries).
 SAME_SHAPE = 0.01
 THUMBNAIL = 32
-RESIZED_LIKENESS = 0.9
+WHOLE_COPY_LIKENESS = 0.9
 _TEXTURE = 6.0  # grey-level standard deviation below which a patch says nothing
 
 
@@ -369,15 +369,15 @@ def agreement(a: Features, b: Features, mirrors: bool = True) -> Agreement:
 
 
 def both_ways(a: Features, b: Features, mirrors: bool = True) -> BothWays:
-    """A resized whole copy is settled by one look without keypoints (``_resized``). Otherwise
+    """A whole copy is settled by one look without keypoints (``_whole_copy``). Otherwise
     the comparison is not symmetric (keypoints are matched from one side, the transform is
     fitted to those matches), so a pair the first look does not settle is looked at the other
     way too. A refusal settles it; so does a convincing look, which no second fit can better
     (on the kit's libraries, a second look after one only ever refused true copies, by a worse
     fit, and was half of all looks)."""
-    resized = _resized(a, b)
-    if resized is not None:
-        return resized, None
+    whole = _whole_copy(a, b)
+    if whole is not None:
+        return whole, None
     forth = agreement(a, b, mirrors)
     settled = forth.refuses or forth.convincing
     return forth, (None if settled else agreement(b, a, mirrors))
@@ -393,21 +393,46 @@ def _pose(m: np.ndarray, mirrored: bool) -> dict:
 
 
 def _thumbnail(grey: np.ndarray) -> np.ndarray:
-    x = cv2.resize(grey, (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    x = cv2.resize(grey, (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA).astype(np.float32)
     x -= x.mean()
     return x / max(float(np.linalg.norm(x)), 1e-6)
 
 
-def _resized(a: Features, b: Features) -> Agreement | None:
-    """b lined up as a whole copy of a at another size, when the two pictures have one shape
-    and alike thumbnails, by the sizes alone: no keypoints. Only a convincing look counts, with
-    nearly every patch measured in place; anything else is looked at with keypoints (None)."""
+def _quarter_turn(k: int, scale: float, moving: tuple[int, int], onto: tuple[int, int]) -> np.ndarray:
+    """The similarity transform that turns a picture of shape ``moving`` by k quarter turns
+    (as the keypoints' fit measures its angle) and scales it, centre onto centre, onto a
+    picture of shape ``onto``."""
+    c, s = (round(math.cos(k * math.pi / 2)), round(math.sin(k * math.pi / 2)))
+    rotation = scale * np.float64([[c, -s], [s, c]])
+    centre_b = np.float64([(moving[1] - 1) / 2, (moving[0] - 1) / 2])
+    centre_a = np.float64([(onto[1] - 1) / 2, (onto[0] - 1) / 2])
+    return np.hstack([rotation, (centre_a - rotation @ centre_b)[:, None]])
+
+
+_TURNS = [(k, mirrored) for mirrored in (False, True) for k in range(4)]
+
+
+def _whole_copy(a: Features, b: Features) -> Agreement | None:
+    """b lined up as a whole copy of a, resized and turned or mirrored as its thumbnail fits
+    a's best, by the sizes alone: no keypoints. Only when the shapes agree under that turn,
+    and only a convincing look counts, with nearly every patch measured in place; anything
+    else is looked at with keypoints (None)."""
+    square = (THUMBNAIL, THUMBNAIL)
+    likeness = []
+    for k, mirrored in _TURNS:
+        thumb = b.thumbnail[:, ::-1] if mirrored else b.thumbnail
+        turned = cv2.warpAffine(np.ascontiguousarray(thumb), _quarter_turn(k, 1.0, square, square), square,
+                                flags=cv2.INTER_NEAREST)
+        likeness.append(float((a.thumbnail * turned).sum()))
+    best = int(np.argmax(likeness))
+    k, mirrored = _TURNS[best]
     (ha, wa), (hb, wb) = a.grey.shape, b.grey.shape
-    if abs(wa * hb - ha * wb) > SAME_SHAPE * wa * hb or float(a.thumbnail @ b.thumbnail) < RESIZED_LIKENESS:
+    if k % 2:
+        hb, wb = wb, hb
+    if likeness[best] < WHOLE_COPY_LIKENESS or abs(wa * hb - ha * wb) > SAME_SHAPE * wa * hb:
         return None
-    s = math.sqrt(wa * ha / (wb * hb))
-    m = np.float64([[s, 0, (s - 1) / 2], [0, s, (s - 1) / 2]])  # pixel centres: a + 1/2 = s (b + 1/2)
-    found = _judged(a, b, m, False, _pose(m, False))
+    m = _quarter_turn(k, math.sqrt(wa * ha / (wb * hb)), b.grey.shape, a.grey.shape)
+    found = _judged(a, b, m, mirrored, _pose(m, mirrored))
     return found if found.convincing and found.placed >= CONVINCING * found.patches else None
 
 
