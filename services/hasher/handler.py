@@ -17,6 +17,7 @@ from shared.bus import Reject
 from shared.config import Settings
 from shared.messages import FileEvent, ImageSigned
 from shared.core.safety import Unsafe, confine, root_of
+from shared.image import compare
 from shared.image.compare import BothWays
 from shared.image.pixels import FileVersion, analyze_keeping_pixels, compare_files
 from shared.image.signature import Analysis, ImageError, analyze, words
@@ -55,6 +56,7 @@ class ProcessSigner:
     def __init__(self, processes: int, keep_pixels: bool = False):
         self._analyze = analyze_keeping_pixels if keep_pixels else analyze
         context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["__main__", *compare.PRELOAD])
         lifeline, self._lifeline = context.Pipe(duplex=False)
         self._pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_die_with_service,
                                          initargs=(lifeline,))

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import scipy.fft
 
 cv2.setNumThreads(1)  # the process pool is the parallelism
 
@@ -185,7 +184,15 @@ def phase_shifts(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> tuple[np.n
     return _shifts(_spectra(a, window, shape), _spectra(b, window, shape), shape)
 
 
+#: Loaded on first use, not at the top: SciPy's FFT takes a quarter of a second to load, and
+#: only the processes that compare pictures need it (local mode's main process does not). A
+#: pool of such processes loads it once, in the forkserver they are forked from.
+PRELOAD = ("scipy.fft",)
+
+
 def _spectra(stack: np.ndarray, window: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    import scipy.fft
+
     return scipy.fft.rfft2(stack * window, s=shape)
 
 
@@ -197,6 +204,8 @@ def _shifts(fa: np.ndarray, fb: np.ndarray, shape: tuple[int, int]) -> tuple[np.
     n = len(fa)
     cross = fa * np.conj(fb)
     cross /= np.abs(cross) + np.finfo(np.float32).eps
+    import scipy.fft
+
     surface = scipy.fft.irfft2(cross, s=shape)
     qy, qx = np.divmod(surface.reshape(n, -1).argmax(axis=1), pw)
     rows, cols = (qy + ph // 2) % ph, (qx + pw // 2) % pw  # the peak in the centred surface
