@@ -184,7 +184,7 @@ def score(groups: list[tuple[int, list[int]]], group: np.ndarray) -> dict:
 # one run per subprocess
 
 
-async def _pixels_agree(a, b, mirrors):
+async def _pixels_agree(a, b, turns):
     """Synthetic signatures have no files behind them: this benchmark measures retrieval and
     planning, so the verdict's pixel comparison is taken as agreeing (bench/accuracy.py
     measures it on real photos)."""

@@ -292,9 +292,9 @@ def test_an_unchanged_rerun_plans_nothing_again_and_compares_no_pixels(lib, tmp_
     planned: list[int] = []
     compare, plan = pixels.compare_files, local.plan
 
-    def counting_compare(a, b, mirrors):
+    def counting_compare(a, b, turns):
         looked.append((a[0], b[0]))
-        return compare(a, b, mirrors)
+        return compare(a, b, turns)
 
     async def counting_plan(paths, **kwargs):
         planned.append(len(paths))

@@ -315,7 +315,7 @@ class Looks:
     def __init__(self, *answers: Agreement):
         self.answers, self.calls = list(answers), []
 
-    async def __call__(self, a, b, mirrors):
+    async def __call__(self, a, b, turns):
         self.calls.append((a[0], b[0]))
         return self.answers.pop(0)
 
@@ -396,6 +396,9 @@ def test_a_whole_copy_is_lined_up_by_its_size_without_keypoints(turn):
     assert forth.convincing and back is None and (forth.inliers, forth.scale) == (0, 1.6), forth
     assert "keypoints" not in vars(a) and "keypoints" not in vars(b)
     assert forth.orientation == agreement(a, b).orientation
+    # without match_orientations a turned or mirrored copy is no copy, by either way of looking
+    forth, back = both_ways(a, b, turns=False)
+    assert forth.convincing if turn is None else (forth.reason and (back is None or back.reason)), (forth, back)
 
 
 def test_look_alikes_of_one_shape_are_not_taken_for_whole_copies():
@@ -404,7 +407,7 @@ def test_look_alikes_of_one_shape_are_not_taken_for_whole_copies():
 
     frames = _frames_of_a_moving_subject()
     assert float((frames[0].thumbnail * frames[1].thumbnail).sum()) >= WHOLE_COPY_LIKENESS
-    assert _whole_copy(*frames) is None and both_ways(*frames)[0].refuses
+    assert _whole_copy(*frames, True) is None and both_ways(*frames)[0].refuses
 
 
 def test_a_look_that_does_not_settle_the_pair_is_taken_the_other_way_too(monkeypatch):
@@ -413,7 +416,7 @@ def test_a_look_that_does_not_settle_the_pair_is_taken_the_other_way_too(monkeyp
     frames = _frames_of_a_moving_subject()
     asked = []
 
-    def scripted(a, b, mirrors=True):
+    def scripted(a, b, turns=True):
         asked.append((a, b))
         return Agreement(score=0.9) if len(asked) == 1 else Agreement(score=1.0)
 

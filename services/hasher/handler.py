@@ -73,9 +73,9 @@ class ProcessSigner:
     async def __call__(self, path: str) -> Analysis:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._analyze, path)
 
-    async def look(self, a: FileVersion, b: FileVersion, mirrors: bool) -> BothWays:
+    async def look(self, a: FileVersion, b: FileVersion, turns: bool) -> BothWays:
         """The verdict's pixel comparison, in the same pool (shared.core.verdict.Look)."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, compare_files, a, b, mirrors)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, compare_files, a, b, turns)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -368,12 +368,18 @@ def _prefilter(grey: np.ndarray, shrink: float) -> np.ndarray:
     return cv2.GaussianBlur(grey, (0, 0), 0.5 * shrink)
 
 
-def agreement(a: Features, b: Features, mirrors: bool = True) -> Agreement:
-    """Compare picture ``b`` (a candidate copy) with picture ``a``; a mirrored ``b`` is tried
-    only when the plain comparison is not convincing, mirrored copies being the rarer (and a
-    symmetric picture's mirrored copy can line up unmirrored, then fail the patch test)."""
+TURNS_OFF = "turned against the other, and turned copies are not matched (match_orientations)"
+
+
+def agreement(a: Features, b: Features, turns: bool = True) -> Agreement:
+    """Compare picture ``b`` (a candidate copy) with picture ``a``; ``turns``: turned and
+    mirrored copies count. A mirrored ``b`` is tried only when the plain comparison is not
+    convincing, mirrored copies being the rarer (and a symmetric picture's mirrored copy can
+    line up unmirrored, then fail the patch test)."""
     plain = _agreement(a, b, False)
-    if not mirrors or plain.convincing:
+    if not turns and plain.orientation != 0 and not plain.reason:
+        return dataclasses.replace(plain, reason=TURNS_OFF)
+    if not turns or plain.convincing:
         return plain
     flipped = _agreement(a, b, True)
     if plain.reason == NO_DETAILS or (not flipped.reason and (plain.reason or flipped.score > plain.score)):
@@ -381,19 +387,19 @@ def agreement(a: Features, b: Features, mirrors: bool = True) -> Agreement:
     return plain
 
 
-def both_ways(a: Features, b: Features, mirrors: bool = True) -> BothWays:
+def both_ways(a: Features, b: Features, turns: bool = True) -> BothWays:
     """A whole copy is settled by one look without keypoints (``_whole_copy``). Otherwise
     the comparison is not symmetric (keypoints are matched from one side, the transform is
     fitted to those matches), so a pair the first look does not settle is looked at the other
     way too. A refusal settles it; so does a convincing look, which no second fit can better
     (on the kit's libraries, a second look after one only ever refused true copies, by a worse
     fit, and was half of all looks)."""
-    whole = _whole_copy(a, b)
+    whole = _whole_copy(a, b, turns)
     if whole is not None:
         return whole, None
-    forth = agreement(a, b, mirrors)
+    forth = agreement(a, b, turns)
     settled = forth.refuses or forth.convincing
-    return forth, (None if settled else agreement(b, a, mirrors))
+    return forth, (None if settled else agreement(b, a, turns))
 
 
 def _pose(m: np.ndarray, mirrored: bool) -> dict:
@@ -425,14 +431,14 @@ def _quarter_turn(k: int, scale: float, moving: tuple[int, int], onto: tuple[int
 _TURNS = [(k, mirrored) for mirrored in (False, True) for k in range(4)]
 
 
-def _whole_copy(a: Features, b: Features) -> Agreement | None:
-    """b lined up as a whole copy of a, resized and turned or mirrored as its thumbnail fits
-    a's best, by the sizes alone: no keypoints. Only when the shapes agree under that turn,
-    and only a convincing look counts, with nearly every patch measured in place; anything
-    else is looked at with keypoints (None)."""
+def _whole_copy(a: Features, b: Features, turns: bool) -> Agreement | None:
+    """b lined up as a whole copy of a, resized (and, with ``turns``, turned or mirrored) as
+    its thumbnail fits a's best, by the sizes alone: no keypoints. Only when the shapes agree
+    under that turn, and only a convincing look counts, with nearly every patch measured in
+    place; anything else is looked at with keypoints (None)."""
     square = (THUMBNAIL, THUMBNAIL)
     likeness = []
-    for k, mirrored in _TURNS:
+    for k, mirrored in _TURNS if turns else _TURNS[:1]:
         thumb = b.thumbnail[:, ::-1] if mirrored else b.thumbnail
         turned = cv2.warpAffine(np.ascontiguousarray(thumb), _quarter_turn(k, 1.0, square, square), square,
                                 flags=cv2.INTER_NEAREST)

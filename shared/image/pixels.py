@@ -60,15 +60,15 @@ def analyze_keeping_pixels(path: str) -> Analysis:
     return analyze(path, keep=lambda version, grey: _pictures.keep(version, Features(comparison_grey(grey, MAX_SIDE))))
 
 
-def compare_files(a: FileVersion, b: FileVersion, mirrors: bool) -> BothWays:
+def compare_files(a: FileVersion, b: FileVersion, turns: bool) -> BothWays:
     """``compare.both_ways`` of two files, decoded now unless kept; a file that cannot be read
     is no match."""
     try:
-        return both_ways(_features(a), _features(b), mirrors)
+        return both_ways(_features(a), _features(b), turns)
     except ImageError as exc:
         return Agreement(reason=f"cannot compare the pixels: {exc}"), None
 
 
-async def look_in_thread(a: FileVersion, b: FileVersion, mirrors: bool) -> BothWays:
+async def look_in_thread(a: FileVersion, b: FileVersion, turns: bool) -> BothWays:
     """The comparison off the event loop (OpenCV and numpy release the GIL)."""
-    return await asyncio.to_thread(compare_files, a, b, mirrors)
+    return await asyncio.to_thread(compare_files, a, b, turns)

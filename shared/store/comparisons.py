@@ -1,7 +1,7 @@
 """Pixel comparisons remembered in the ledger, so an unchanged re-run looks at no pixels.
 
 A comparison (one look, or both ways when the first does not settle the pair) depends only on
-the two files and on whether mirrors count. It is remembered per pair of file versions (path,
+the two files and on whether turned and mirrored copies count. It is remembered per pair of file versions (path,
 size, mtime), the same test the hasher trusts to skip an unchanged file, so a changed file is
 compared again. ``COMPARE_VERSION`` is part of every key: bump it when ``shared.image.compare``
 changes what it answers, and nothing old is reused.
@@ -27,8 +27,8 @@ def ledger_key(*parts: object) -> str:
     return hashlib.blake2b(repr(parts).encode("utf-8", "surrogateescape"), digest_size=20).hexdigest()
 
 
-def comparison_key(a: FileVersion, b: FileVersion, mirrors: bool) -> str:
-    return ledger_key(COMPARE_VERSION, a, b, mirrors)
+def comparison_key(a: FileVersion, b: FileVersion, turns: bool) -> str:
+    return ledger_key(COMPARE_VERSION, a, b, turns)
 
 
 def _stored(both: BothWays) -> dict:
@@ -52,22 +52,22 @@ class RememberingLook:
         self._known: dict[str, BothWays] = {}
         self._new: dict[str, dict] = {}
 
-    async def recall(self, pairs: Iterable[tuple[FileVersion, FileVersion]], mirrors: bool) -> None:
+    async def recall(self, pairs: Iterable[tuple[FileVersion, FileVersion]], turns: bool) -> None:
         """Fetch what the ledger holds about ``pairs``, either way round."""
-        keys = {comparison_key(x, y, mirrors) for a, b in pairs for x, y in ((a, b), (b, a))}
+        keys = {comparison_key(x, y, turns) for a, b in pairs for x, y in ((a, b), (b, a))}
         wanted = sorted(keys - self._known.keys())
         if wanted and self._ledger is not None:
             self._known.update((k, _loaded(v)) for k, v in (await self._ledger.recall(wanted)).items())
 
-    async def __call__(self, a: FileVersion, b: FileVersion, mirrors: bool) -> BothWays:
-        key = comparison_key(a, b, mirrors)
+    async def __call__(self, a: FileVersion, b: FileVersion, turns: bool) -> BothWays:
+        key = comparison_key(a, b, turns)
         if key in self._known:
             return self._known[key]
-        turned = self._known.get(comparison_key(b, a, mirrors))
+        turned = self._known.get(comparison_key(b, a, turns))
         if turned is not None:  # the same looks, seen from the other picture
             forth, back = turned
             return (back, forth) if back is not None else (forth.turned_round(), None)
-        self._known[key] = await self._look(a, b, mirrors)
+        self._known[key] = await self._look(a, b, turns)
         self._new[key] = _stored(self._known[key])
         return self._known[key]
 
