@@ -37,7 +37,7 @@ class Summary:
     files: int = 0
     signed: int = 0
     unchanged: int = 0
-    upgraded: int = 0  # unchanged, but analysed again: the store predates the embedding
+    upgraded: int = 0  # unchanged, but analysed again: the store was written by an older analysis
     forgotten: int = 0
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason)
     decisions: list[Decision] = field(default_factory=list)
@@ -154,7 +154,7 @@ async def deduplicate(
                 await bus.join("file.event")
             if summary.upgraded:
                 console.print(f"{summary.upgraded} unchanged files were analysed again: the store was written "
-                              "by an older version (no copy-detection embedding)", highlight=False)
+                              "by an older version of the analysis", highlight=False)
             summary.problems += [(d.message.path, d.reason) for d in bus.dead]
             bus.dead.clear()
 

@@ -376,22 +376,24 @@ def test_a_kept_file_changed_between_matching_and_acting_is_not_removed_for(lib,
     assert not (lib / "pets" / "cat copy.jpg").exists(), "the other groups still act"
 
 
-def test_a_store_from_before_the_embedding_is_brought_up_to_date(run_cli, lib, tmp_path):
+@pytest.mark.parametrize("older", [dict(embedding=None, digest=None), dict(analysis=1)],
+                         ids=["before the embedding", "an older analysis"])
+def test_a_store_written_by_an_older_version_is_brought_up_to_date(run_cli, lib, tmp_path, older):
     from shared.store.sqlite import SQLiteStore
     import dataclasses
 
     first = run_cli("deduplicate", lib)
 
-    async def forget_embeddings():  # what an older version's store holds: no embedding, no digest
+    async def make_it_older():  # what an older version's store holds
         store = SQLiteStore(tmp_path / "store.sqlite")
         try:
             paths = [p async for p in store.iter_paths()]
             records = await store.get_many(paths)
-            await store.upsert_many([dataclasses.replace(r, embedding=None, digest=None) for r in records.values()])
+            await store.upsert_many([dataclasses.replace(r, **older) for r in records.values()])
         finally:
             await store.close()
 
-    asyncio.run(forget_embeddings())
+    asyncio.run(make_it_older())
     second = run_cli("deduplicate", lib)
     rows = summary_rows(second.out)
     assert rows["analysed again (older store)"] == str(N_IMAGES)

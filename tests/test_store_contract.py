@@ -123,7 +123,7 @@ def near(sig: np.ndarray, changes: int = 20, rng=RNG) -> np.ndarray:
 async def test_a_record_comes_back_as_it_was_stored(store):
     sig, emb = signature(), embedding()
     full = record("/r/a.jpg", sig, emb, format="JPEG", width=640, height=480, exif_tags=7,
-                  exif_date="2020:01:02 03:04:05", digest="ab" * 32, frames=3)
+                  exif_date="2020:01:02 03:04:05", digest="ab" * 32, frames=3, analysis=1)
     await store.upsert(full)
     got = await store.get("/r/a.jpg")
     assert got == full  # the compared fields
@@ -381,7 +381,7 @@ async def test_an_old_sqlite_file_is_migrated_in_place(tmp_path):
     try:
         old = await store.get("/r/a.jpg")
         assert np.array_equal(old.signature, sig) and old.format == "JPEG"
-        assert old.embedding is None and old.digest is None and old.frames == 1
+        assert old.embedding is None and old.digest is None and old.frames == 1 and old.analysis == 1
         await store.upsert(record("/r/b.jpg", near(sig), embedding(), digest="ee" * 32))
         assert [c.record.path for c in await store.candidates(record("/r/b.jpg", near(sig)), 0.2)] == ["/r/a.jpg"]
         assert (await store.get("/r/b.jpg")).embedding is not None

@@ -20,7 +20,7 @@ from shared.core.safety import Unsafe, confine, root_of
 from shared.image import compare
 from shared.image.compare import BothWays
 from shared.image.pixels import FileVersion, analyze_keeping_pixels, compare_files
-from shared.image.signature import Analysis, ImageError, analyze, words
+from shared.image.signature import ANALYSIS_VERSION, Analysis, ImageError, analyze, words
 from shared.store import ImageRecord, Store
 from services.watcher.handler import wanted
 
@@ -118,8 +118,9 @@ async def handle_file_event(
     if known is not None and known.unchanged(st.st_size, st.st_mtime_ns):
         if known.error:
             raise Reject(known.error)
-        # an analysis from before the embedding and digest existed is brought up to date
-        outdated = known.embedding is None or not known.digest
+        # an analysis by an older version (before the embedding and digest existed, say) is
+        # brought up to date
+        outdated = known.embedding is None or not known.digest or known.analysis < ANALYSIS_VERSION
         if not outdated:
             return HashOutcome(path, "unchanged")
     root = str(root_of(path, settings.source_directories))
@@ -136,6 +137,7 @@ async def handle_file_event(
             exif_date=analysis.exif_date if settings.use_exif_data else None,
             signature=analysis.signature, words=words(analysis.signature),
             digest=analysis.digest or None, frames=analysis.frames, embedding=analysis.embedding,
+            analysis=ANALYSIS_VERSION,
         )
     )
     await publish(ImageSigned(path=path))

@@ -72,6 +72,10 @@ IDENTICAL_TOLERANCE = 2 / 255.0
 #: array takes about 1.3 ms, so 512 halves the error of 256 at little cost.
 DRAFT_TARGET = 512
 
+#: What the analysis computes: a stored record of an older version is analysed again (records
+#: from before versions were kept count as 1). 2: the embedding at 192 px (was 224).
+ANALYSIS_VERSION = 2
+
 _FORMAT_NAMES = {"MPO": "JPEG"}  # camera multi-picture JPEGs: report the JPEG they are
 
 # array transform per EXIF orientation (the same as ImageOps.exif_transpose's transposes)

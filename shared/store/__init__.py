@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..image.signature import orientations, words
+from ..image.signature import ANALYSIS_VERSION, orientations, words
 
 
 class StoreUnavailable(Exception):
@@ -47,6 +47,7 @@ class ImageRecord:
     digest: str | None = None  # BLAKE2b of the file's bytes, hex: byte-identical copies
     frames: int = 1  # animation frames or pages
     embedding: np.ndarray | None = field(default=None, compare=False, repr=False)  # int8 (D,), L2 ~ 127
+    analysis: int = ANALYSIS_VERSION  # the version of the analysis that wrote the descriptors
 
     @property
     def pixels(self) -> int:

@@ -54,6 +54,7 @@ IMAGES_MAPPING: dict[str, Any] = {
         "error": _STORED_ONLY,
         "digest": _KEYWORD,
         "frames": {"type": "integer"},
+        "analysis": {"type": "integer"},
         "signature": {"type": "binary"},
         **{f"w{i}": _KEYWORD for i in range(WORDS)},
         "embedding": {"type": "dense_vector", "element_type": "byte", "dims": EMBEDDING_DIMS,
@@ -86,7 +87,7 @@ def _to_doc(r: ImageRecord) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "path": r.path, "root": r.root, "size": r.size, "mtime_ns": r.mtime_ns, "format": r.format,
         "width": r.width, "height": r.height, "exif_tags": r.exif_tags, "exif_date": r.exif_date,
-        "error": r.error, "digest": r.digest, "frames": r.frames,
+        "error": r.error, "digest": r.digest, "frames": r.frames, "analysis": r.analysis,
     }
     if r.signature is not None:
         signature = np.ascontiguousarray(r.signature, dtype=np.int8)
@@ -110,6 +111,7 @@ def _to_record(doc: dict[str, Any]) -> ImageRecord:
         signature=signature, words=words, error=doc.get("error"), digest=doc.get("digest"),
         frames=doc.get("frames", 1),
         embedding=None if embedding is None else np.asarray(embedding, dtype=np.int8),
+        analysis=doc.get("analysis", 1),  # the documents before it were version 1
     )
 
 

@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS images (
     error TEXT,
     digest TEXT,
     frames INTEGER NOT NULL DEFAULT 1,
-    embedding BLOB
+    embedding BLOB,
+    analysis INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS words (
     pos INTEGER NOT NULL,
@@ -84,13 +85,14 @@ END;
 QUERY_WORDS = 24
 
 _COLUMNS = ("path, root, size, mtime_ns, format, width, height, exif_tags, exif_date, signature, error, "
-            "digest, frames, embedding")
+            "digest, frames, embedding, analysis")
 # Columns added after the first release: an older file gets them (NULL: the hasher analyses
 # those records again) when it is opened.
 _ADDED_COLUMNS = {
     "digest": "TEXT",
     "frames": "INTEGER NOT NULL DEFAULT 1",
     "embedding": "BLOB",
+    "analysis": "INTEGER NOT NULL DEFAULT 1",  # the records before it were version 1
 }
 
 
@@ -118,7 +120,7 @@ def _row_to_record(row: tuple) -> ImageRecord:
         exif_tags=row[7], exif_date=row[8],
         signature=None if row[9] is None else np.frombuffer(row[9], dtype=np.int8), error=row[10],
         digest=row[11], frames=row[12],
-        embedding=None if row[13] is None else np.frombuffer(row[13], dtype=np.int8),
+        embedding=None if row[13] is None else np.frombuffer(row[13], dtype=np.int8), analysis=row[14],
     )
 
 
@@ -195,9 +197,9 @@ class SQLiteStore(SQLiteFile):
         db = self._db
         db.execute("DELETE FROM images WHERE path = ?", (_to_db(r.path),))
         cur = db.execute(
-            f"INSERT INTO images ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO images ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (_to_db(r.path), _to_db(r.root), r.size, r.mtime_ns, r.format, r.width, r.height, r.exif_tags, r.exif_date,
-             _int8(r.signature), r.error, r.digest, r.frames, _int8(r.embedding)),
+             _int8(r.signature), r.error, r.digest, r.frames, _int8(r.embedding), r.analysis),
         )
         if r.signature is not None:
             words = r.words or sig.words(r.signature)
