@@ -25,6 +25,7 @@ cv2.setNumThreads(1)  # the process pool is the parallelism
 
 MAX_SIDE = 512  # the long side pictures are compared at
 NO_DETAILS = "too few details in common to line the pictures up"
+TURNS_OFF = "turned against the other, and turned copies are not matched (match_orientations)"
 _ORB = cv2.ORB_create(nfeatures=600, fastThreshold=10)
 _MATCHER = cv2.BFMatcher(cv2.NORM_HAMMING)
 MIN_KEYPOINTS = 20
@@ -366,9 +367,6 @@ def _prefilter(grey: np.ndarray, shrink: float) -> np.ndarray:
     if shrink <= 1.2:
         return grey
     return cv2.GaussianBlur(grey, (0, 0), 0.5 * shrink)
-
-
-TURNS_OFF = "turned against the other, and turned copies are not matched (match_orientations)"
 
 
 def agreement(a: Features, b: Features, turns: bool = True) -> Agreement:
