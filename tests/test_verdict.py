@@ -266,7 +266,9 @@ def test_a_picture_kept_from_the_analysis_is_the_one_a_fresh_decode_gives(tmp_pa
     assert load_grey(str(tmp_path / "turned.jpg"), MAX_SIDE).shape == (512, 384), "EXIF orientation honoured"
 
 
-def test_a_file_analysed_in_this_process_is_compared_without_decoding_it_again(tmp_path, monkeypatch):
+def test_a_file_analysed_in_local_mode_is_compared_without_decoding_it_again(tmp_path, monkeypatch):
+    """The analysis hands back the comparison's picture; sent with the comparison, it spares
+    the decoding in whichever worker compares, and that worker keeps it (with its keypoints)."""
     from shared.image import pixels
 
     a, b = tmp_path / "a.jpg", tmp_path / "b.jpg"
@@ -274,18 +276,20 @@ def test_a_file_analysed_in_this_process_is_compared_without_decoding_it_again(t
     photo.save(a, quality=92)
     photo.resize((800, 600)).save(b, quality=80)
     versions = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in (a, b)]
-    monkeypatch.setattr(pixels, "_pictures", pixels._Pictures())
+    monkeypatch.setattr(pixels, "_pictures", pixels.Pictures())
     fresh = pixels.compare_files(*versions, True)
-    monkeypatch.setattr(pixels, "_pictures", pixels._Pictures())
-    for p in (a, b):
-        pixels.analyze_keeping_pixels(str(p))
+    monkeypatch.setattr(pixels, "_pictures", pixels.Pictures())  # another worker
+    analysed = [pixels.analyze_keeping_pixels(str(p)) for p in (a, b)]
+    assert [version for _, version, _ in analysed] == versions
 
     def no_decoding(*args):
         raise AssertionError("decoded again")
 
     monkeypatch.setattr(pixels, "load_grey", no_decoding)
-    kept = pixels.compare_files(*versions, True)
+    sent = tuple(picture for _, _, picture in analysed)
+    kept = pixels.compare_files(*versions, True, sent)
     assert kept == fresh and kept[0].convincing
+    assert pixels.compare_files(*versions, True) == fresh, "the worker kept what it was sent"
 
 
 def test_the_kept_pictures_stay_within_their_budget(monkeypatch):
@@ -293,7 +297,7 @@ def test_the_kept_pictures_stay_within_their_budget(monkeypatch):
     from shared.image.compare import Features
 
     monkeypatch.setattr(pixels, "CACHE_BYTES", 2 * 512 * 384)
-    kept = pixels._Pictures()
+    kept = pixels.Pictures()
     for name in ("a", "b", "c"):
         kept.keep((name, 1, 1), Features(np.zeros((384, 512), np.uint8)))
     assert kept.get(("a", 1, 1)) is None, "the least recently used goes first"

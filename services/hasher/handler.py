@@ -19,7 +19,7 @@ from shared.messages import FileEvent, ImageSigned
 from shared.core.safety import Unsafe, confine, root_of
 from shared.image import compare
 from shared.image.compare import BothWays
-from shared.image.pixels import FileVersion, analyze_keeping_pixels, compare_files
+from shared.image.pixels import FileVersion, Pictures, analyze_keeping_pixels, compare_files
 from shared.image.signature import ANALYSIS_VERSION, Analysis, ImageError, analyze, words
 from shared.store import ImageRecord, Store
 from services.watcher.handler import wanted
@@ -50,11 +50,13 @@ def _die_with_service(lifeline: Connection) -> None:
 class ProcessSigner:
     """``analyze`` in a pool of worker processes: decoding is CPU-bound, so it runs off the
     event loop, on every core asked for. The workers die with the service. With
-    ``keep_pixels`` (when the same pool compares the pixels next, as in local mode) each worker
-    keeps the comparison's picture of what it analysed, so that is not decoded again."""
+    ``keep_pixels`` (when the same pool compares the pixels next, as in local mode) this process
+    keeps the comparison's picture of each file analysed and sends it with each comparison, so
+    no file is decoded again, whichever worker compares it (a worker keeps each picture only
+    for the one that analysed it, which left half the comparisons of two workers decoding)."""
 
     def __init__(self, processes: int, keep_pixels: bool = False):
-        self._analyze = analyze_keeping_pixels if keep_pixels else analyze
+        self._kept = Pictures() if keep_pixels else None
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["__main__", *compare.PRELOAD])
         lifeline, self._lifeline = context.Pipe(duplex=False)
@@ -71,11 +73,17 @@ class ProcessSigner:
             raise WorkersUnavailable(f"cannot start the decoder processes: {exc}") from None
 
     async def __call__(self, path: str) -> Analysis:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._analyze, path)
+        loop = asyncio.get_running_loop()
+        if self._kept is None:
+            return await loop.run_in_executor(self._pool, analyze, path)
+        analysis, version, picture = await loop.run_in_executor(self._pool, analyze_keeping_pixels, path)
+        self._kept.keep(version, picture)
+        return analysis
 
     async def look(self, a: FileVersion, b: FileVersion, turns: bool) -> BothWays:
         """The verdict's pixel comparison, in the same pool (shared.core.verdict.Look)."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, compare_files, a, b, turns)
+        sent = (None, None) if self._kept is None else (self._kept.get(a), self._kept.get(b))
+        return await asyncio.get_running_loop().run_in_executor(self._pool, compare_files, a, b, turns, sent)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,8 +1,9 @@
 """Decoding for the pixel comparison, with a cache of pictures per file version, so a file
-compared with several candidates is decoded once, and a file analysed by this process
-(``analyze_keeping_pixels``, local mode) is not decoded again at all. Safe to call from threads
-and from the decoder pool's worker processes. Both ways of a pair are compared in one call, so
-one process decodes the two files."""
+compared with several candidates is decoded once (its keypoints computed once), and a file
+analysed in local mode is not decoded again at all: its picture comes from the analysis
+(``analyze_keeping_pixels``) and is sent with each comparison. Safe to call from threads and
+from the decoder pool's worker processes. Both ways of a pair are compared in one call, so one
+process decodes the two files."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from .signature import Analysis, ImageError, analyze, comparison_grey, load_grey
 FileVersion = tuple[str, int, int]  # path, size, mtime_ns: a cache key that changes with the file
 
 #: The pictures one process keeps (about 0.2 MB each at 512 px, keypoints included): a whole
-#: library of some 600 photos per decoder process, or the most recent of a larger one.
+#: library of some 600 photos (local mode's main process, and each decoder process of what it
+#: compared), or the most recent of a larger one.
 CACHE_BYTES = 128 << 20
 
 
-class _Pictures:
+class Pictures:
     """The most recently used pictures, up to ``CACHE_BYTES`` of grey levels."""
 
     def __init__(self) -> None:
@@ -44,27 +46,34 @@ class _Pictures:
                 self._bytes -= self._kept.popitem(last=False)[1].grey.nbytes
 
 
-_pictures = _Pictures()
+_pictures = Pictures()
 
 
-def _features(version: FileVersion) -> Features:
+Sent = tuple[Features | None, Features | None]  # the pictures of a pair, when the caller holds them
+
+
+def _features(version: FileVersion, sent: Features | None) -> Features:
     found = _pictures.get(version)
     if found is None:
-        found = Features(load_grey(version[0], MAX_SIDE))
+        found = sent if sent is not None else Features(load_grey(version[0], MAX_SIDE))
         _pictures.keep(version, found)
     return found
 
 
-def analyze_keeping_pixels(path: str) -> Analysis:
-    """``signature.analyze``, keeping the comparison's picture of the file from the same decode."""
-    return analyze(path, keep=lambda version, grey: _pictures.keep(version, Features(comparison_grey(grey, MAX_SIDE))))
+def analyze_keeping_pixels(path: str) -> tuple[Analysis, FileVersion, Features]:
+    """``signature.analyze``, and the comparison's picture of the file from the same decode,
+    with the file's version, for a caller that sends it with the comparisons (ProcessSigner)."""
+    kept: list[tuple[FileVersion, Features]] = []
+    analysis = analyze(path, keep=lambda version, grey: kept.append((version, Features(comparison_grey(grey, MAX_SIDE)))))
+    [(version, picture)] = kept
+    return analysis, version, picture
 
 
-def compare_files(a: FileVersion, b: FileVersion, turns: bool) -> BothWays:
-    """``compare.both_ways`` of two files, decoded now unless kept; a file that cannot be read
-    is no match."""
+def compare_files(a: FileVersion, b: FileVersion, turns: bool, sent: Sent = (None, None)) -> BothWays:
+    """``compare.both_ways`` of two files: kept here, or ``sent`` (their pictures, when the
+    caller holds them), or decoded now; a file that cannot be read is no match."""
     try:
-        return both_ways(_features(a), _features(b), turns)
+        return both_ways(_features(a, sent[0]), _features(b, sent[1]), turns)
     except ImageError as exc:
         return Agreement(reason=f"cannot compare the pixels: {exc}"), None
 
