@@ -279,7 +279,7 @@ def test_a_file_analysed_in_local_mode_is_compared_without_decoding_it_again(tmp
     monkeypatch.setattr(pixels, "_pictures", pixels.Pictures())
     fresh = pixels.compare_files(*versions, True)
     monkeypatch.setattr(pixels, "_pictures", pixels.Pictures())  # another worker
-    analysed = [pixels.analyze_keeping_pixels(str(p)) for p in (a, b)]
+    analysed = [pixels.analyze_with_picture(str(p)) for p in (a, b)]
     assert [version for _, version, _ in analysed] == versions
 
     def no_decoding(*args):

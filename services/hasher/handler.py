@@ -19,7 +19,7 @@ from shared.messages import FileEvent, ImageSigned
 from shared.core.safety import Unsafe, confine, root_of
 from shared.image import compare
 from shared.image.compare import BothWays
-from shared.image.pixels import FileVersion, Pictures, analyze_keeping_pixels, compare_files
+from shared.image.pixels import FileVersion, Pictures, analyze_with_picture, compare_files
 from shared.image.signature import ANALYSIS_VERSION, Analysis, ImageError, analyze, words
 from shared.store import ImageRecord, Store
 from services.watcher.handler import wanted
@@ -52,8 +52,8 @@ class ProcessSigner:
     event loop, on every core asked for. The workers die with the service. With
     ``keep_pixels`` (when the same pool compares the pixels next, as in local mode) this process
     keeps the comparison's picture of each file analysed and sends it with each comparison, so
-    no file is decoded again, whichever worker compares it (a worker keeps each picture only
-    for the one that analysed it, which left half the comparisons of two workers decoding)."""
+    no file is decoded again, whichever worker compares it (kept by the worker that analysed
+    it instead, half the comparisons of two workers decoded a file again)."""
 
     def __init__(self, processes: int, keep_pixels: bool = False):
         self._kept = Pictures() if keep_pixels else None
@@ -76,7 +76,7 @@ class ProcessSigner:
         loop = asyncio.get_running_loop()
         if self._kept is None:
             return await loop.run_in_executor(self._pool, analyze, path)
-        analysis, version, picture = await loop.run_in_executor(self._pool, analyze_keeping_pixels, path)
+        analysis, version, picture = await loop.run_in_executor(self._pool, analyze_with_picture, path)
         self._kept.keep(version, picture)
         return analysis
 

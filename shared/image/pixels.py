@@ -1,7 +1,7 @@
 """Decoding for the pixel comparison, with a cache of pictures per file version, so a file
 compared with several candidates is decoded once (its keypoints computed once), and a file
 analysed in local mode is not decoded again at all: its picture comes from the analysis
-(``analyze_keeping_pixels``) and is sent with each comparison. Safe to call from threads and
+(``analyze_with_picture``) and is sent with each comparison. Safe to call from threads and
 from the decoder pool's worker processes. Both ways of a pair are compared in one call, so one
 process decodes the two files."""
 
@@ -60,7 +60,7 @@ def _features(version: FileVersion, sent: Features | None) -> Features:
     return found
 
 
-def analyze_keeping_pixels(path: str) -> tuple[Analysis, FileVersion, Features]:
+def analyze_with_picture(path: str) -> tuple[Analysis, FileVersion, Features]:
     """``signature.analyze``, and the comparison's picture of the file from the same decode,
     with the file's version, for a caller that sends it with the comparisons (ProcessSigner)."""
     kept: list[tuple[FileVersion, Features]] = []
