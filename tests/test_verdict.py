@@ -254,15 +254,14 @@ def test_a_picture_kept_from_the_analysis_is_the_one_a_fresh_decode_gives(tmp_pa
     the actuator's last check) must see exactly the same pixels, or the verdict would depend
     on where it ran."""
     from shared.image.compare import MAX_SIDE
-    from shared.image.signature import comparison_grey, load_grey
+    from shared.image.signature import analyze_for_comparison, load_grey
 
     for path in _save_kinds(tmp_path):
-        kept = []
-        analyze(str(path), keep=lambda version, grey: kept.append((version, grey)))
-        [(version, grey)] = kept
+        analysis, version, grey = analyze_for_comparison(str(path), MAX_SIDE)
         st = os.stat(path)
         assert version == (str(path), st.st_size, st.st_mtime_ns)
-        assert np.array_equal(comparison_grey(grey, MAX_SIDE), load_grey(str(path), MAX_SIDE)), path.name
+        assert np.array_equal(analysis.signature, analyze(str(path)).signature)
+        assert np.array_equal(grey, load_grey(str(path), MAX_SIDE)), path.name
     assert load_grey(str(tmp_path / "turned.jpg"), MAX_SIDE).shape == (512, 384), "EXIF orientation honoured"
 
 

@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict
 
 from .compare import MAX_SIDE, Agreement, BothWays, Features, both_ways
-from .signature import Analysis, ImageError, analyze, comparison_grey, load_grey
+from .signature import Analysis, ImageError, analyze_for_comparison, load_grey
 
 FileVersion = tuple[str, int, int]  # path, size, mtime_ns: a cache key that changes with the file
 
@@ -63,10 +63,8 @@ def _features(version: FileVersion, sent: Features | None) -> Features:
 def analyze_with_picture(path: str) -> tuple[Analysis, FileVersion, Features]:
     """``signature.analyze``, and the comparison's picture of the file from the same decode,
     with the file's version, for a caller that sends it with the comparisons (ProcessSigner)."""
-    kept: list[tuple[FileVersion, Features]] = []
-    analysis = analyze(path, keep=lambda version, grey: kept.append((version, Features(comparison_grey(grey, MAX_SIDE)))))
-    [(version, picture)] = kept
-    return analysis, version, picture
+    analysis, version, grey = analyze_for_comparison(path, MAX_SIDE)
+    return analysis, version, Features(grey)
 
 
 def compare_files(a: FileVersion, b: FileVersion, turns: bool, sent: Sent = (None, None)) -> BothWays:

@@ -41,13 +41,14 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from threadpoolctl import threadpool_limits
+
+from . import embedding
 
 # numpy's BLAS (OpenBLAS) keeps a thread per core that spin-waits between calls: on the small
 # products here (signature distances) they gain nothing, and on two free cores they burned more
@@ -569,25 +570,27 @@ def _image_errors(fn):
 
 
 @_image_errors
-def analyze(
-    path: str, target: int = DRAFT_TARGET, embed: bool = True,
-    keep: Callable[[tuple[str, int, int], np.ndarray], None] | None = None,
-) -> Analysis:
+def analyze(path: str, target: int = DRAFT_TARGET, embed: bool = True) -> Analysis:
     """Decode ``path`` once and compute its signature, digest, embedding and metadata.
 
     ``target`` is the draft/reduce size (0 = full resolution). Raises :class:`ImageError` with
     a one-line reason for every file that cannot be analysed, and nothing else for bad files.
-    ``keep`` is given the file's version (path, size, mtime_ns) and its decoded grey levels, for
-    a caller that compares the pixels next (``shared.image.pixels``).
     """
-    from . import embedding
+    return _analysis(_decode(os.fspath(path), target, embedding.INPUT_SIZE if embed else 0), embed)
 
-    d = _decode(os.fspath(path), target, embedding.INPUT_SIZE if embed else 0)
-    signature = signature_from_grey(d.grey)
+
+@_image_errors
+def analyze_for_comparison(path: str, max_side: int) -> tuple[Analysis, tuple[str, int, int], np.ndarray]:
+    """``analyze``, and from the same decode the file's version (path, size, mtime_ns) and its
+    ``comparison_grey``, for a caller that compares the pixels next (``shared.image.pixels``)."""
+    d = _decode(os.fspath(path), DRAFT_TARGET, embedding.INPUT_SIZE)
+    return _analysis(d, True), d.version, comparison_grey(d.grey, max_side)
+
+
+def _analysis(d: _Decoded, embed: bool) -> Analysis:
     vector = embedding.embed(d.rgb) if embed and d.rgb is not None else None
-    if keep is not None and target == DRAFT_TARGET:
-        keep(d.version, d.grey)
-    return Analysis(d.format, d.width, d.height, d.exif_tags, d.exif_date, signature, d.digest, d.frames, vector)
+    return Analysis(d.format, d.width, d.height, d.exif_tags, d.exif_date, signature_from_grey(d.grey), d.digest,
+                    d.frames, vector)
 
 
 def comparison_grey(grey: np.ndarray, max_side: int) -> np.ndarray:
