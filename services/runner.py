@@ -315,7 +315,7 @@ async def serve(roles: list[str], settings: Settings, *, in_process: bool = Fals
     """Run ``roles`` until SIGTERM/SIGINT."""
     name = "daemon" if in_process else "+".join(roles)
     store, ledger = await open_stores(settings)
-    store_open = True
+    store_open, started = True, False
     observe = metrics.observe_messages(roles)
     if in_process:
         bus: Any = _ObservedInProcessBus(settings.max_retries, observe)
@@ -332,6 +332,8 @@ async def serve(roles: list[str], settings: Settings, *, in_process: bool = Fals
     def ready() -> tuple[bool, str]:
         if not store_open:
             return False, "store closed"
+        if not started:  # subscriptions, decoder processes, the watch: not all in place yet
+            return False, "starting"
         if not in_process and not bus.ready:
             return False, "broker not connected"
         return True, "ready"
@@ -344,6 +346,7 @@ async def serve(roles: list[str], settings: Settings, *, in_process: bool = Fals
     try:
         for role in roles:
             await STARTERS[role](ctx)
+        started = True
         log.info("%s started (store %s%s)", name, settings.elasticsearch_url or settings.store_path,
                  "" if in_process else f", broker prefix {settings.broker_prefix}")
         await ctx.stopping.wait()

@@ -2,7 +2,7 @@
 
 ``GET /metrics``  Prometheus text format.
 ``GET /healthz``  200 while the process is alive (liveness).
-``GET /readyz``   200 when the broker connection is up and the store is open, else 503 (readiness).
+``GET /readyz``   200 once the service started, while the broker connection is up and the store is open, else 503 (readiness).
 """
 
 from __future__ import annotations

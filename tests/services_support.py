@@ -140,6 +140,7 @@ class Services:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: list[tuple[str, subprocess.Popen, int]] = []
         self.tmpdirs: list[str] = []
+        self.killed: set[int] = set()  # pids the test ended on purpose
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_DEDUP_")}
         values = {
             "source_directories": json.dumps([str(photos)]), "store_path": str(base / "store.sqlite"),
@@ -178,13 +179,14 @@ class Services:
         return proc, port
 
     def kill9(self, proc: subprocess.Popen) -> None:
+        self.killed.add(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)  # the service and its decoder processes
         proc.wait(10)
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         for role, proc, port in self.procs:
-            if proc.poll() is not None:
+            if proc.pid in self.killed:
                 continue
             while get(port, "/readyz")[0] != 200:
                 if proc.poll() is not None:

@@ -150,3 +150,47 @@ async def test_batcher_waits_for_quiet_and_fails_the_whole_batch():
     results = await asyncio.gather(*(batcher.submit(p) for p in ("c", "bad", "d", "e")), return_exceptions=True)
     assert batches[1] == ["c", "bad", "d"]  # max_size reached: no waiting
     assert [type(r) for r in results[:3]] == [RuntimeError] * 3 and results[3] is None
+
+
+
+async def test_a_service_is_not_ready_before_it_started(tmp_path, monkeypatch):
+    """/readyz stays 503 until every role's start hook returned (its subscriptions, decoder
+    processes and watch in place), so nothing copied in after "ready" can go unseen."""
+    import aiohttp
+
+    from services import runner
+    from tests.services_support import free_port
+
+    release = asyncio.Event()
+
+    async def slow_start(ctx: Context) -> None:
+        await release.wait()
+
+    monkeypatch.setitem(runner.STARTERS, "hasher", slow_start)
+    port = free_port()
+    settings = Settings(source_directories=[tmp_path], store_path=tmp_path / "s.sqlite", metrics_port=port,
+                        journal_directory=tmp_path / "journals")
+    service = asyncio.create_task(runner.serve(["hasher"], settings, in_process=True))
+
+    async def readyz_once_up(refused: tuple[int, str] | None) -> tuple[int, str] | None:
+        """The first answer of /readyz other than ``refused`` (None: no answer yet)."""
+        deadline = asyncio.get_running_loop().time() + 10
+        answer = None
+        while answer in (None, refused) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            try:
+                async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/readyz") as response:
+                    answer = response.status, await response.text()
+            except aiohttp.ClientConnectionError:
+                answer = None
+        return answer
+
+    try:
+        assert await readyz_once_up(None) == (503, "starting\n")
+        await asyncio.sleep(0.3)
+        assert await readyz_once_up(None) == (503, "starting\n"), "ready while a start hook still runs"
+        release.set()
+        assert await readyz_once_up((503, "starting\n")) == (200, "ready\n")
+    finally:
+        service.cancel()
+        await asyncio.gather(service, return_exceptions=True)

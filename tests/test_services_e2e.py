@@ -133,8 +133,8 @@ def test_scaled_services_survive_kill9_like_local_mode(world):
     services.start("watcher")
 
     victim, port = hashers[0]
-    wait_for(lambda: metric(get(port, "/metrics")[1], "image_dedup_hasher_images_signed_total") >= 3, 60, "hasher idle",
-             interval=0.05)
+    wait_for(lambda: metric(get(port, "/metrics")[1], "image_dedup_hasher_images_signed_total") >= 3, 60,
+             lambda: f"hasher idle\n{services.log_text()}", interval=0.05)
     services.kill9(victim)
     services.start("hasher")
     victim, port = actuators[0]
@@ -157,7 +157,7 @@ def test_services_reconnect_after_a_broker_restart(world):
     services.wait_ready()
     shutil.copytree(library / "album0", services.photos / "album0")
     wait_for(lambda: metric(get(procs["hasher"][1], "/metrics")[1], "image_dedup_hasher_images_signed_total") >= 1, 30,
-             "hasher idle", interval=0.05)
+             lambda: f"hasher idle\n{services.log_text()}", interval=0.05)
     rabbitmqctl("stop_app")
     try:
         wait_for(lambda: get(procs["hasher"][1], "/readyz")[0] == 503, 20, "still ready without a broker")
