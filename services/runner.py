@@ -35,7 +35,7 @@ from services.watcher.handler import clean_up, handle_rescan, walk, wanted
 from shared import metrics
 from shared.actions import Journal, remove_empty_folders
 from shared.bus import Bus, InProcessBus, Reject
-from shared.config import Settings
+from shared.config import WATCH_POLL_FALLBACK, Settings
 from shared.core.safety import Unsafe, below_root, confine_folder
 from shared.messages import Decision, FileEvent, ImageSigned, Message, Rescan
 from shared.store import Ledger, Store
@@ -59,6 +59,7 @@ class Context:
     tasks: list[asyncio.Task] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)  # before the bus drains
     on_close: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)  # after it closed
+    failed: bool = False  # stopping because a part of the service failed: exit status 1
 
 
 async def _call_all(callbacks: list) -> None:
@@ -214,10 +215,13 @@ def _stat(path: str) -> tuple[int, int] | None:
 
 class LiveWatch:
     """watchfiles over the roots; a path is published once it stayed unchanged (size, mtime)
-    for ``debounce`` seconds, so a file still being copied is published once, complete."""
+    for ``debounce`` seconds, so a file still being copied is published once, complete.
+    Where the system cannot watch (inotify's limits reached, say) it polls instead, and
+    ``rescan`` catches up with what changed meanwhile."""
 
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: Context, rescan: Callable[[], Awaitable[None]]):
         self.ctx = ctx
+        self.rescan = rescan
         self.published = metrics.watcher().file_events.labels("watch")
         self.settings = ctx.settings
         self.debounce = ctx.settings.watch_debounce
@@ -261,22 +265,36 @@ class LiveWatch:
                     log.info("forgot %d vanished files", len(forgotten))
 
     async def run(self) -> None:
-        from watchfiles import awatch
-
         roots = [str(r) for r in self.settings.source_directories if r.is_dir()]
         if not roots:
             log.warning("no existing root to watch")
             return
         flusher = asyncio.create_task(self.flush_loop())
+        poll = self.settings.watch_poll
         try:
-            async for changes in awatch(
-                *roots, watch_filter=None, recursive=self.settings.recursive, debounce=200, step=50,
-                stop_event=self.ctx.stopping,
-            ):
-                for change, path in changes:
-                    self.on_change(change, path)
+            while True:
+                try:
+                    return await self._watch(roots, poll)
+                except RuntimeError as exc:  # watchfiles could not set up (or keep) the system's watch
+                    if poll:
+                        raise
+                    poll = WATCH_POLL_FALLBACK
+                    log.warning("cannot watch the roots (%s); polling them every %gs instead",
+                                str(exc).splitlines()[0], poll)
+                    # scheduled now, run once the polling watch is in place: nothing is missed
+                    self.ctx.tasks.append(asyncio.create_task(self.rescan()))
         finally:
             flusher.cancel()
+
+    async def _watch(self, roots: list[str], poll: float) -> None:
+        from watchfiles import awatch
+
+        async for changes in awatch(
+            *roots, watch_filter=None, recursive=self.settings.recursive, debounce=200, step=50,
+            stop_event=self.ctx.stopping, force_polling=bool(poll), poll_delay_ms=int(poll * 1000) or 300,
+        ):
+            for change, path in changes:
+                self.on_change(change, path)
 
 
 async def start_watcher(ctx: Context, live: bool = True) -> None:
@@ -302,17 +320,29 @@ async def start_watcher(ctx: Context, live: bool = True) -> None:
 
     await ctx.bus.subscribe("watcher.rescan", on_rescan, concurrency=1)
     if live:
-        watch = LiveWatch(ctx)
-        ctx.tasks.append(asyncio.create_task(watch.run()))  # watch first: nothing copied meanwhile is missed
+        watch = asyncio.create_task(LiveWatch(ctx, lambda: rescan(Rescan())).run())
+        watch.add_done_callback(lambda task: _stop_if_failed(ctx, task, "the live watch"))
+        ctx.tasks.append(watch)  # watch first: nothing copied meanwhile is missed
     ctx.tasks.append(asyncio.create_task(rescan(Rescan())))
+
+
+def _stop_if_failed(ctx: Context, task: asyncio.Task, what: str) -> None:
+    """A background part of a service that failed stops the service (exit status 1) so that its
+    supervisor restarts it, rather than leaving it up, ready and deaf."""
+    if task.cancelled() or task.exception() is None:
+        return
+    exc = task.exception()
+    log.error("%s stopped (%s); stopping the service", what, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    ctx.failed = True
+    ctx.stopping.set()
 
 
 STARTERS = {"watcher": start_watcher, "hasher": start_hasher, "matcher": start_matcher, "actuator": start_actuator}
 
 
 # -- process ----------------------------------------------------------------------------------
-async def serve(roles: list[str], settings: Settings, *, in_process: bool = False) -> None:
-    """Run ``roles`` until SIGTERM/SIGINT."""
+async def serve(roles: list[str], settings: Settings, *, in_process: bool = False) -> int:
+    """Run ``roles`` until SIGTERM/SIGINT (exit status 0) or a part of them failed (1)."""
     name = "daemon" if in_process else "+".join(roles)
     store, ledger = await open_stores(settings)
     store_open, started = True, False
@@ -368,6 +398,7 @@ async def serve(roles: list[str], settings: Settings, *, in_process: bool = Fals
         await ledger.close()
         await health.stop()
         log.info("%s stopped", name)
+    return 1 if ctx.failed else 0
 
 
 class _ObservedInProcessBus(InProcessBus):
@@ -447,8 +478,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"rescan of {args.path or 'all roots'} published to {settings.broker_prefix}")
         return 0
     roles = [args.role] if args.command == "service" else list(ROLES)
-    asyncio.run(serve(roles, settings, in_process=args.command == "daemon"))
-    return 0
+    return asyncio.run(serve(roles, settings, in_process=args.command == "daemon"))
 
 
 def _without_password(url: str) -> str:

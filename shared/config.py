@@ -46,6 +46,8 @@ class ConfigError(Exception):
     """A configuration problem, worded for the user in one line."""
 
 
+WATCH_POLL_FALLBACK = 10.0  # seconds between polls where the system cannot watch the roots
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMAGE_DEDUP_", extra="forbid", validate_default=True)
 
@@ -130,6 +132,11 @@ class Settings(BaseSettings):
     )
     watch_debounce: float = Field(
         2.0, ge=0, description="Watcher publishes a file once it has not changed for this many seconds."
+    )
+    watch_poll: float = Field(
+        0, ge=0, description="Watcher polls the roots every this many seconds instead of asking the system to watch "
+        "them (0: watch; polling is needed on a network share that other hosts change, and is used every "
+        f"{WATCH_POLL_FALLBACK:g} s where the system cannot watch).",
     )
 
     @field_validator("file_extensions")

@@ -331,3 +331,104 @@ def test_services_on_hosts_of_their_own_move_what_local_mode_moves_and_undo_take
                             capture_output=True, text=True, timeout=120)
     assert undone.returncode == 0, undone.stderr
     assert snapshot(photos) == set(files) | {"album0/img0000 big.jpg"}, undone.stdout
+
+
+async def _watched(tmp_path: Path, copy_in, **settings) -> list[str]:
+    """The paths the watcher service publishes (in process) while ``copy_in(root)`` runs after
+    its start; it returns once ``copy_in``'s files were all published (or 20 s passed)."""
+    from shared.bus import InProcessBus
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    settings = Settings(source_directories=[root], store_path=tmp_path / "s.sqlite", watch_debounce=0.2, **settings)
+    store, ledger, bus = SQLiteStore(settings.store_path), SQLiteLedger(settings.store_path), InProcessBus()
+    published: list[str] = []
+
+    async def on_event(message) -> None:
+        published.append(message.path)
+
+    ctx = Context(settings, store, bus, ledger)
+    await bus.subscribe("file.event", on_event)
+    try:
+        await start_watcher(ctx)
+        expected = await copy_in(root)
+        deadline = time.monotonic() + 20
+        while not expected <= set(published) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert not ctx.failed
+        return published
+    finally:
+        for task in ctx.tasks:
+            task.cancel()
+        await asyncio.gather(*ctx.tasks, return_exceptions=True)
+        await bus.close()
+        await store.close()
+        await ledger.close()
+
+
+async def _copy_album(root: Path) -> set[str]:
+    await asyncio.sleep(0.5)  # after the start-up rescan
+    album = root / "album"
+    album.mkdir()
+    for i in range(3):
+        photo(i).save(album / f"{i}.jpg")
+    return {str(album / f"{i}.jpg") for i in range(3)}
+
+
+async def test_the_watcher_polls_the_roots_when_asked(tmp_path):
+    """watch_poll: a network share changed by other hosts sends no inotify events; polling sees them."""
+    published = await _watched(tmp_path, _copy_album, watch_poll=0.3)
+    assert {p.rsplit("/", 2)[-2] for p in published} == {"album"} and len(set(published)) == 3
+
+
+async def test_the_watcher_polls_where_the_system_cannot_watch(tmp_path, monkeypatch, caplog):
+    """With inotify's instances used up, the watcher says so in one line and polls instead (and
+    rescans, so what changed while it switched is not missed), rather than staying up, deaf."""
+    import ctypes
+
+    from services import runner
+
+    monkeypatch.setattr(runner, "WATCH_POLL_FALLBACK", 0.3)
+    libc = ctypes.CDLL(None, use_errno=True)
+    held = []
+    while (fd := libc.inotify_init()) >= 0:  # a real shortage, for as short as possible
+        held.append(fd)
+
+    async def release_then_copy(root: Path) -> set[str]:
+        await asyncio.sleep(0.2)  # the watch was set up (and failed) at the start
+        for fd in held:
+            os.close(fd)
+        held.clear()
+        return await _copy_album(root)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="image_dedup.services"):
+            published = await _watched(tmp_path, release_then_copy)
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert len(set(published)) == 3, published
+    said = [r.getMessage() for r in caplog.records if "cannot watch" in r.getMessage()]
+    assert len(said) == 1 and "\n" not in said[0] and said[0].endswith("; polling them every 0.3s instead"), said
+
+
+async def test_a_failed_background_part_stops_its_service_with_status_1(tmp_path, caplog):
+    """Up, ready and deaf is the worst state for a service: its supervisor restarts a stopped one."""
+    from services.runner import _stop_if_failed
+
+    async def broken() -> None:
+        raise RuntimeError("watch lost\nsecond line")
+
+    ctx = Context(Settings(source_directories=[tmp_path]), None, None, None)  # type: ignore[arg-type]
+    task = asyncio.create_task(broken())
+    await asyncio.gather(task, return_exceptions=True)
+    with caplog.at_level(logging.ERROR, logger="image_dedup.services"):
+        _stop_if_failed(ctx, task, "the live watch")
+    assert ctx.failed and ctx.stopping.is_set()
+    assert [r.getMessage() for r in caplog.records] == ["the live watch stopped (watch lost); stopping the service"]
+    cancelled = asyncio.create_task(asyncio.sleep(10))
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    ctx = Context(Settings(source_directories=[tmp_path]), None, None, None)  # type: ignore[arg-type]
+    _stop_if_failed(ctx, cancelled, "the live watch")  # a service stopping cancels it: no failure
+    assert not ctx.failed and not ctx.stopping.is_set()
