@@ -61,6 +61,24 @@ class Context:
     on_close: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)  # after it closed
     failed: bool = False  # stopping because a part of the service failed: exit status 1
 
+    def spawn(self, work: Awaitable[None], what: str) -> None:
+        """Run ``work`` in the background until the service stops. If it fails, the service stops
+        with exit status 1 for its supervisor to restart it, rather than stay up, ready and deaf."""
+        task = asyncio.ensure_future(work)
+        task.add_done_callback(lambda done: self._stop_if_failed(done, what))
+        self.tasks.append(task)
+
+    def _stop_if_failed(self, task: asyncio.Future, what: str) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("%s stopped (%s); stopping the service", what, _first_line(task.exception()))
+        self.failed = True
+        self.stopping.set()
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+
 
 async def _call_all(callbacks: list) -> None:
     for cb in callbacks:
@@ -279,10 +297,9 @@ class LiveWatch:
                     if poll:
                         raise
                     poll = WATCH_POLL_FALLBACK
-                    log.warning("cannot watch the roots (%s); polling them every %gs instead",
-                                str(exc).splitlines()[0], poll)
+                    log.warning("cannot watch the roots (%s); polling them every %gs instead", _first_line(exc), poll)
                     # scheduled now, run once the polling watch is in place: nothing is missed
-                    self.ctx.tasks.append(asyncio.create_task(self.rescan()))
+                    self.ctx.spawn(self.rescan(), "the rescan after the switch to polling")
         finally:
             flusher.cancel()
 
@@ -320,21 +337,9 @@ async def start_watcher(ctx: Context, live: bool = True) -> None:
 
     await ctx.bus.subscribe("watcher.rescan", on_rescan, concurrency=1)
     if live:
-        watch = asyncio.create_task(LiveWatch(ctx, lambda: rescan(Rescan())).run())
-        watch.add_done_callback(lambda task: _stop_if_failed(ctx, task, "the live watch"))
-        ctx.tasks.append(watch)  # watch first: nothing copied meanwhile is missed
-    ctx.tasks.append(asyncio.create_task(rescan(Rescan())))
-
-
-def _stop_if_failed(ctx: Context, task: asyncio.Task, what: str) -> None:
-    """A background part of a service that failed stops the service (exit status 1) so that its
-    supervisor restarts it, rather than leaving it up, ready and deaf."""
-    if task.cancelled() or task.exception() is None:
-        return
-    exc = task.exception()
-    log.error("%s stopped (%s); stopping the service", what, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    ctx.failed = True
-    ctx.stopping.set()
+        # watch first: nothing copied meanwhile is missed
+        ctx.spawn(LiveWatch(ctx, lambda: rescan(Rescan())).run(), "the live watch")
+    ctx.spawn(rescan(Rescan()), "the start-up rescan")
 
 
 STARTERS = {"watcher": start_watcher, "hasher": start_hasher, "matcher": start_matcher, "actuator": start_actuator}
@@ -357,7 +362,7 @@ async def serve(roles: list[str], settings: Settings, *, in_process: bool = Fals
         await bus.connect()
     ctx = Context(settings, store, bus, ledger)
     if in_process:
-        ctx.tasks.append(asyncio.create_task(bus.log_dead_letters()))
+        ctx.spawn(bus.log_dead_letters(), "the dead-letter log")
 
     def ready() -> tuple[bool, str]:
         if not store_open:
@@ -470,7 +475,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
             asyncio.run(publish_rescan(settings, args.path))
         except Exception as exc:  # the broker's client raises many kinds; the user needs one line
             print(f"image-dedup: cannot publish the rescan to {_without_password(settings.broker_url)}: "
-                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+                  f"{_first_line(exc)}", file=sys.stderr)
             return 1
         finally:
             for name, level in before.items():

@@ -48,6 +48,7 @@ class ConfigError(Exception):
 
 WATCH_POLL_FALLBACK = 10.0  # seconds between polls where the system cannot watch the roots
 
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMAGE_DEDUP_", extra="forbid", validate_default=True)
 

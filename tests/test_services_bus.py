@@ -152,7 +152,6 @@ async def test_batcher_waits_for_quiet_and_fails_the_whole_batch():
     assert [type(r) for r in results[:3]] == [RuntimeError] * 3 and results[3] is None
 
 
-
 async def test_a_service_is_not_ready_before_it_started(tmp_path, monkeypatch):
     """/readyz stays 503 until every role's start hook returned (its subscriptions, decoder
     processes and watch in place), so nothing copied in after "ready" can go unseen."""

@@ -414,21 +414,19 @@ async def test_the_watcher_polls_where_the_system_cannot_watch(tmp_path, monkeyp
 
 async def test_a_failed_background_part_stops_its_service_with_status_1(tmp_path, caplog):
     """Up, ready and deaf is the worst state for a service: its supervisor restarts a stopped one."""
-    from services.runner import _stop_if_failed
-
     async def broken() -> None:
         raise RuntimeError("watch lost\nsecond line")
 
     ctx = Context(Settings(source_directories=[tmp_path]), None, None, None)  # type: ignore[arg-type]
-    task = asyncio.create_task(broken())
-    await asyncio.gather(task, return_exceptions=True)
     with caplog.at_level(logging.ERROR, logger="image_dedup.services"):
-        _stop_if_failed(ctx, task, "the live watch")
+        ctx.spawn(broken(), "the live watch")
+        await asyncio.gather(*ctx.tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # the done callbacks run
     assert ctx.failed and ctx.stopping.is_set()
     assert [r.getMessage() for r in caplog.records] == ["the live watch stopped (watch lost); stopping the service"]
-    cancelled = asyncio.create_task(asyncio.sleep(10))
-    cancelled.cancel()
-    await asyncio.gather(cancelled, return_exceptions=True)
     ctx = Context(Settings(source_directories=[tmp_path]), None, None, None)  # type: ignore[arg-type]
-    _stop_if_failed(ctx, cancelled, "the live watch")  # a service stopping cancels it: no failure
+    ctx.spawn(asyncio.sleep(10), "the live watch")
+    ctx.tasks[0].cancel()  # a service stopping cancels its background parts: no failure
+    await asyncio.gather(*ctx.tasks, return_exceptions=True)
+    await asyncio.sleep(0)
     assert not ctx.failed and not ctx.stopping.is_set()
