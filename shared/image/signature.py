@@ -48,20 +48,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from threadpoolctl import threadpool_limits
 
-from . import embedding
+from . import decode, embedding
+from .metadata import raw_exif
 
 # numpy's BLAS (OpenBLAS) keeps a thread per core that spin-waits between calls: on the small
 # products here (signature distances) they gain nothing, and on two free cores they burned more
 # CPU than the rest of local mode's main process (lib-hard: 13.5 s against 4.7 s). The process
 # pool is the parallelism.
 threadpool_limits(1, user_api="blas")
-
-try:  # HEIC/HEIF support; registered once per process, at import
-    import pillow_heif
-
-    pillow_heif.register_heif_opener()
-except Exception:  # pragma: no cover - optional dependency missing or broken
-    pillow_heif = None
 
 SIGNATURE_LENGTH = 648  # 9x9 grid x 8 neighbours
 WORD_COUNT = 63
@@ -495,26 +489,31 @@ def _decode(path: str, target: int, rgb_target: int = 0, digest: bool = True) ->
             raise ImageError(f"file too large for an image ({size:,} bytes)")
         data = fh.read()
     content = hashlib.blake2b(data, digest_size=16).hexdigest() if digest else ""
+    raw = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        img = Image.open(io.BytesIO(data))
+        if decode.is_raw(path):
+            img, raw = decode.open_raw(data, path, target)
+        else:
+            img = Image.open(io.BytesIO(data))
     rgb = None
     with img:
-        fmt = _FORMAT_NAMES.get(img.format or "", img.format or "unknown")
-        width, height = img.size
+        fmt = _FORMAT_NAMES.get(img.format or "", img.format or "unknown") if raw is None else raw.format
+        width, height = img.size if raw is None else (raw.width, raw.height)
         frames = int(getattr(img, "n_frames", 1) or 1)
-        if fmt == "JPEG" and target:
+        jpeg = _FORMAT_NAMES.get(img.format or "", img.format) == "JPEG"  # a RAW's preview too
+        if jpeg and target:
             # DCT-scaled, and the decoder's own colour space: its luma is the grey levels, and
             # the colour for the embedding comes from the same decode (it is entropy decoding,
             # not the scale, that costs)
             img.draft("YCbCr" if rgb_target else "L", (target, target))
         img.load()
-        tags, date, orientation = _exif_info(img)
+        tags, date, orientation = _exif_info(img) if raw is None else (*raw_exif(data), raw.orientation)
         if img.mode == "YCbCr":
             if rgb_target:
                 rgb = img.reduce(_reduce_factor(*img.size, rgb_target)).convert("RGB")
             img = img.getchannel(0)
-        if fmt != "JPEG" and target:
+        if not jpeg and target:
             factor = _reduce_factor(*img.size, target)
             if factor > 1:
                 if img.mode == "P":
@@ -545,6 +544,8 @@ def _image_errors(fn):
             return fn(*args, **kwargs)
         except ImageError:
             raise
+        except decode.RawError as exc:
+            raise ImageError(str(exc)) from None
         except Image.DecompressionBombError as exc:
             m = _BOMB_RE.search(str(exc))
             pixels = m.group(1) if m else "too many"
