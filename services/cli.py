@@ -49,12 +49,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="may duplicates lie in different roots")
     dedup.add_argument("--report", type=Path, help="write the groups found as JSON to this file (for review and apply)")
     _action_flags(dedup)
+    dedup.add_argument("--reference", action="append", type=Path, dest="reference_directories", metavar="DIR",
+                       help="a reference folder: scanned and matched, never removed from (repeatable)")
 
     apply = sub.add_parser("apply", parents=[common], help="carry out a (reviewed, edited) report, checking every file again")
     apply.add_argument("report_file", type=Path, metavar="REPORT", help="a report written by deduplicate --report")
     apply.add_argument("directories", nargs="*", type=Path,
                        help="roots the report may touch (default: source_directories); the report's roots must be among them")
     _action_flags(apply)
+    apply.add_argument("--reference", action="append", type=Path, dest="reference_directories", metavar="DIR",
+                       help="a reference folder: nothing in it is removed (repeatable)")
 
     config = sub.add_parser("config", parents=[common], help="configuration helpers")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -84,7 +88,7 @@ def _action_flags(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> Settings:
     flags = {k: getattr(args, k, None) for k in (
         "dry_run", "threads", "max_dist", "duplicates_target_directory", "action", "remove_empty_folders",
-        "across_dirs", "store_path", "exclusions", "recursive")}
+        "across_dirs", "store_path", "exclusions", "recursive", "reference_directories")}
     if getattr(args, "directories", None):
         flags["source_directories"] = args.directories
     return load_settings(getattr(args, "config", None), **flags)

@@ -17,8 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from services.actuator.handler import ActionOutcome, handle_decision
 from services.hasher.handler import HashOutcome, ProcessSigner, Sign, handle_file_event
 from services.matcher.handler import plan, to_decision
+from services.matcher.units import companion_facts
 from services.watcher.handler import FoundFile, clean_up, walk
-from shared.actions import Journal, remove_empty_folders
+from shared.actions import Journal, recover, remove_empty_folders
 from shared.bus import InProcessBus
 from shared.config import Settings
 from shared.core.verdict import Look
@@ -55,7 +56,7 @@ class Summary:
         by_path = {o.path: o for o in self.outcomes}
 
         def facts(f) -> dict:
-            return f.model_dump(exclude={"path", "distance", "evidence"})
+            return f.model_dump(mode="json", exclude={"path", "distance", "evidence", "metadata"})
 
         return {
             "version": REPORT_VERSION,
@@ -65,11 +66,15 @@ class Summary:
                     "keep": d.keep.path,
                     "remove": [r.path for r in d.remove],
                     "rule": d.rule,
+                    "why": d.why,
                     "distances": {r.path: r.distance for r in d.remove},
                     "evidence": {r.path: r.evidence.model_dump() for r in d.remove if r.evidence},
                     "files": {f.path: facts(f) for f in (d.keep, *d.remove)},
+                    # what only a removed copy holds of a person's metadata, in words per field
+                    "metadata": {r.path: r.metadata for r in d.remove if r.metadata},
                     "outcomes": {
-                        r.path: {"status": by_path[r.path].status, "reason": by_path[r.path].reason}
+                        r.path: {"status": by_path[r.path].status, "reason": by_path[r.path].reason,
+                                 "files": list(by_path[r.path].files)}
                         for r in d.remove if r.path in by_path
                     },
                 }
@@ -120,6 +125,9 @@ async def deduplicate(
     try:
         if signer is not None:
             await signer.start()
+        if not settings.dry_run:  # a run killed part-way through a unit: finished or rolled back now
+            for line in recover(settings.journal_directory):
+                console.print(f"journal: {line}", highlight=False, markup=False, soft_wrap=True)
         with phases.progress:
             # 1. forget what vanished
             summary.forgotten = len(await clean_up(store, settings))
@@ -176,7 +184,7 @@ async def deduplicate(
 
 
 #: What the plan reads of the settings; a change of any of them plans the library again.
-PLAN_SETTINGS = {"source_directories", "max_dist", "min_similarity", "min_agreement", "match_orientations",
+PLAN_SETTINGS = {"source_directories", "reference_directories", "max_dist", "min_similarity", "min_agreement", "match_orientations",
                  "across_dirs", "max_file_modification_time_diff", "prioritization_rules", "use_exif_data"}
 
 
@@ -193,6 +201,7 @@ async def match_library(
         metadata.version("image-dedup"), COMPARE_VERSION, settings.model_dump_json(include=PLAN_SETTINGS),
         sorted((p, r.size, r.mtime_ns, r.digest, r.error) for p, r in records.items()),
         sorted(sorted(pair) for pair in marked),
+        companion_facts(paths),  # sidecars and videos rank units and travel with them
     )
     fingerprint = ledger_key(*facts)
     key = "plan-" + ledger_key(*sorted(map(str, settings.source_directories)))

@@ -7,7 +7,9 @@ checks against the disk.
 
 from __future__ import annotations
 
+import base64
 import errno
+import fcntl
 import filecmp
 import hashlib
 import json
@@ -16,10 +18,13 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
+
+from .core.bundles import renamed
 
 IDENTICAL = "identical already there"  # how a move ended that only deleted its source
 
@@ -50,6 +55,8 @@ class Journal:
             if self._fh is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._fh = open(self.path, "a", encoding="ascii")
+                # held while the journal is open: ``recover`` leaves the journals of live runs alone
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
             self._fh.write(json.dumps(entry) + "\n")
             self._fh.flush()
             os.fsync(self._fh.fileno())
@@ -210,6 +217,188 @@ def hardlink_file(keep: Path, victim: Path) -> None:
     os.replace(tmp, victim)
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One file of a unit and what happens to it: ``target`` is where a move puts it,
+    ``link_to`` the kept file whose bytes a hard link gives it."""
+
+    path: Path
+    target: Path | None = None
+    link_to: Path | None = None
+
+
+def unit_targets(files: Sequence[Path], target_of: Callable[[Path], Path]) -> list[Path]:
+    """Where the files of a unit go when moved (``target_of`` gives one file's place): under
+    the lead's stem, or the first ``stem (n)`` for which no name is taken by another file, so
+    that a RAW, its JPEG and their sidecars keep matching names there."""
+    stem = os.path.splitext(files[0].name)[0]
+    wanted = [target_of(f) for f in files]
+    n = 0
+    while True:
+        new_stem = stem if n == 0 else f"{stem} ({n})"
+        names = [t.with_name(renamed(t.name, stem, new_stem)) for t in wanted]
+        if all(not os.path.lexists(t) or (t.is_file() and filecmp.cmp(f, t, shallow=False)) for f, t in zip(files, names)):
+            return names
+        n += 1
+
+
+def act_on_unit(action: str, steps: Sequence[Step], keep: Path, journal: Journal, distance: float) -> list[dict]:
+    """``action`` on every file of a unit, journaled as one action: the intent names every
+    file (and where it goes) before the first is touched. When a file fails part-way through
+    a move or trash, the files already done go back (never half a unit) and the error is
+    raised. Returns each file's result (``target``, ``how``, ``trashinfo``)."""
+    planned = []
+    for step in steps:
+        st = os.stat(step.path)
+        planned.append({"path": str(step.path), "target": None if step.target is None else str(step.target),
+                        "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    lead = planned[0]
+    intent = journal.write(state="intent", action=action, path=lead["path"], keep=str(keep), target=lead["target"],
+                           distance=distance, size=lead["size"], mtime_ns=lead["mtime_ns"], files=planned)
+    results: list[dict] = []
+    try:
+        for step in steps:
+            results.append(_act_file(action, step))
+    except OSError:
+        if not results:  # nothing happened: the intent alone says so, as for a lone file
+            raise
+        if action in ("move", "trash"):
+            for done, result in reversed(list(zip(planned, results))):
+                _put_back(Path(result["target"]), Path(done["path"]), result.get("trashinfo"))
+            journal.write(state="done", intent=intent, recovered="rolled back", files=[])
+        else:  # a deleted file cannot come back: the journal says which ones went
+            journal.write(state="done", intent=intent, files=results, incomplete=True)
+        raise
+    first = results[0]
+    journal.write(state="done", intent=intent, target=first.get("target"), how=first.get("how", ""),
+                  trashinfo=first.get("trashinfo"), files=results)
+    return results
+
+
+def _act_file(action: str, step: Step) -> dict:
+    result: dict[str, Any] = {"path": str(step.path)}
+    if action == "move":
+        assert step.target is not None
+        final, how = move_file(step.path, step.target)
+        result.update(target=str(final), how=how)
+    elif action == "trash":
+        final, info = trash_file(step.path)
+        result.update(target=str(final), how="moved to the trash", trashinfo=str(info))
+    elif action == "hardlink":
+        assert step.link_to is not None
+        hardlink_file(step.link_to, step.path)
+        result.update(target=str(step.link_to))
+    else:
+        os.unlink(step.path)
+    return result
+
+
+def _put_back(target: Path, src: Path, trashinfo: str | None) -> None:
+    move_file(target, src)
+    if trashinfo and os.path.exists(trashinfo):
+        os.unlink(trashinfo)
+
+
+def journaled_write(journal: Journal, sidecar: Path, keep: Path, write: Callable[[Path], None]) -> None:
+    """``write(sidecar)`` (a kept file's XMP sidecar, made or completed), journaled with the
+    sidecar's bytes before, so that undo puts them back (or removes a sidecar it made)."""
+    before = sidecar.read_bytes() if sidecar.exists() else None
+    intent = journal.write(state="intent", action="merge", path=str(sidecar), keep=str(keep),
+                           before=None if before is None else base64.b64encode(before).decode("ascii"))
+    write(sidecar)
+    journal.write(state="done", intent=intent, sha256=_sha256(sidecar))
+
+
+def _undo_merge(entry: dict, confirmed: dict | None) -> str:
+    sidecar = Path(entry["path"])
+    if confirmed is not None and confirmed.get("sha256") and sidecar.exists() and _sha256(sidecar) != confirmed["sha256"]:
+        return f"skipped, {sidecar} changed since the metadata was merged into it"
+    if entry.get("before") is None:
+        if sidecar.exists():
+            sidecar.unlink()
+            return f"removed {sidecar} (made by the metadata merge)"
+        return f"nothing to undo: {sidecar} is gone"
+    tmp = sidecar.with_name(f".{sidecar.name}.{uuid.uuid4().hex[:8]}.undo")
+    tmp.write_bytes(base64.b64decode(entry["before"]))
+    os.replace(tmp, sidecar)
+    return f"restored {sidecar} as it was before the metadata merge"
+
+
+def recover(directory: Path) -> list[str]:
+    """Settle the actions that a run or an actuator killed part-way left without confirmation
+    in the journals of ``directory``, one line each: a move or trash of a unit is rolled back
+    when only some of its files had gone (all gone: it is confirmed as finished), a delete is
+    finished while the kept file exists, a half-merged sidecar is put back as it was. The
+    journals of live runs (locked) are left alone; the settlement is appended to the journal
+    it settles, so ``undo`` knows."""
+    lines: list[str] = []
+    if not directory.is_dir():
+        return lines
+    for path in sorted(directory.glob("*.jsonl")):
+        try:
+            fh = open(path, "a", encoding="ascii")
+        except OSError:
+            continue
+        with fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live run's journal
+            try:
+                entries = read_journal(path)
+            except JournalError:
+                continue
+            confirmed = {e["intent"] for e in entries if e["state"] == "done"}
+            for entry in entries:
+                if entry["state"] != "intent" or entry["id"] in confirmed:
+                    continue
+                outcome, files, line = _settle(entry)
+                fh.write(json.dumps({"state": "done", "intent": entry["id"], "id": uuid.uuid4().hex, "at": time.time(),
+                                     "recovered": outcome, "files": files}) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+                lines.append(line)
+    return lines
+
+
+def _present(planned: dict) -> bool:
+    return _matches(Path(planned["path"]), planned)
+
+
+def _settle(entry: dict) -> tuple[str, list[dict], str]:
+    """(how an unconfirmed action was settled, its files' results, a line saying so)."""
+    op, planned, lead = entry["action"], files_of(entry), entry["path"]
+    if op == "merge":
+        return "rolled back", [], _undo_merge(entry, None)
+    if op in ("move", "trash"):
+        moved = []
+        for f in planned:
+            where = _unconfirmed(op, f)
+            if where is not None and _present(f) and os.path.samefile(where[0], f["path"]):
+                os.unlink(where[0])  # killed between the link and the unlink: the new name goes
+                where = None
+            if where is not None and not os.path.lexists(f["path"]):
+                moved.append((f, where))
+        if not moved:
+            return "not done", [], f"not done, nothing to settle: {lead}"
+        if len(moved) == len(planned):
+            files = [{"path": f["path"], "target": w[0], "how": "moved", "trashinfo": w[1]} for f, w in moved]
+            return "finished", files, f"finished: {lead} and the {len(planned) - 1} other files of its unit had all gone"
+        for f, (target, info) in moved:
+            _put_back(Path(target), Path(f["path"]), info)
+        return "rolled back", [], f"rolled back: {len(moved)} of the {len(planned)} files of {lead} put back"
+    gone = [f for f in planned if not os.path.lexists(f["path"])]
+    if op == "hardlink" or not gone:
+        linked = [{"path": f["path"]} for f in planned if os.path.exists(f["path"])]
+        return ("finished" if gone or op == "hardlink" else "not done"), linked, f"settled: {lead}"
+    if not os.path.exists(entry["keep"]):
+        return "incomplete", [{"path": f["path"]} for f in gone], f"left as it is: {lead} (its kept twin is gone)"
+    for f in planned:
+        if _present(f):
+            os.unlink(f["path"])
+    return "finished", [{"path": f["path"]} for f in planned], f"finished deleting {lead} and its unit"
+
+
 def remove_empty_folders(folders: Iterable[Path], roots: Iterable[Path]) -> list[Path]:
     """Remove each folder (and then its parents) while it is empty and strictly below a root.
 
@@ -261,65 +450,90 @@ def journal_files(paths: Sequence[Path]) -> list[Path]:
     return files
 
 
+def files_of(entry: dict) -> list[dict]:
+    """The files of a journal entry: a unit's (``files``), or the one file of an entry written
+    before units existed (``path``, ``target``, ``size``, ``mtime_ns``, ``how``, ``trashinfo``)."""
+    if isinstance(entry.get("files"), list):
+        return entry["files"]
+    return [{k: entry[k] for k in ("path", "target", "size", "mtime_ns", "how", "trashinfo") if k in entry}]
+
+
 def undo(*journal_paths: Path) -> list[str]:
     """Revert the confirmed actions of one or more journals, newest first across all of them
     (a file removed later may have been the kept twin of one removed earlier); returns one line
-    per action."""
+    per file. An action on a unit (an image with its RAW, sidecars and video) is undone whole."""
     entries = [e for path in journal_paths for e in read_journal(path)]
     done = {e["intent"]: e for e in entries if e.get("state") == "done"}
     intents = sorted((e for e in entries if e.get("state") == "intent"), key=lambda e: e.get("at", 0.0))
     lines = []
     for entry in reversed(intents):
-        # the confirmation holds where the file really went (a free name if the target was taken)
         confirmed = done.get(entry["id"])
-        src, op = Path(entry["path"]), entry["action"]
-        target = confirmed.get("target") if confirmed else None
-        if op in ("move", "trash"):
-            trashinfo = confirmed.get("trashinfo") if confirmed else None
-            if confirmed is None:
-                # crashed between the action and its confirmation: find the file by its size and
-                # mtime (a move keeps both) where it may have gone
-                found = _unconfirmed(entry)
-                if found is None:
-                    lines.append(f"not done, nothing to undo: {src}")
-                    continue
-                target, trashinfo = found
-            if src.exists():
-                lines.append(f"skipped, {src} exists again")
-            elif not Path(target).exists():
-                lines.append(f"cannot restore {src}: {target} is gone")
-            elif not _matches(Path(target), entry, check_mtime=False):
-                lines.append(f"skipped, {target} changed since it was moved there")
-            elif confirmed is not None and confirmed.get("how") == IDENTICAL:
-                # the file at the target was there before this run: copy it back, leave it there
-                final = copy_verified(Path(target), src)
-                lines.append(f"restored {final} (copied from the identical {target}, which stays)")
-            else:
-                final, how = move_file(Path(target), src)
-                if trashinfo and os.path.exists(trashinfo):
-                    os.unlink(trashinfo)
-                lines.append(f"restored {final} ({'from the trash' if op == 'trash' else how})")
-        elif confirmed is None:
-            lines.append(f"not done, nothing to undo: {src}")
-        elif op == "hardlink":
-            if src.exists():
-                tmp = src.with_name(f".{src.name}.{uuid.uuid4().hex[:8]}.undo")
-                shutil.copy2(src, tmp)
-                os.replace(tmp, src)
-                lines.append(f"unlinked {src} (it now holds its own copy of the kept photo)")
-        else:
-            lines.append(f"cannot restore deleted {src}; its kept twin is {entry['keep']}")
+        if confirmed is not None and confirmed.get("recovered") in ("rolled back", "not done"):
+            lines.append(f"not done, nothing to undo: {entry['path']} ({confirmed['recovered']} by a later run)")
+            continue
+        if entry["action"] == "merge":
+            lines.append(_undo_merge(entry, confirmed))
+            continue
+        if confirmed is None:
+            results = {}
+        elif isinstance(confirmed.get("files"), list):
+            results = {r.get("path"): r for r in confirmed["files"]}
+        else:  # written before units existed: the confirmation of its one file
+            results = {entry["path"]: confirmed}
+        for planned in files_of(entry):
+            lines.append(_undo_file(entry, planned, results.get(planned["path"])))
     return lines
 
 
-def _unconfirmed(entry: dict) -> tuple[str, str | None] | None:
+def _undo_file(entry: dict, planned: dict, result: dict | None) -> str:
+    """One file of an action back where it was: ``planned`` is its part of the intent,
+    ``result`` of the confirmation (None: no confirmation, the process died meanwhile)."""
+    src, op = Path(planned["path"]), entry["action"]
+    if op in ("move", "trash"):
+        target, trashinfo = (result.get("target"), result.get("trashinfo")) if result else (None, None)
+        if result is None:
+            # crashed between the action and its confirmation: find the file by its size and
+            # mtime (a move keeps both) where it may have gone
+            found = _unconfirmed(op, planned)
+            if found is None:
+                return f"not done, nothing to undo: {src}"
+            target, trashinfo = found
+        if src.exists():
+            return f"skipped, {src} exists again"
+        if target is None or not Path(target).exists():
+            return f"cannot restore {src}: {target} is gone"
+        if not _matches(Path(target), planned, check_mtime=False):
+            return f"skipped, {target} changed since it was moved there"
+        if result is not None and result.get("how") == IDENTICAL:
+            # the file at the target was there before this run: copy it back, leave it there
+            final = copy_verified(Path(target), src)
+            return f"restored {final} (copied from the identical {target}, which stays)"
+        final, how = move_file(Path(target), src)
+        if trashinfo and os.path.exists(trashinfo):
+            os.unlink(trashinfo)
+        return f"restored {final} ({'from the trash' if op == 'trash' else how})"
+    if result is None:
+        return f"not done, nothing to undo: {src}"
+    if op == "hardlink":
+        if not result.get("linked", True):
+            return f"nothing to undo: {src} was not linked"
+        if src.exists():
+            tmp = src.with_name(f".{src.name}.{uuid.uuid4().hex[:8]}.undo")
+            shutil.copy2(src, tmp)
+            os.replace(tmp, src)
+            return f"unlinked {src} (it now holds its own copy of the kept photo)"
+        return f"cannot unlink {src}: it is gone"
+    return f"cannot restore deleted {src}; its kept twin is {entry['keep']}"
+
+
+def _unconfirmed(op: str, planned: dict) -> tuple[str, str | None] | None:
     """Where an action without confirmation left its file, if it did: (file, .trashinfo)."""
-    if entry["action"] == "trash":
-        if "size" not in entry:
+    if op == "trash":
+        if "size" not in planned:
             return None
-        found = find_trashed(Path(entry["path"]), entry["size"], entry["mtime_ns"])
+        found = find_trashed(Path(planned["path"]), planned["size"], planned["mtime_ns"])
         return None if found is None else (str(found[0]), str(found[1]))
-    moved = _moved_copy(Path(entry["target"]), entry) if entry.get("target") else None
+    moved = _moved_copy(Path(planned["target"]), planned) if planned.get("target") else None
     return None if moved is None else (str(moved), None)
 
 

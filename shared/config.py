@@ -14,11 +14,15 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from .core.bundles import RAW_EXTENSIONS
 from pydantic_settings import (
     BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError, YamlConfigSettingsSource,
 )
 
 RuleName = Literal[
+    "with_raw",
+    "with_video",
+    "with_sidecar",
     "more_pixels",
     "more_exif_data",
     "bigger_file",
@@ -31,7 +35,8 @@ RuleName = Literal[
 ]
 DEFAULT_RULES: list[RuleName] = list(RuleName.__args__)  # type: ignore[attr-defined]
 log = logging.getLogger("image_dedup.config")
-DEFAULT_EXTENSIONS = [".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"]
+DEFAULT_EXTENSIONS = [".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl",
+                      *sorted(RAW_EXTENSIONS)]
 
 
 def data_dir() -> Path:
@@ -53,6 +58,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMAGE_DEDUP_", extra="forbid", validate_default=True)
 
     source_directories: list[Path] = Field(default_factory=list, description="Folders (roots) to scan for photos.")
+    reference_directories: list[Path] = Field(
+        default_factory=list,
+        description="Reference folders (an archive): scanned and matched like the roots, but nothing in them is "
+        "ever removed; a copy elsewhere of a photo in one is removed in its favour, whatever across_dirs says.",
+    )
     recursive: bool = Field(True, description="Also scan the sub-folders of each root.")
     file_extensions: list[str] = Field(
         default_factory=lambda: list(DEFAULT_EXTENSIONS), description="File name endings to analyse (case-insensitive)."
@@ -101,6 +111,11 @@ class Settings(BaseSettings):
         description="What to do with a duplicate; unset: move if a target directory is set, else trash "
         "(the desktop trash, restorable). delete removes it for good; hardlink replaces it by a hard link "
         "to the kept file (same filesystem and same format only).",
+    )
+    merge_metadata: Literal["off", "xmp"] = Field(
+        "off", description="xmp: what only a removed copy holds (location, capture date, keywords, rating, title, "
+        "description) is written to an XMP sidecar of the kept file (never into the image), journaled and undone "
+        "like any action; off: the report and the review page only say so.",
     )
     remove_empty_folders: bool = Field(False, description="Remove folders that this run emptied (never a root).")
     dry_run: bool = Field(True, description="Only report what would be done; change nothing on disk.")
@@ -156,7 +171,8 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "source_directories", "duplicates_target_directory", "store_path", "journal_directory", "elasticsearch_ca_certs"
+        "source_directories", "reference_directories", "duplicates_target_directory", "store_path", "journal_directory",
+        "elasticsearch_ca_certs",
     )
     @classmethod
     def _absolute(cls, value: Any) -> Any:
@@ -173,8 +189,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _distinct_roots(self) -> Settings:
-        """A root given twice, or inside another root, is one root: its files are found once."""
-        roots = list(dict.fromkeys(self.source_directories))
+        """A root given twice, or inside another root, is one root: its files are found once.
+        Reference folders are roots too (scanned and matched); nothing below them is removed."""
+        roots = list(dict.fromkeys([*self.source_directories, *self.reference_directories]))
         self.source_directories = [r for r in roots if not any(o in r.parents for o in roots)]
         return self
 
@@ -210,6 +227,11 @@ class Settings(BaseSettings):
         if self.action:
             return self.action
         return "move" if self.duplicates_target_directory else "trash"
+
+    def is_reference(self, path: str) -> bool:
+        """Does ``path`` lie in a reference folder (never removed from)?"""
+        norm = os.path.normpath(os.path.abspath(path))
+        return any(norm == str(r) or norm.startswith(str(r).rstrip(os.sep) + os.sep) for r in self.reference_directories)
 
     def is_excluded(self, path: str) -> bool:
         return any(re.search(p, path) for p in self.exclusions)

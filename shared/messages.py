@@ -42,9 +42,22 @@ class ImageSigned(_Message):
     path: str
 
 
+class Member(BaseModel):
+    """Another file of a unit (``shared.core.bundles``), as planned: an image (a RAW and the
+    camera's JPEG of it are one unit), whose analysis must be unchanged when it is acted on,
+    or a companion (sidecar, Live Photo video), which travels with it as it is then."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    path: str
+    size: int
+    mtime_ns: int
+    kind: Literal["image", "video", "sidecar"]
+    format: str = ""
+
+
 class FileRef(BaseModel):
     """A file as it was analysed; the actuator refuses to act if it changed since. The other
-    facts are for people reading a report."""
+    facts are for people reading a report. ``members``: the other files of its unit."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     path: str
@@ -54,6 +67,7 @@ class FileRef(BaseModel):
     height: int = 0
     format: str = ""
     frames: int = 1
+    members: tuple[Member, ...] = ()
 
 
 class Evidence(BaseModel):
@@ -72,6 +86,7 @@ class Evidence(BaseModel):
 class Removal(FileRef):
     distance: float
     evidence: Evidence | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)  # what only this copy holds, in words per field
 
 
 class Decision(_Message):
@@ -82,6 +97,7 @@ class Decision(_Message):
     keep: FileRef
     remove: list[Removal]
     rule: str = ""
+    why: str = ""  # the rule in words
 
 
 class FileRemoved(_Message):
@@ -92,6 +108,7 @@ class FileRemoved(_Message):
     keep: str
     action: Literal["move", "trash", "delete", "hardlink"]
     target: str | None = None
+    files: tuple[str, ...] = ()  # every file of the unit acted on, path first
 
 
 Message = Annotated[

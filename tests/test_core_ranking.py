@@ -9,6 +9,7 @@ import random
 import pytest
 
 from shared.config import DEFAULT_RULES
+from shared.core.bundles import Unit
 from shared.core.ranking import pair_allowed, rank_key
 from shared.core.ranking import plan_groups as _plan_groups
 
@@ -21,6 +22,9 @@ from shared.store import ImageRecord
 # For each rule: (attributes of the better file, attributes of the worse file). rank_key also
 # takes the mean distance and the score, passed as "distance" / "score" here.
 GOOD_BAD = {
+    "with_raw": ({"raw": True}, {"raw": False}),
+    "with_video": ({"video": True}, {"video": False}),
+    "with_sidecar": ({"sidecar": True}, {"sidecar": False}),
     "more_pixels": ({"width": 400}, {"width": 300}),
     "more_exif_data": ({"exif_tags": 9}, {"exif_tags": 2}),
     "bigger_file": ({"size": 5000}, {"size": 4000}),
@@ -32,17 +36,20 @@ GOOD_BAD = {
     "higher_score": ({"score": 3}, {"score": 1}),
 }
 NEUTRAL = {"width": 350, "exif_tags": 5, "size": 4500, "mtime_ns": 1_500_000_000, "distance": 0.1,
-           "copy": False, "name_len": 10, "folder_len": 4, "score": 2}
+           "copy": False, "name_len": 10, "folder_len": 4, "score": 2, "raw": False, "video": False, "sidecar": False}
 
 
-def _record(attrs: dict) -> tuple[ImageRecord, float, int]:
+def _record(attrs: dict) -> tuple[ImageRecord, float, int, Unit]:
     folder = "/r/" + "f" * attrs["folder_len"]
     stem = ("copy_" if attrs["copy"] else "") + "p" * attrs["name_len"]
     stem = stem[: max(attrs["name_len"], 4)]
     path = f"{folder}/{stem}.jpg"
     rec = ImageRecord(path=path, root="/r", size=attrs["size"], mtime_ns=attrs["mtime_ns"],
                       width=attrs["width"], height=100, exif_tags=attrs["exif_tags"])
-    return rec, attrs["distance"], attrs["score"]
+    # the files that go with it: its RAW, its Live Photo video, its sidecar
+    unit = Unit((f"{stem}.jpg", *([f"{stem}.NEF"] if attrs["raw"] else [])),
+                tuple([f"{stem}.MOV"] * attrs["video"] + [f"{stem}.xmp"] * attrs["sidecar"]))
+    return rec, attrs["distance"], attrs["score"], unit
 
 
 def _pair_for(rule: str, order: list[str]) -> tuple[dict, dict]:
@@ -59,11 +66,11 @@ def _pair_for(rule: str, order: list[str]) -> tuple[dict, dict]:
 
 
 def _best(records, rules, use_exif=True):
-    keyed = sorted(records, key=lambda t: rank_key(t[0], rules, t[1], t[2], use_exif))
+    keyed = sorted(records, key=lambda t: rank_key(t[0], rules, t[1], t[2], use_exif, *t[3:]))
     return keyed[0][0]
 
 
-def test_default_rules_are_the_nine_in_documented_order():
+def test_default_rules_are_the_twelve_in_documented_order():
     assert DEFAULT_RULES == list(GOOD_BAD)
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from shared import actions
+
 from services.actuator import handler as actuator
 from services.actuator.handler import PairBusy, handle_decision
 from shared.actions import Journal
@@ -240,7 +242,7 @@ async def test_removal_happens_when_everything_checks_out(world):
 
 async def test_journal_intent_is_on_disk_before_the_file_is_touched(world, monkeypatch):
     seen = []
-    real_move = actuator.move_file
+    real_move = actions.move_file
 
     def spying_move(src, dst):
         entries = [json.loads(l) for l in world.journal.path.read_text(encoding="utf-8").splitlines()]
@@ -248,7 +250,7 @@ async def test_journal_intent_is_on_disk_before_the_file_is_touched(world, monke
         assert src.exists()
         return real_move(src, dst)
 
-    monkeypatch.setattr(actuator, "move_file", spying_move)
+    monkeypatch.setattr(actions, "move_file", spying_move)
     target = world.root.parent / "dups"
     [outcome] = await world.act(world.decision(world.K, world.X), duplicates_target_directory=target)
     assert outcome.status == "done"

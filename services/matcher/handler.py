@@ -5,6 +5,7 @@ a whole-library plan would give (see shared.core.ranking)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
@@ -12,10 +13,12 @@ from shared.config import Settings
 from shared.core.verdict import Look, Thresholds, goldberg, same_photo, version
 from shared.image.pixels import look_in_thread
 from shared.messages import Decision, Evidence, FileRef, Removal
-from shared.core.ranking import Group, pair_allowed, plan_groups
+from shared.core.ranking import Group, pair_allowed, plan_groups, rule_in_words
 from shared.core.safety import root_of
 from shared.store import ImageRecord, Ledger, Store
 from shared.store.comparisons import RememberingLook
+from shared.image import metadata as meta
+from services.matcher.units import Folders, PlannedUnit, collapse, judge_unit, units_of
 
 # A component larger than this is planned in parts; it only happens when thousands of files
 # look alike (a burst of near-identical frames), and the parts are still safe on their own.
@@ -44,7 +47,9 @@ async def _candidates(record: ImageRecord, store: Store, settings: Settings) -> 
         if r.error is None and r.signature is not None and r.path != record.path
         # the store keeps the analyses of roots not scanned now: match across current roots only
         and (r.root == record.root or root_of(r.path, settings.source_directories) is not None)
-        and pair_allowed(record, r, settings.across_dirs, settings.max_file_modification_time_diff)
+        # a copy of a photo in a reference folder is one wherever it lies
+        and pair_allowed(record, r, settings.across_dirs or settings.is_reference(record.path)
+                         or settings.is_reference(r.path), settings.max_file_modification_time_diff)
         and not _same_file(record.path, r.path)
     ]
 
@@ -68,6 +73,12 @@ async def plan(
     ``seeds``: the stored records of ``paths``, when the caller has read them already."""
     thresholds = Thresholds.of(settings)
     remembering = RememberingLook(look, ledger)
+    folders = Folders(settings.file_extensions)
+
+    async def verdict(a: ImageRecord, b: ImageRecord) -> Evidence:
+        await remembering.recall([(version(a), version(b))], thresholds.match_orientations)
+        return await same_photo(a, b, thresholds, remembering)
+
     if seeds is None:
         seeds = await store.get_many(list(dict.fromkeys(paths)))
     pending = [p for p, r in sorted(seeds.items()) if r.signature is not None]
@@ -93,17 +104,39 @@ async def plan(
         done.update(component)  # a component cut at MAX_COMPONENT is not planned twice
         if ledger is not None:
             edges = await drop_distinct(edges, component, ledger)
+        # a RAW and the camera's JPEG beside it are one unit: planned as one, by its lead
+        units = await units_of(component, store, verdict, folders)
+        done.update(units)
+        leads, edges = collapse(component, edges, units)
 
-        async def judge(keeper: str, others: Sequence[str], component=component) -> list[Evidence]:
-            await remembering.recall([(version(component[keeper]), version(component[o])) for o in others],
+        async def judge(keeper: str, others: Sequence[str], leads=leads, units=units) -> list[Evidence]:
+            await remembering.recall([(version(leads[keeper]), version(image)) for o in others
+                                      for image in (units[o].images if o in units else [leads[o]])],
                                      thresholds.match_orientations)
-            found = await asyncio.gather(
-                *(same_photo(component[keeper], component[o], thresholds, remembering) for o in others))
+            found = await asyncio.gather(*(judge_unit(leads[keeper], units.get(o), leads[o], verdict) for o in others))
             await remembering.save()
             return found
 
-        groups += await plan_groups(component, edges, settings.prioritization_rules, settings.use_exif_data, judge)
+        found = await plan_groups(leads, edges, settings.prioritization_rules, settings.use_exif_data, judge,
+                                  {p: u.unit for p, u in units.items()}, settings.is_reference)
+        groups += await asyncio.to_thread(_with_units, found, units)
     return groups
+
+
+def _with_units(groups: list[Group], units: Mapping[str, PlannedUnit]) -> list[Group]:
+    """Each group with the other files of its units, and what only a removed unit holds of a
+    person's metadata (read from the files and their sidecars now)."""
+    out = []
+    for group in groups:
+        members = {r.path: units[r.path].members() for r in (group.keep, *(r for r, _ in group.remove)) if r.path in units}
+
+        def read(record: ImageRecord) -> meta.Metadata:
+            return meta.read(record.path, [m.path for m in members.get(record.path, ()) if m.kind == "sidecar"])
+
+        kept = read(group.keep)
+        notes = {r.path: meta.missing(kept, read(r)).described() for r, _ in group.remove}
+        out.append(dataclasses.replace(group, members=members, metadata={p: n for p, n in notes.items() if n}))
+    return out
 
 
 async def drop_distinct(
@@ -124,9 +157,13 @@ def _facts(record: ImageRecord) -> dict:
 
 
 def to_decision(group: Group) -> Decision:
+    def facts(record: ImageRecord) -> dict:
+        return {**_facts(record), "members": group.members.get(record.path, ())}
+
     return Decision(
-        keep=FileRef(**_facts(group.keep)), rule=group.rule,
-        remove=[Removal(**_facts(r), distance=e.distance or 0.0, evidence=e) for r, e in group.remove],
+        keep=FileRef(**facts(group.keep)), rule=group.rule, why=rule_in_words(group.rule),
+        remove=[Removal(**facts(r), distance=e.distance or 0.0, evidence=e, metadata=group.metadata.get(r.path, {}))
+                for r, e in group.remove],
     )
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import RuleName
 from ..messages import Evidence
 from ..store import ImageRecord
+from .bundles import Unit
 
 # "copy of X", "X - Copy", "X_copy2", "X - Kopie", "X (1)"; not "copyright"
 COPY_NAME = re.compile(r"(?<![a-z])(copy|kopie|copie|kopia)(?![a-z])|\(\d+\)\s*$", re.IGNORECASE)
@@ -28,6 +29,10 @@ class Group:
     keep: ImageRecord
     remove: tuple[tuple[ImageRecord, Evidence], ...]  # (record, the verdict against keep)
     rule: str = ""  # the ranking rule that put keep before the runner-up
+    # per path of keep and each removal: the other files of its unit (shared.messages.Member)
+    members: Mapping[str, tuple] = field(default_factory=dict, compare=False)
+    # per removal: what only it holds of a person's metadata, in words per field
+    metadata: Mapping[str, dict[str, str]] = field(default_factory=dict, compare=False)
 
 
 def _stem(path: str) -> str:
@@ -35,11 +40,16 @@ def _stem(path: str) -> str:
 
 
 def rank_values(
-    record: ImageRecord, rules: Sequence[RuleName], distance: float, score: int, use_exif: bool = True
+    record: ImageRecord, rules: Sequence[RuleName], distance: float, score: int, use_exif: bool = True,
+    unit: Unit | None = None,
 ) -> tuple:
     """One value per rule, smaller is better. ``distance`` is the record's mean distance to its
-    matches and ``score`` the number of its matches (both within its component)."""
+    matches and ``score`` the number of its matches (both within its component); ``unit`` the
+    files that go with it (``shared.core.bundles``), None for a lone file."""
     values = {
+        "with_raw": lambda: 0 if unit is not None and unit.has_raw else 1,
+        "with_video": lambda: 0 if unit is not None and unit.has_video else 1,
+        "with_sidecar": lambda: 0 if unit is not None and unit.has_sidecar else 1,
         "more_pixels": lambda: -record.pixels,
         "more_exif_data": lambda: -record.exif_tags if use_exif else 0,
         "bigger_file": lambda: -record.size,
@@ -54,10 +64,35 @@ def rank_values(
 
 
 def rank_key(
-    record: ImageRecord, rules: Sequence[RuleName], distance: float, score: int, use_exif: bool = True
+    record: ImageRecord, rules: Sequence[RuleName], distance: float, score: int, use_exif: bool = True,
+    unit: Unit | None = None,
 ) -> tuple:
     """Sort key: smaller is better; the path breaks the last tie."""
-    return rank_values(record, rules, distance, score, use_exif) + (record.path,)
+    return rank_values(record, rules, distance, score, use_exif, unit) + (record.path,)
+
+
+#: Each rule in words, for the report and the review page: "kept: <words>".
+RULE_WORDS = {
+    "reference": "it lies in a reference folder",
+    "with_raw": "it comes with its RAW file",
+    "with_video": "it comes with its Live Photo video",
+    "with_sidecar": "it has sidecar edits or metadata",
+    "more_pixels": "it has more pixels",
+    "more_exif_data": "it has more EXIF data",
+    "bigger_file": "it is the bigger file",
+    "newer_mtime": "it was modified more recently",
+    "smaller_distance": "it is the closest to the other copies",
+    "name_without_copy": "its name does not say it is a copy",
+    "longer_file_name": "it has the longer file name",
+    "shorter_folder_path": "it lies in the shorter folder path",
+    "higher_score": "it matches the most copies",
+    "identical_name_then_older": "its name is not a copy's, or it is the older identical file",
+    "path": "its path comes first",
+}
+
+
+def rule_in_words(rule: str) -> str:
+    return RULE_WORDS.get(rule, rule.replace("_", " "))
 
 
 def identical_rank(record: ImageRecord) -> tuple:
@@ -84,6 +119,8 @@ async def plan_groups(
     rules: Sequence[RuleName],
     use_exif: bool = True,
     judge: Judge | None = None,
+    units: Mapping[str, Unit] | None = None,
+    protected: Callable[[str], bool] = lambda path: False,
 ) -> list[Group]:
     """Decide keepers and removals for the images in ``records``.
 
@@ -92,8 +129,11 @@ async def plan_groups(
     others)`` gives the verdict on each of its candidates not yet taken; those judged the same
     photo are its removals. So a file is only ever judged against a would-be keeper: k
     verdicts for a group of k copies, not k squared. Without ``judge`` every edge is taken as
-    the same photo (the caller has judged them already).
+    the same photo (the caller has judged them already). ``units``: the files that go with
+    each record (format-aware rules); ``protected`` files (reference folders) rank first and
+    are never removed.
     """
+    units = units or {}
     neighbours: dict[str, dict[str, float]] = {path: {} for path in records}
     for a, b, d in edges:
         if a in neighbours and b in neighbours and a != b:
@@ -111,8 +151,8 @@ async def plan_groups(
         siblings = twins.get(record.digest or "", [])
         # byte-identical files rank as one, then among themselves by identical_rank
         face = min(siblings, key=identical_rank) if len(siblings) > 1 else record
-        values = rank_values(face, rules, round(mean, 6), len(near), use_exif)
-        return values + (identical_rank(record), record.path)
+        values = rank_values(face, rules, round(mean, 6), len(near), use_exif, units.get(path))
+        return (0 if protected(path) else 1, *values, identical_rank(record), record.path)
 
     async def same_as_edges(keeper: str, others: Sequence[str]) -> list[Evidence]:
         return [Evidence(same=True, stage="goldberg", distance=neighbours[keeper][o]) for o in others]
@@ -124,7 +164,7 @@ async def plan_groups(
         if path in taken:
             continue
         taken.add(path)
-        others = sorted(o for o in neighbours[path] if o not in taken)
+        others = sorted(o for o in neighbours[path] if o not in taken and not protected(o))
         if not others:
             continue
         removals = [(o, e) for o, e in zip(others, await judge(path, others)) if e.same]
@@ -133,7 +173,7 @@ async def plan_groups(
         taken.update(o for o, _ in removals)
         runner_up = min(key(o) for o, _ in removals)
         groups.append(Group(records[path], tuple((records[o], e) for o, e in removals),
-                            deciding_rule(key(path), runner_up, rules)))
+                            deciding_rule(key(path), runner_up, ("reference", *rules))))
     return groups
 
 
