@@ -31,9 +31,9 @@ from typing import Any
 from services.actuator.handler import ActionOutcome, PairBusy, handle_decision
 from services.hasher.handler import ProcessSigner, handle_file_event
 from services.matcher.handler import handle_signed
-from services.watcher.handler import clean_up, handle_rescan, walk, wanted
+from services.watcher.handler import clean_up, companion, handle_rescan, walk, wanted
 from shared import metrics
-from shared.actions import Journal, remove_empty_folders
+from shared.actions import Journal, recover, remove_empty_folders
 from shared.bus import Bus, InProcessBus, Reject
 from shared.config import WATCH_POLL_FALLBACK, Settings
 from shared.core.safety import Unsafe, below_root, confine_folder
@@ -94,7 +94,8 @@ async def start_hasher(ctx: Context) -> None:
     signed = metrics.hasher().signed
 
     async def on_event(message: Message) -> None:
-        outcome = await handle_file_event(message, store=ctx.store, settings=settings, sign=sign, publish=ctx.bus.publish)
+        outcome = await handle_file_event(message, store=ctx.store, settings=settings, sign=sign, publish=ctx.bus.publish,
+                                          ledger=ctx.ledger)
         if outcome.status == "signed":
             signed.inc()
 
@@ -193,6 +194,9 @@ async def start_matcher(ctx: Context, prefetch: int | None = None) -> None:
 # -- actuator ---------------------------------------------------------------------------------
 async def start_actuator(ctx: Context) -> None:
     settings = ctx.settings
+    if not settings.dry_run:  # an actuator killed part-way through a unit: finished or rolled back now
+        for line in await asyncio.to_thread(recover, settings.journal_directory):
+            log.warning("journal: %s", line)
     journal = Journal.new(settings.journal_directory, "actuator")  # thread-safe, created on its first entry
     log.info("journal: %s%s", journal.path, " (dry run: nothing will be changed)" if settings.dry_run else
              " (written on the first action)")
@@ -255,7 +259,7 @@ class LiveWatch:
         if change != Change.deleted and os.path.isdir(path) and not os.path.islink(path):
             for found in walk(self.settings, Path(path)):  # a folder copied or moved in at once
                 self.note(found.path)
-        elif wanted(path, self.settings):
+        elif wanted(path, self.settings) or companion(path, self.settings):  # a unit's sidecar or video too
             self.note(path)
         elif change == Change.deleted:
             self.cleanup_due = time.monotonic() + self.debounce  # maybe a folder: forget what was below

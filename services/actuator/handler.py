@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from services.hasher.companions import gone_unit
+from services.watcher.handler import companion
 from shared.actions import IDENTICAL, Journal, Step, act_on_unit, journaled_write, unit_targets
+from shared.core.bundles import renamed
 from shared.config import Settings
 from shared.messages import Decision, Evidence, FileRemoved
 from shared.bus import Reject
@@ -191,6 +194,9 @@ async def handle_decision(
 
     approved = []
     for removal in decision.remove:
+        if companion(removal.path, settings):  # a sidecar or video that outlived its removed unit
+            outcomes.append(await _follow(removal, keep, settings, ledger, journal))
+            continue
         refusal, images, checked = await unit_refusal(removal)
         steps: list[Step] | str = refusal or ""
         if not refusal:
@@ -243,6 +249,9 @@ async def handle_decision(
             await ledger.release(str(keep), str(victim), owner)
         if before is not None:
             merged.append((str(victim), before))
+        if not images_left(victim.parent, os.path.splitext(victim.name)[0]):  # a companion arriving later follows it
+            await ledger.remember({bundles.gone_key(str(victim.parent), os.path.splitext(victim.name)[0]): {
+                "keep": str(keep), "action": action, "lead": str(victim), "target": results[0].get("target")}})
         target, how = results[0].get("target"), results[0].get("how", "")
         outcomes.append(ActionOutcome(str(victim), str(keep), action, "done", removal.distance, how, target, size,
                                       _frees_space(action, how), tuple(str(st.path) for st in steps)))
@@ -256,6 +265,51 @@ async def handle_decision(
 
 
 _XMP_OR_JSON = {".xmp", ".json"}
+
+
+def images_left(folder: Path, stem: str) -> list[str]:
+    """The files of ``stem`` in ``folder`` that are not sidecars or videos: its images."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return [n for n in names if os.path.splitext(n)[0].casefold() == stem.casefold() and not bundles.is_companion_name(n)]
+
+
+async def _follow(removal, keep: Path, settings: Settings, ledger: Ledger, journal: Journal) -> ActionOutcome:
+    """A sidecar or video that arrived after its unit was removed in favour of ``keep`` goes
+    where its unit went (the same action, its name beside the unit's new one), so it is never
+    left without its image; checked against the ledger, not the message."""
+    gone_action = settings.effective_action
+
+    def out(status: str, reason: str, target: str | None = None, files: tuple[str, ...] = ()) -> ActionOutcome:
+        return ActionOutcome(removal.path, str(keep), gone_action, status, 0.0, reason, target,  # type: ignore[arg-type]
+                             removal.size, False, files)
+
+    try:
+        path = confine(removal.path, settings.source_directories)
+    except Unsafe as exc:
+        return out("skipped", str(exc))
+    found = await gone_unit(ledger, str(path))
+    if found is None or found[1].get("keep") != str(keep):
+        return out("skipped", f"its image was not removed in favour of {keep}")
+    stem, gone = found
+    gone_action = gone["action"]
+    if images_left(path.parent, stem):
+        return out("skipped", "an image of its name is in its folder again")
+    if gone_action == "hardlink":
+        return out("skipped", "a hard-linked image stays where it was, with its companions")
+    if settings.dry_run:
+        return out("dry_run", "dry run", files=(str(path),))
+    target = None
+    if gone_action == "move":
+        moved_to = Path(gone["target"])
+        target = moved_to.with_name(renamed(path.name, stem, os.path.splitext(moved_to.name)[0]))
+    try:
+        results = await asyncio.to_thread(act_on_unit, gone_action, [Step(path, target=target)], keep, journal, 0.0)
+    except OSError as exc:
+        return out("error", f"{gone_action} failed: {exc.strerror or exc}")
+    return out("done", f"followed its image ({gone_action})", results[0].get("target"), (str(path),))
 
 
 def _size(steps: list[Step]) -> int:

@@ -21,8 +21,9 @@ from shared.image import compare
 from shared.image.compare import BothWays
 from shared.image.pixels import FileVersion, Pictures, analyze_with_picture, compare_files
 from shared.image.signature import ANALYSIS_VERSION, Analysis, ImageError, analyze, words
-from shared.store import ImageRecord, Store
-from services.watcher.handler import wanted
+from shared.store import ImageRecord, Ledger, Store
+from services.hasher.companions import on_companion
+from services.watcher.handler import companion, wanted
 
 Sign = Callable[[str], Awaitable[Analysis]]
 
@@ -93,17 +94,22 @@ class ProcessSigner:
 @dataclass(frozen=True, slots=True)
 class HashOutcome:
     path: str
-    status: Literal["signed", "upgraded", "unchanged", "forgotten"]
+    status: Literal["signed", "upgraded", "unchanged", "forgotten", "companion"]
 
 
 async def handle_file_event(
-    event: FileEvent, *, store: Store, settings: Settings, sign: Sign, publish: Callable[[ImageSigned], Awaitable[None]]
+    event: FileEvent, *, store: Store, settings: Settings, sign: Sign, publish: Callable[[ImageSigned], Awaitable[None]],
+    ledger: Ledger | None = None,
 ) -> HashOutcome:
-    """Sign a new or changed image into the store and announce it.
+    """Sign a new or changed image into the store and announce it; for a sidecar or video,
+    have its unit decided again (``services.hasher.companions``).
 
     Raises Reject for what can never succeed (a path outside the roots, a bad image): the bad
     image is also recorded in the store, so it is not decoded again until it changes.
     """
+    if companion(event.path, settings):
+        await on_companion(event, store=store, ledger=ledger, settings=settings, publish=publish)
+        return HashOutcome(event.path, "companion")
     if event.change == "deleted" and not os.path.lexists(event.path):  # else: back already, or never gone
         await store.delete(event.path)
         return HashOutcome(event.path, "forgotten")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.bus import Reject
+from shared.core import bundles
 from shared.config import Settings
 from shared.messages import FileEvent, Rescan
 from shared.core.safety import Unsafe, confine, confine_folder, root_of
@@ -31,6 +32,14 @@ def wanted(path: str, settings: Settings) -> bool:
     if not settings.recursive and Path(path).parent != root:
         return False
     return not settings.is_excluded(path)
+
+
+def companion(path: str, settings: Settings) -> bool:
+    """Could this file below a root be a sidecar or a Live Photo video (not an image asked
+    for)? The live watch tells the hasher of it, so a unit is decided whole whatever order its
+    files arrive in."""
+    return (root_of(path, settings.source_directories) is not None and bundles.is_companion_name(os.path.basename(path))
+            and os.path.splitext(path)[1].lower() not in settings.file_extensions and not settings.is_excluded(path))
 
 
 def walk(

@@ -18,6 +18,7 @@ case (cameras write ``IMG_1234.JPG``, tools ``IMG_1234.jpg.xmp``).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Callable, Collection, Iterable
@@ -30,8 +31,10 @@ RAW_EXTENSIONS = frozenset({
 })
 VIDEO_EXTENSIONS = frozenset({".mov", ".mp4", ".m4v"})
 SIDECAR_EXTENSIONS = frozenset({".xmp", ".aae", ".json"})
-#: Sidecars that hold edits or a person's metadata (every kind of sidecar does).
-EDIT_SIDECARS = SIDECAR_EXTENSIONS
+#: Sidecars that hold a person's edits (Lightroom, darktable, digiKam, Apple Photos). Takeout's
+#: JSON does not count: a Takeout backup has one for every file, and a "storage saver" copy
+#: with one must not win over the full-size original for it (its metadata is merged instead).
+EDIT_SIDECARS = frozenset({".xmp", ".aae"})
 #: The camera's own renditions of a RAW, preferred as the unit's lead in this order.
 RENDITION_ORDER = (".jpg", ".jpeg", ".heic", ".heif", ".hif", ".avif", ".jxl", ".tif", ".tiff", ".png", ".webp")
 
@@ -216,3 +219,17 @@ def renamed(name: str, old_stem: str, new_stem: str) -> str:
     if name[: len(old_stem)].casefold() == old_stem.casefold():
         return new_stem + name[len(old_stem):]
     return name
+
+
+def stems_of(name: str) -> list[str]:
+    """The image stems a companion's name may belong to, longest first (``a.b.JPG.xmp``:
+    ``a.b.JPG``, ``a.b``, ``a``), for one that outlived its image."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+
+
+def gone_key(folder: str, stem: str) -> str:
+    """The ledger's key for the unit of ``stem`` in ``folder`` once it was removed: a companion
+    that arrives after it follows it there (services mode)."""
+    text = f"unit-gone\0{folder}\0{stem.casefold()}"
+    return "gone-" + hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=20).hexdigest()
