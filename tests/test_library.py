@@ -354,3 +354,63 @@ def test_a_metadata_merge_is_journaled_and_undone(tmp_path, existed):
     assert meta.read(tmp_path / "k.jpg", [sidecar]).gps == (1.5, -2.25)
     [line] = actions.undo(journal.path)
     assert (sidecar.read_bytes() == before) if existed else not sidecar.exists(), line
+
+
+def test_the_review_page_shows_a_raw_and_what_only_a_removed_copy_holds(run_cli, tmp_path):
+    from services.review.state import Review
+    from services.review.thumbs import render
+
+    root = tmp_path / "lib"
+    f = _library(root)
+    report = run_cli("deduplicate", root).report
+    review = Review(report)
+    views = {v["files"][0]["name"]: v for v in (review.view(g) for g in review.groups)}
+    one = views["IMG_1.JPG"]
+    assert one["why"] == "it comes with its RAW file"
+    assert one["files"][0]["members"] == ["IMG_1.DNG", "IMG_1.xmp"]
+    two = views["IMG_2.JPG"]
+    assert two["files"][1]["metadata"] == {"gps": "52.52000, 13.40500", "description": "Berlin"}
+    thumb = tmp_path / "raw.jpg"
+    render(str(f["raw1"]), str(thumb), 256)
+    with Image.open(thumb) as img:
+        assert img.size == (256, 192)
+
+
+@pytest.mark.parametrize("action", ["move", "trash", "delete", "hardlink"])
+def test_a_card_imported_twice_loses_one_whole_unit_whatever_the_action(run_cli, tmp_path, action):
+    """camera/ and backup/ hold the same RAW+JPEG with its sidecar: one unit goes, whole (a
+    hard link replaces each image by the kept one of its format, the sidecar staying beside
+    it); undo brings back what can come back."""
+    root, target = tmp_path / "lib", tmp_path / "dups"
+    files = {}
+    for folder in ("camera", "backup"):
+        files[folder] = [write_dng(root / folder / "IMG_4.DNG", photo(44), preview=True),
+                         save_photo(root / folder / "IMG_4.JPG", 44, (640, 480)),
+                         root / folder / "IMG_4.JPG.xmp"]
+        meta.write_sidecar(files[folder][2], meta.Metadata(rating=3))
+    before = tree_state(root)
+    extra = ["--target", target] if action == "move" else ["--action", action]
+    result = run_cli("deduplicate", root, "--no-dry-run", *extra)
+    assert result.code == 0, result.err
+    [group] = result.report["groups"]
+    kept = "camera" if group["keep"].startswith(str(root / "camera")) else "backup"
+    gone = "backup" if kept == "camera" else "camera"
+    [outcome] = group["outcomes"].values()
+    assert outcome["status"] == "done", outcome
+    assert all(p.exists() for p in files[kept])
+    if action == "hardlink":
+        assert sorted(outcome["files"]) == sorted(map(str, files[gone][:2]))
+        assert all(a.samefile(b) for a, b in zip(files[gone][:2], files[kept][:2]))
+        assert files[gone][2].exists(), "the sidecar stays beside its image"
+    else:
+        assert sorted(outcome["files"]) == sorted(map(str, files[gone]))
+        assert not any(p.exists() for p in files[gone]), "the whole unit went"
+    if action == "delete":
+        return
+    [journal] = (Path(os.environ["XDG_DATA_HOME"]) / "image-dedup" / "journals").glob("*.jsonl")
+    if action == "trash":
+        trash = Path(os.environ["XDG_DATA_HOME"]) / "Trash" / "files"
+        assert sorted(p.name for p in trash.iterdir()) == ["IMG_4.DNG", "IMG_4.JPG", "IMG_4.JPG.xmp"]
+    assert run_cli("undo", journal).code == 0
+    after = tree_state(root)
+    assert {p: s[:2] for p, s in after.items()} == {p: s[:2] for p, s in before.items()}, "every byte is back"

@@ -154,6 +154,7 @@ class Review:
             "proposed_keep": 0,
             "rule": REVIEWER_RULE if g.keep else group.get("rule", ""),
             "proposed_rule": group.get("rule", ""),
+            "why": "" if g.keep else group.get("why", ""),
             "files": [
                 {
                     "id": i,
@@ -162,6 +163,9 @@ class Review:
                     **{k: facts[p].get(k) for k in ("size", "mtime_ns", "width", "height", "format", "frames")},
                     "distance": group.get("distances", {}).get(p),
                     "evidence": group.get("evidence", {}).get(p),
+                    # the other files of its unit (RAW, sidecars, video), and what only it holds
+                    "members": [os.path.basename(m["path"]) for m in facts[p].get("members") or []],
+                    "metadata": (group.get("metadata") or {}).get(p) or {},
                 }
                 for i, p in enumerate(g.files)
             ],

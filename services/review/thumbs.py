@@ -13,18 +13,29 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from shared.image import signature  # noqa: F401  (registers the HEIF opener in each worker)
+from shared.image import decode  # registers the HEIF and JPEG XL openers in each worker
 
 THUMB_SIZE = 256
 LARGE_SIZE = 2048  # the full-size view of a format a browser cannot show (HEIC, TIFF)
 BROWSER_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP"}
 
 
+def _opened(src: str, size: int) -> Image.Image:
+    """The picture, turned upright: a camera RAW's preview or developed sensor data, else the
+    file itself (JPEGs decoded at a reduced DCT scale, much faster)."""
+    if decode.is_raw(src):
+        with open(src, "rb") as fh:
+            img, raw = decode.open_raw(fh.read(), src, size)
+        img.draft("RGB", (size, size))
+        return decode.upright(img, raw.orientation)
+    with Image.open(src) as img:
+        img.draft("RGB", (size, size))
+        return ImageOps.exif_transpose(img)
+
+
 def render(src: str, dest: str, size: int) -> None:
     """Write ``src`` as a JPEG of at most ``size`` px to ``dest`` (atomically). Runs in a worker."""
-    with Image.open(src) as img:
-        img.draft("RGB", (size, size))  # JPEG: decode at a reduced DCT scale, much faster
-        img = ImageOps.exif_transpose(img)
+    with _opened(src, size) as img:
         img.thumbnail((size, size))
         if img.mode in ("RGBA", "LA", "P"):
             rgba = img.convert("RGBA")

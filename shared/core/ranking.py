@@ -76,7 +76,7 @@ RULE_WORDS = {
     "reference": "it lies in a reference folder",
     "with_raw": "it comes with its RAW file",
     "with_video": "it comes with its Live Photo video",
-    "with_sidecar": "it has sidecar edits or metadata",
+    "with_sidecar": "it has sidecar edits",
     "more_pixels": "it has more pixels",
     "more_exif_data": "it has more EXIF data",
     "bigger_file": "it is the bigger file",

@@ -116,3 +116,14 @@ def _libraw_reason(exc: Exception) -> str:
     if text.startswith("b'") or text.startswith('b"'):
         text = text[2:-1]
     return " ".join(text.split()) or type(exc).__name__
+
+
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
+def upright(img: Image.Image, orientation: int) -> Image.Image:
+    """``img`` turned by an EXIF ``orientation`` (for a person to look at)."""
+    method = _TRANSPOSE.get(orientation)
+    return img if method is None else img.transpose(method)

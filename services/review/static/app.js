@@ -58,6 +58,10 @@ function showTotals() {
   $("#apply").disabled = !t.accepted;
 }
 
+// shared/image/metadata.py FIELD_WORDS
+const FIELD_WORDS = { gps: "location", date: "capture date", keywords: "keywords", rating: "rating",
+  title: "title", description: "description" };
+
 function evidenceText(f) {
   if (f.distance === null || f.distance === undefined) return "";
   const parts = [`distance ${f.distance.toFixed(3)}`];
@@ -85,6 +89,11 @@ function fileCard(g, f) {
     el("div", { class: "folder" }, f.folder),
     el("div", { class: "facts" }, `${f.width}×${f.height} · ${bytes(f.size)} · ${f.format || "?"} · ${date}`),
     el("div", { class: "evidence" }, evidenceText(f)),
+    f.members.length ? el("div", { class: "members" }, `with ${f.members.join(", ")}`) : "",
+    Object.keys(f.metadata).length
+      ? el("div", { class: "metadata" }, "only this copy holds: " +
+        Object.entries(f.metadata).map(([k, v]) => `${FIELD_WORDS[k] || k} ${v}`).join(" · "))
+      : "",
     keep ? "" : el("button", { class: "pick", onclick: () => decide(g, "keep", f.id) }, `keep this (${f.id + 1})`),
   );
 }
@@ -98,7 +107,7 @@ function groupCard(g, i) {
     el("h2", {},
       `Group ${g.index + 1}`,
       el("span", { class: "status" }, status),
-      el("span", {}, g.keep === g.proposed_keep ? `kept copy chosen by: ${g.rule || "the ranking rules"}` : "kept copy picked by you"),
+      el("span", {}, g.keep === g.proposed_keep ? `kept: ${g.why || g.rule || "the ranking rules"}` : "kept copy picked by you"),
       el("button", { class: "accept", onclick: () => decide(g, "accept") }, "accept (a)"),
       el("button", { class: "distinct", onclick: () => decide(g, "distinct") }, "not duplicates (n)"),
       el("button", { class: "compare", onclick: () => compare(g) }, "compare (c)"),
