@@ -20,7 +20,8 @@ def _run(*args: str, timeout: float = 60) -> str:
     return proc.stdout
 
 
-@pytest.mark.parametrize("script", ["matcher_scale.py", "accuracy.py", "end_to_end.py", "reference_tools.py", "store_scale.py"])
+@pytest.mark.parametrize("script", ["matcher_scale.py", "accuracy.py", "end_to_end.py", "reference_tools.py", "store_scale.py",
+                                    "raw.py", "library_plan.py"])
 def test_help(script: str) -> None:
     assert "usage" in _run(f"bench/{script}", "--help").lower()
 

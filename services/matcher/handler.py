@@ -119,7 +119,8 @@ async def plan(
 
         found = await plan_groups(leads, edges, settings.prioritization_rules, settings.use_exif_data, judge,
                                   {p: u.unit for p, u in units.items()}, settings.is_reference)
-        groups += await asyncio.to_thread(_with_units, found, units)
+        if found:  # most components hold no group
+            groups += await asyncio.to_thread(_with_units, found, units)
     return groups
 
 
