@@ -414,3 +414,26 @@ def test_a_card_imported_twice_loses_one_whole_unit_whatever_the_action(run_cli,
     assert run_cli("undo", journal).code == 0
     after = tree_state(root)
     assert {p: s[:2] for p, s in after.items()} == {p: s[:2] for p, s in before.items()}, "every byte is back"
+
+
+@pytest.mark.parametrize("raw_asked_for", [True, False])
+def test_a_jpeg_whose_raw_cannot_be_read_is_never_separated_from_it(run_cli, tmp_path, raw_asked_for):
+    """IMG_6.NEF beside IMG_6.JPG cannot be compared with it (corrupt, or not among the
+    file_extensions): the JPEG is not removed for a bigger copy elsewhere, so the two stay
+    together; the corrupt RAW is a one-line problem."""
+    root = tmp_path / "lib"
+    jpeg = save_photo(root / "camera" / "IMG_6.JPG", 27, (320, 240))
+    raw = root / "camera" / "IMG_6.NEF"
+    raw.write_bytes(b"II*\x00" + os.urandom(4000))
+    bigger = save_photo(root / "export" / "IMG_6 big.jpg", 27, (640, 480))
+    extra = [] if raw_asked_for else ["--config", _config(tmp_path, file_extensions=[".jpg"])]
+    result = run_cli("deduplicate", root, "--no-dry-run", "--action", "delete", *extra)
+    assert result.code == 0, result.err
+    assert result.report["groups"] == [] and jpeg.exists() and raw.exists() and bigger.exists()
+    assert [p["path"] for p in result.report["problems"]] == ([str(raw)] if raw_asked_for else [])
+
+
+def _config(tmp_path: Path, **options) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(options))  # JSON is YAML
+    return path

@@ -331,7 +331,7 @@ def _companions(images: list[Path], settings: Settings) -> list[Path] | str:
     except OSError as exc:
         return f"cannot read its folder: {exc.strerror}"
     found = []
-    for name in bundles.companions(names, [i.name for i in images], settings.file_extensions):
+    for name in bundles.companions(names, [i.name for i in images], bundles.unit_extensions(settings.file_extensions)):
         try:
             found.append(confine(folder / name, settings.source_directories))
         except Unsafe as exc:  # a sidecar that is a symbolic link, say: the unit cannot go whole

@@ -36,7 +36,7 @@ async def on_companion(
         names = [e.name for e in os.scandir(folder) if e.is_file(follow_symlinks=False)]
     except OSError:
         names = []
-    listing = bundles.Listing(names, settings.file_extensions)
+    listing = bundles.Listing(names, bundles.unit_extensions(settings.file_extensions))
     images = [os.path.join(folder, n) for s in bundles.stems_of(name) for n in listing.by_stem.get(s.casefold(), ())]
     if images:
         known = await store.get_many(images)

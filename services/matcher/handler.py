@@ -13,6 +13,7 @@ from shared.config import Settings
 from shared.core.verdict import Look, Thresholds, goldberg, same_photo, version
 from shared.image.pixels import look_in_thread
 from shared.messages import Decision, Evidence, FileRef, Removal
+from shared.core import bundles
 from shared.core.ranking import Group, pair_allowed, plan_groups, rule_in_words
 from shared.core.safety import root_of
 from shared.store import ImageRecord, Ledger, Store
@@ -73,7 +74,7 @@ async def plan(
     ``seeds``: the stored records of ``paths``, when the caller has read them already."""
     thresholds = Thresholds.of(settings)
     remembering = RememberingLook(look, ledger)
-    folders = Folders(settings.file_extensions)
+    folders = Folders(bundles.unit_extensions(settings.file_extensions))
 
     async def verdict(a: ImageRecord, b: ImageRecord) -> Evidence:
         await remembering.recall([(version(a), version(b))], thresholds.match_orientations)

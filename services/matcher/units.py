@@ -43,6 +43,7 @@ class PlannedUnit:
     folder: str
     unit: bundles.Unit
     images: tuple[ImageRecord, ...]
+    unjudged: tuple[str, ...] = ()  # RAWs of its stem that could not be compared with it
 
     @property
     def lead(self) -> ImageRecord:
@@ -89,6 +90,7 @@ async def units_of(
                           if os.path.splitext(other)[1].casefold() not in bundles.RAW_EXTENSIONS]
     judged = await asyncio.gather(*(_paired(records.get(raw), records.get(other), verdict) for raw, other in pairs))
     paired = {pair for pair, same in zip(pairs, judged) if same}
+    unjudged = [pair for pair, same in zip(pairs, judged) if same is None]
     found: dict[str, PlannedUnit] = {}
     for folder, names in wanted.items():
         for unit in folders(folder).units(
@@ -96,15 +98,21 @@ async def units_of(
             images = tuple(records[os.path.join(folder, n)] for n in unit.images if os.path.join(folder, n) in records)
             if not images or images[0].path != os.path.join(folder, unit.lead):
                 continue  # its lead is not analysed (yet): its files stand alone
-            planned = PlannedUnit(folder, unit, images)
+            names_in = {os.path.join(folder, n) for n in unit.images}
+            planned = PlannedUnit(folder, unit, images,
+                                  tuple(os.path.basename(raw) for raw, other in unjudged if other in names_in))
             for record in images:
                 found[record.path] = planned
     return found
 
 
-async def _paired(raw: ImageRecord | None, other: ImageRecord | None, verdict: Verdict) -> bool:
-    if raw is None or other is None or raw.signature is None or other.signature is None:
+async def _paired(raw: ImageRecord | None, other: ImageRecord | None, verdict: Verdict) -> bool | None:
+    """The verdict on a RAW and an image of its stem; None when the RAW cannot be judged (not
+    analysed: unreadable, not asked for, or not yet signed)."""
+    if other is None or other.signature is None:
         return False
+    if raw is None or raw.signature is None:
+        return None
     return (await verdict(other, raw)).same
 
 
@@ -129,6 +137,9 @@ def collapse(
 async def judge_unit(keeper: ImageRecord, other: PlannedUnit | None, lead: ImageRecord, verdict: Verdict) -> Evidence:
     """The verdict on removing a unit in favour of ``keeper``: its lead, and every other image
     of it, must show the same photo as the kept file (a RAW goes only where its photo stays)."""
+    if other is not None and other.unjudged:
+        return Evidence(same=False, stage="none", reason=f"{', '.join(other.unjudged)} beside it could not be compared "
+                        "with it (unreadable or not analysed): a RAW and its JPEG are never separated")
     found = await verdict(keeper, lead)
     if not found.same or other is None:
         return found

@@ -49,6 +49,12 @@ def _split(name: str) -> tuple[str, str]:
     return stem.casefold(), ext.casefold()
 
 
+def unit_extensions(configured: Iterable[str]) -> set[str]:
+    """The endings of a unit's images: the configured ones and every RAW's, analysed or not,
+    so that a RAW is never left without its JPEG, nor its sidecar without it."""
+    return {e.casefold() for e in configured} | RAW_EXTENSIONS
+
+
 def is_companion_name(name: str) -> bool:
     """Could this file be a sidecar or a Live Photo video (its folder decides)?"""
     return _split(name)[1] in SIDECAR_EXTENSIONS | VIDEO_EXTENSIONS
