@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from importlib import metadata
 from collections.abc import Callable, Iterator
@@ -183,6 +184,7 @@ async def deduplicate(
     return summary
 
 
+FACTS_BATCH = 5000  # records read at a time to tell whether anything changed since the last plan
 #: What the plan reads of the settings; a change of any of them plans the library again.
 PLAN_SETTINGS = {"source_directories", "reference_directories", "max_dist", "min_similarity", "min_agreement", "match_orientations",
                  "across_dirs", "max_file_modification_time_diff", "prioritization_rules", "use_exif_data"}
@@ -194,13 +196,21 @@ async def match_library(
     """Phase 4. The plan depends only on the files (their versions and contents), the settings
     it reads, the pairs marked distinct and the code: when none of them changed since the last
     run over these roots, that run's plan is the plan, and no index is queried again. The
-    actuator checks every removal against the disk and the verdict all the same."""
-    records = await store.get_many(paths)
-    marked = await ledger.distinct(sorted({r.digest for r in records.values() if r.digest}))
+    actuator checks every removal against the disk and the verdict all the same. The records
+    are read a batch at a time, so a library of a million files is never held whole."""
+    files = hashlib.blake2b(digest_size=20)
+    digests: set[str] = set()
+    ordered = sorted(paths)
+    for start in range(0, len(ordered), FACTS_BATCH):
+        records = await store.get_many(ordered[start : start + FACTS_BATCH])
+        for path in ordered[start : start + FACTS_BATCH]:
+            if (r := records.get(path)) is not None:
+                files.update(repr((path, r.size, r.mtime_ns, r.digest, r.error)).encode("utf-8", "surrogateescape"))
+                digests.update([r.digest] if r.digest else [])
+    marked = await ledger.distinct(sorted(digests))
     facts = (
         metadata.version("image-dedup"), COMPARE_VERSION, settings.model_dump_json(include=PLAN_SETTINGS),
-        sorted((p, r.size, r.mtime_ns, r.digest, r.error) for p, r in records.items()),
-        sorted(sorted(pair) for pair in marked),
+        files.hexdigest(), sorted(sorted(pair) for pair in marked),
         companion_facts(paths),  # sidecars and videos rank units and travel with them
     )
     fingerprint = ledger_key(*facts)
@@ -210,7 +220,7 @@ async def match_library(
         advance(len(paths))
         return [Decision.model_validate(d) for d in last["decisions"]]
     decisions = [to_decision(g) for g in await plan(paths, store=store, settings=settings, ledger=ledger,
-                                                    look=look, on_progress=advance, seeds=records)]
+                                                    look=look, on_progress=advance)]
     await ledger.remember({key: {"fingerprint": fingerprint,
                                  "decisions": [d.model_dump(mode="json") for d in decisions]}})
     return decisions

@@ -9,6 +9,7 @@ uses its own random index and deletes it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import uuid
 
@@ -269,6 +270,64 @@ async def test_same_digest_finds_the_byte_identical_others(store):
     assert [r.path for r in await store.same_digest(record("/r/a.jpg", digest="11" * 32))] == ["/r/b.jpg"]
     assert await store.same_digest(record("/r/c.jpg", digest="22" * 32)) == []
     assert await store.same_digest(record("/r/d.jpg")) == []
+
+
+def _generated_library(rng) -> list[ImageRecord]:
+    """Photos with resized, turned, re-encoded (same digest) and cropped (embedding only) copies."""
+    out = []
+    record = functools.partial(globals()["record"], width=640, height=480)
+    for i in range(30):
+        sig, emb = signature(rng), embedding(rng)
+        digest = f"{i:064x}"
+        out.append(record(f"/r/{i:02}.jpg", sig, emb, digest=digest))
+        if i % 3 == 0:
+            out.append(record(f"/r/{i:02}-small.jpg", near(sig, 25, rng), embedding(rng, emb, 0.02)))
+        if i % 5 == 0:
+            out.append(record(f"/r/{i:02}-turned.jpg", near(orientations(sig)[3], 10, rng), embedding(rng, emb, 0.03)))
+        if i % 7 == 0:
+            out.append(record(f"/r/{i:02}-same.jpg", sig, emb, digest=digest))
+        if i % 4 == 0:
+            out.append(record(f"/r/{i:02}-crop.jpg", signature(rng), embedding(rng, emb, 0.03)))
+    return out
+
+
+async def test_the_batched_queries_give_the_one_at_a_time_answers(store):
+    library = _generated_library(np.random.default_rng(21))
+    await store.upsert_many(library)
+    queries = [*library, record("/r/new.jpg", near(library[0].signature, 20), library[0].embedding)]
+    many = await store.candidates_many(queries, 0.3, limit=10, turns=True)
+    similar = await store.similar_many(queries, 0.8, limit=10)
+    same = await store.same_digest_many(queries)
+    assert sum(1 for found in many if found) >= 20 and sum(1 for found in similar if found) >= 20
+    for k, q in enumerate(queries):
+        assert many[k] == await store.candidates(q, 0.3, limit=10, turns=True)
+        assert similar[k] == await store.similar(q, 0.8, limit=10)
+        assert same[k] == await store.same_digest(q)
+
+
+async def test_a_plan_of_the_whole_library_in_batches_gives_the_groups_one_at_a_time_gives(store, monkeypatch, tmp_path):
+    from services.matcher import handler
+    from shared.config import Settings
+    from shared.image.compare import Agreement
+
+    async def agrees(a, b, turns):
+        return Agreement(score=1.0), None
+
+    library = _generated_library(np.random.default_rng(22))
+    await store.upsert_many(library)
+    settings = Settings(source_directories=[tmp_path], max_dist=0.3, min_similarity=0.8)
+    paths = [r.path for r in library]
+
+    def groups(found):
+        return sorted((g.keep.path, sorted(r.path for r, _ in g.remove)) for g in found)
+
+    batched = groups(await handler.plan(paths, store=store, settings=settings, look=agrees))
+    monkeypatch.setattr(handler, "BATCH", 1)
+    assert groups(await handler.plan(paths, store=store, settings=settings, look=agrees)) == batched
+    # and from any one file: its component, as the whole-library plan found it
+    some = next(g for g in batched if len(g[1]) >= 2)
+    assert groups(await handler.plan([some[1][-1]], store=store, settings=settings, look=agrees)) == [some]
+    assert len(batched) >= 10 and sum(len(r) for _, r in batched) >= 25
 
 
 # --------------------------------------------------------------------------------------------

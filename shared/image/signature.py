@@ -317,10 +317,15 @@ def words(signature: np.ndarray) -> tuple[int, ...] | list[tuple[int, ...]]:
     sig = np.asarray(signature)
     if sig.shape[-1:] != (SIGNATURE_LENGTH,) or sig.ndim > 2:
         raise ValueError(f"signature must have shape ({SIGNATURE_LENGTH},), got {sig.shape}")
-    clipped = np.clip(sig.astype(np.int64), -1, 1).reshape(-1, SIGNATURE_LENGTH)
-    digits = np.pad(clipped, ((0, 0), (0, 1)))[:, _WORD_INDEX] + 1
-    found = [tuple(row) for row in (digits @ _WORD_CODING).tolist()]
+    found = [tuple(row) for row in word_array(sig.reshape(-1, SIGNATURE_LENGTH)).tolist()]
     return found[0] if sig.ndim == 1 else found
+
+
+def word_array(signatures: np.ndarray) -> np.ndarray:
+    """The words of signatures of shape (k, 648) as an int64 array of shape (k, 63)."""
+    clipped = np.clip(np.asarray(signatures), -1, 1).astype(np.int8)
+    digits = np.pad(clipped, ((0, 0), (0, 1)))[:, _WORD_INDEX] + 1
+    return digits.astype(np.int64) @ _WORD_CODING
 
 
 def distance(a: np.ndarray, b: np.ndarray) -> float:

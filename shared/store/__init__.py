@@ -73,6 +73,22 @@ def searched(record: ImageRecord, turns: bool) -> tuple[np.ndarray, list[tuple[i
     return queries, words(queries)
 
 
+class Batched:
+    """The one-record queries of a store that answers many records per call (the Protocol's
+    ``*_many`` methods): each is its batch of one, so both give the same answers."""
+
+    async def candidates(
+        self, record: ImageRecord, max_dist: float, limit: int = 100, turns: bool = False
+    ) -> list[Candidate]:
+        return (await self.candidates_many([record], max_dist, limit, turns))[0]  # type: ignore[attr-defined]
+
+    async def similar(self, record: ImageRecord, min_similarity: float, limit: int = 100) -> list[Candidate]:
+        return (await self.similar_many([record], min_similarity, limit))[0]  # type: ignore[attr-defined]
+
+    async def same_digest(self, record: ImageRecord) -> list[ImageRecord]:
+        return (await self.same_digest_many([record]))[0]  # type: ignore[attr-defined]
+
+
 class Store(Protocol):
     async def upsert(self, record: ImageRecord) -> None: ...
 
@@ -100,6 +116,23 @@ class Store(Protocol):
 
     async def same_digest(self, record: ImageRecord) -> list[ImageRecord]:
         """Other records with ``record.digest``: byte-identical files."""
+        ...
+
+    async def candidates_many(
+        self, records: Sequence[ImageRecord], max_dist: float, limit: int = 100, turns: bool = False
+    ) -> list[list[Candidate]]:
+        """``candidates`` of each of ``records``, in their order, in as few round trips and
+        index passes as the store can (a whole-library plan asks thousands at once)."""
+        ...
+
+    async def similar_many(
+        self, records: Sequence[ImageRecord], min_similarity: float, limit: int = 100
+    ) -> list[list[Candidate]]:
+        """``similar`` of each of ``records``, in their order, batched likewise."""
+        ...
+
+    async def same_digest_many(self, records: Sequence[ImageRecord]) -> list[list[ImageRecord]]:
+        """``same_digest`` of each of ``records``, in their order, batched likewise."""
         ...
 
     async def delete(self, path: str) -> None: ...

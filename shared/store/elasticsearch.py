@@ -28,17 +28,32 @@ from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
 from ..image import signature as sig
-from . import Candidate, ImageRecord, StoreUnavailable, searched
+from . import Batched, Candidate, ImageRecord, StoreUnavailable, searched
 
 EMBEDDING_DIMS = 512
 WORDS = 63
 PAGE = 5000  # hits per page when listing everything
+MSEARCH = 256  # searches per msearch round trip
 # Writes wait for the refresh that makes them searchable (the matcher searches right after the
 # hasher's upsert); a refresh more often than the default 1 s keeps that wait short.
 REFRESH_INTERVAL = "200ms"
 
 _KEYWORD = {"type": "keyword"}
 _STORED_ONLY = {"type": "keyword", "index": False, "doc_values": False}
+# The words are only searched: never sorted, aggregated or read (a record's words are computed
+# again from its signature), so they have no doc values.
+_WORD = {"type": "keyword", "doc_values": False}
+IMAGES_SETTINGS: dict[str, Any] = {
+    "refresh_interval": REFRESH_INTERVAL,
+    # one shard holds millions of records (a kNN search visits every shard, and per-shard costs
+    # add up on a few cores); a replica only where a second node can hold it, so a single node
+    # is green, never yellow
+    "number_of_shards": 1,
+    "auto_expand_replicas": "0-1",
+    # _source is rebuilt from the fields on reading: the embedding is kept once, as the
+    # vector the kNN search uses, not a second time as JSON in _source
+    "mapping.source.mode": "synthetic",
+}
 IMAGES_MAPPING: dict[str, Any] = {
     "dynamic": "strict",
     "properties": {
@@ -56,7 +71,7 @@ IMAGES_MAPPING: dict[str, Any] = {
         "frames": {"type": "integer"},
         "analysis": {"type": "integer"},
         "signature": {"type": "binary"},
-        **{f"w{i}": _KEYWORD for i in range(WORDS)},
+        **{f"w{i}": _WORD for i in range(WORDS)},
         "embedding": {"type": "dense_vector", "element_type": "byte", "dims": EMBEDDING_DIMS,
                       "index": True, "similarity": "cosine"},
     },
@@ -103,7 +118,7 @@ def _to_record(doc: dict[str, Any]) -> ImageRecord:
     words: tuple[int, ...] = ()
     if doc.get("signature") is not None:
         signature = np.frombuffer(base64.b64decode(doc["signature"]), dtype=np.int8)
-        words = tuple(int(doc[f"w{i}"]) for i in range(WORDS))
+        words = sig.words(signature)
     embedding = doc.get("embedding")
     return ImageRecord(
         path=doc["path"], root=doc["root"], size=doc["size"], mtime_ns=doc["mtime_ns"], format=doc["format"],
@@ -126,11 +141,13 @@ def _client(url: str, api_key: str | None, username: str | None, password: str |
 class _Index:
     """One index and its client; turns a server that does not answer into StoreUnavailable."""
 
-    def __init__(self, url: str, index: str, mapping: dict[str, Any], *, api_key: str | None = None,
-                 username: str | None = None, password: str | None = None, ca_certs: Path | None = None):
+    def __init__(self, url: str, index: str, mapping: dict[str, Any], *, settings: dict[str, Any] | None = None,
+                 api_key: str | None = None, username: str | None = None, password: str | None = None,
+                 ca_certs: Path | None = None):
         self.url = url
         self.index = index
         self._mapping = mapping
+        self._settings = settings or {"refresh_interval": REFRESH_INTERVAL, "auto_expand_replicas": "0-1"}
         self._es = _client(url, api_key, username, password, ca_certs)
 
     @contextmanager
@@ -151,8 +168,7 @@ class _Index:
                 await self._es.indices.put_mapping(index=self.index, properties=self._mapping["properties"])
                 return
             try:
-                await self._es.indices.create(index=self.index, mappings=self._mapping,
-                                              settings={"refresh_interval": REFRESH_INTERVAL})
+                await self._es.indices.create(index=self.index, mappings=self._mapping, settings=self._settings)
             except elasticsearch.BadRequestError as exc:
                 if exc.error != "resource_already_exists_exception":  # another process was first
                     raise
@@ -180,9 +196,9 @@ class _Index:
         await self._es.close()
 
 
-class ElasticsearchStore(_Index):
+class ElasticsearchStore(Batched, _Index):
     def __init__(self, url: str, index: str = "images", **auth: Any):
-        super().__init__(url, index, IMAGES_MAPPING, **auth)
+        super().__init__(url, index, IMAGES_MAPPING, settings=IMAGES_SETTINGS, **auth)
 
     async def upsert(self, record: ImageRecord) -> None:
         with self._reachable():
@@ -215,75 +231,87 @@ class ElasticsearchStore(_Index):
             hits = (await self._es.search(index=self.index, track_total_hits=False, **request))["hits"]["hits"]
         return [_to_record(h["_source"]) for h in hits]
 
-    async def _nearest(self, field: str, keep: Callable[[Any], float | None], *searches: dict[str, Any]) -> list[Candidate]:
-        """The hits of ``searches`` (one msearch), reading only ``field`` of each; ``keep``
-        gives a hit's distance from that value (None: not near enough), and only the near hits
-        are read whole, nearest first."""
+    async def _msearch(self, searches: list[dict[str, Any]]) -> list[list[dict]]:
+        """The hits of each search, in order, ``MSEARCH`` searches per round trip."""
+        out: list[list[dict]] = []
         with self._reachable():
-            found = await self._es.msearch(index=self.index, searches=list(chain.from_iterable(
-                ({}, {"track_total_hits": False, "_source": [field], **search}) for search in searches)))
-            near: dict[str, float] = {}
-            for answer in found["responses"]:
-                if "error" in answer:
-                    raise elasticsearch.ApiError(str(answer["error"]), meta=found.meta, body=answer)
-                for h in answer["hits"]["hits"]:
-                    if h["_id"] not in near and (d := keep(h["_source"].get(field))) is not None:
-                        near[h["_id"]] = d
-            if not near:
-                return []
-            docs = (await self._es.mget(index=self.index, ids=list(near)))["docs"]
-        found = [Candidate(_to_record(d["_source"]), near[d["_id"]]) for d in docs if d.get("found")]
-        return sorted(found, key=lambda c: (c.distance, c.record.path))
+            for start in range(0, len(searches), MSEARCH):
+                found = await self._es.msearch(index=self.index, searches=list(chain.from_iterable(
+                    ({}, {"track_total_hits": False, **search}) for search in searches[start : start + MSEARCH])))
+                for answer in found["responses"]:
+                    if "error" in answer:
+                        raise elasticsearch.ApiError(str(answer["error"]), meta=found.meta, body=answer)
+                    out.append(answer["hits"]["hits"])
+        return out
 
-    async def candidates(
-        self, record: ImageRecord, max_dist: float, limit: int = 100, turns: bool = False
-    ) -> list[Candidate]:
-        if record.signature is None:
-            return []
-        queries, asked = searched(record, turns)
+    async def _whole(self, near: list[dict[str, float]], limit: int) -> list[list[Candidate]]:
+        """The near hits (_id -> distance) of each query read whole (one mget for all),
+        nearest first."""
+        ids = sorted({i for hits in near for i in hits})
+        records: dict[str, ImageRecord] = {}
+        with self._reachable():
+            for start in range(0, len(ids), 1000):
+                docs = (await self._es.mget(index=self.index, ids=ids[start : start + 1000]))["docs"]
+                records.update((d["_id"], _to_record(d["_source"])) for d in docs if d.get("found"))
+        return [sorted((Candidate(records[i], d) for i, d in hits.items() if i in records),
+                       key=lambda c: (c.distance, c.record.path))[:limit] for hits in near]
 
-        def distance(stored: str | None) -> float | None:  # to the nearest orientation
-            if stored is None:
-                return None
-            d = float(sig.distances(np.frombuffer(base64.b64decode(stored), dtype=np.int8), queries).min())
-            return d if d <= max_dist else None
+    async def candidates_many(self, records: Sequence[ImageRecord], max_dist: float, limit: int = 100,
+                              turns: bool = False) -> list[list[Candidate]]:
+        """One search per orientation of each record, all in few msearch round trips, reading
+        only the signature of each hit; the Goldberg distances of a record's hits to all its
+        orientations in one matrix product."""
+        asked = [(k, *searched(r, turns)) for k, r in enumerate(records) if r.signature is not None]
+        hits = await self._msearch([
+            {"size": limit, "_source": ["signature"], "query": {"bool": {
+                "should": [{"term": {f"w{i}": str(w)}} for i, w in enumerate(words)],
+                "minimum_should_match": 1,
+                "must_not": [{"term": {"path": records[k].path}}],
+            }}} for k, _, asked_words in asked for words in asked_words])
+        near: list[dict[str, float]] = [{} for _ in records]
+        at = 0
+        for k, queries, asked_words in asked:
+            found = {h["_id"]: h["_source"]["signature"] for answer in hits[at : at + len(asked_words)]
+                     for h in answer if h["_source"].get("signature") is not None}
+            at += len(asked_words)
+            if found:
+                stored = np.frombuffer(b"".join(base64.b64decode(v) for v in found.values()), np.int8)
+                dists = sig.distances(queries, stored.reshape(len(found), -1)).min(axis=0)
+                near[k] = {i: float(d) for i, d in zip(found, dists) if d <= max_dist}
+        return await self._whole(near, limit)
 
-        found = await self._nearest("signature", distance, *({"size": limit, "query": {"bool": {
-            "should": [{"term": {f"w{i}": str(w)}} for i, w in enumerate(words)],
-            "minimum_should_match": 1,
-            "must_not": [{"term": {"path": record.path}}],
-        }}} for words in asked))
-        return found[:limit]
-
-    async def similar(self, record: ImageRecord, min_similarity: float, limit: int = 100) -> list[Candidate]:
-        if record.embedding is None:
-            return []
-        query = np.asarray(record.embedding, dtype=np.int8)
-        norm = float(np.linalg.norm(query.astype(np.float64)))
-        if norm == 0.0:
-            return []
-
-        def distance(stored: list[int] | None) -> float | None:  # the exact cosine decides
-            if stored is None:
-                return None
-            e = np.asarray(stored, dtype=np.float64)
-            cosine = float(e @ query) / (float(np.linalg.norm(e)) * norm)
-            return 1.0 - cosine if cosine >= min_similarity else None
-
-        return await self._nearest("embedding", distance, {"size": limit, "knn": {
+    async def similar_many(self, records: Sequence[ImageRecord], min_similarity: float,
+                           limit: int = 100) -> list[list[Candidate]]:
+        """One kNN search per record, all in few msearch round trips; the exact cosines of the
+        hits' int8 values decide."""
+        asked = [(k, np.asarray(r.embedding, np.int8)) for k, r in enumerate(records)
+                 if r.embedding is not None and np.any(r.embedding)]
+        hits = await self._msearch([{"size": limit, "_source": ["embedding"], "knn": {
             "field": "embedding", "query_vector": query.tolist(), "k": limit,
             # approximate (HNSW per segment): a wide beam, or a copy is missed now and then
             "num_candidates": min(max(10 * limit, 100), 10_000),
             "similarity": min_similarity - 1e-3,  # a floor with slack: the exact cosine decides
-            "filter": {"bool": {"must_not": [{"term": {"path": record.path}}]}},
-        }})
+            "filter": {"bool": {"must_not": [{"term": {"path": records[k].path}}]}},
+        }} for k, query in asked])
+        near: list[dict[str, float]] = [{} for _ in records]
+        for (k, query), answer in zip(asked, hits):
+            found = {h["_id"]: h["_source"]["embedding"] for h in answer if h["_source"].get("embedding") is not None}
+            if found:
+                stored = np.asarray(list(found.values()), np.float64)
+                q = query.astype(np.float64)
+                cosines = (stored @ q) / (np.linalg.norm(stored, axis=1) * np.linalg.norm(q))
+                near[k] = {i: 1.0 - float(c) for i, c in zip(found, cosines) if c >= min_similarity}
+        return await self._whole(near, limit)
 
-    async def same_digest(self, record: ImageRecord) -> list[ImageRecord]:
-        if record.digest is None:
-            return []
-        return await self._search(size=10_000, sort=[{"path": "asc"}], query={"bool": {
-            "filter": [{"term": {"digest": record.digest}}], "must_not": [{"term": {"path": record.path}}],
-        }})
+    async def same_digest_many(self, records: Sequence[ImageRecord]) -> list[list[ImageRecord]]:
+        digests = sorted({r.digest for r in records if r.digest})
+        by_digest: dict[str, list[ImageRecord]] = {}
+        for start in range(0, len(digests), 1000):
+            chunk = digests[start : start + 1000]
+            for record in await self._search(size=10_000, sort=[{"path": "asc"}], query={"bool": {
+                    "filter": [{"terms": {"digest": chunk}}]}}):
+                by_digest.setdefault(record.digest, []).append(record)  # type: ignore[arg-type]
+        return [[o for o in by_digest.get(r.digest, []) if o.path != r.path] if r.digest else [] for r in records]
 
     async def delete(self, path: str) -> None:
         with self._reachable():

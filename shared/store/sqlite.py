@@ -1,32 +1,33 @@
 """The embedded store: one SQLite file (WAL), safe to share between processes on one host.
 
-Candidates come through a word index like image-match's Elasticsearch one: each signature
-contributes 63 words (position, value); images sharing words with the query are counted in SQL
-and only the best-sharing ones have their full signatures compared. Similar embeddings are
-found by an exact search over all of them, held in memory and reloaded when the file changed.
+The records live in the file; the two indexes that find candidates among them (the Goldberg
+words and the embeddings, ``shared.store.vectors``) live in memory and in files beside it
+(``<store>.index/``). Every write to the records is logged in the file (``changes``), so each
+process catches its indexes up with the writes of any process by reading the log since the
+change they reflect: never a reload after a write. A missing, damaged or stale index file is
+rebuilt from the records, with a one-line notice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from ..image import signature as sig
-from . import Candidate, ImageRecord, searched
+from . import Batched, Candidate, ImageRecord
+from ..image.signature import distances as sig_distances, orientations
+from .vectors import LocalIndex, log, rebuild
 
 T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: the indexes know records by id
     path TEXT NOT NULL UNIQUE,
     root TEXT NOT NULL,
     size INTEGER NOT NULL,
@@ -43,46 +44,33 @@ CREATE TABLE IF NOT EXISTS images (
     embedding BLOB,
     analysis INTEGER NOT NULL DEFAULT 1
 );
-CREATE TABLE IF NOT EXISTS words (
-    pos INTEGER NOT NULL,
-    word INTEGER NOT NULL,
-    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE
-);
-CREATE INDEX IF NOT EXISTS words_lookup ON words (pos, word, image_id);
-CREATE INDEX IF NOT EXISTS words_image ON words (image_id);
-CREATE TABLE IF NOT EXISTS word_counts (
-    pos INTEGER NOT NULL,
-    word INTEGER NOT NULL,
-    n INTEGER NOT NULL,
-    PRIMARY KEY (pos, word)
-) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS words_counted AFTER INSERT ON words BEGIN
-    INSERT INTO word_counts (pos, word, n) VALUES (new.pos, new.word, 1)
-    ON CONFLICT (pos, word) DO UPDATE SET n = n + 1;
+-- every record written or removed, in order: what the indexes in memory catch up with
+CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, image_id INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS images_logged_insert AFTER INSERT ON images BEGIN
+    INSERT INTO changes (image_id) VALUES (new.id);
 END;
-CREATE TRIGGER IF NOT EXISTS words_uncounted AFTER DELETE ON words BEGIN
-    UPDATE word_counts SET n = n - 1 WHERE pos = old.pos AND word = old.word;
+CREATE TRIGGER IF NOT EXISTS images_logged_update AFTER UPDATE ON images BEGIN
+    INSERT INTO changes (image_id) VALUES (new.id);
 END;
--- changes with the images only (the ledger shares the file): when the embeddings in memory are stale
-CREATE TABLE IF NOT EXISTS images_version (v INTEGER NOT NULL);
-INSERT INTO images_version (v) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM images_version);
-CREATE TRIGGER IF NOT EXISTS images_inserted AFTER INSERT ON images BEGIN
-    UPDATE images_version SET v = v + 1;
+CREATE TRIGGER IF NOT EXISTS images_logged_delete AFTER DELETE ON images BEGIN
+    INSERT INTO changes (image_id) VALUES (old.id);
 END;
-CREATE TRIGGER IF NOT EXISTS images_updated AFTER UPDATE ON images BEGIN
-    UPDATE images_version SET v = v + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS images_deleted AFTER DELETE ON images BEGIN
-    UPDATE images_version SET v = v + 1;
-END;
+CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO store_meta VALUES ('id', lower(hex(randomblob(16))));
 """
-
-# Only the rarest words of a query are looked up. A word shared by a large part of the library
-# (a flat patch of sky, the grid's edges) is little evidence of a match, and its posting list
-# is what made a query cost grow with the library. A near-duplicate within max_dist shares a
-# good part of all 63 words (each is 16 values, coarsened to -1/0/1), so it shares some of the
-# rarest ones that anybody else has too; the full signatures then decide.
-QUERY_WORDS = 24
+# What earlier versions kept in the file and this one does not: the word rows (now in the
+# index beside the file) and the version counter of the embeddings held in memory.
+_DROPPED = """
+DROP TRIGGER IF EXISTS words_counted;
+DROP TRIGGER IF EXISTS words_uncounted;
+DROP TRIGGER IF EXISTS images_inserted;
+DROP TRIGGER IF EXISTS images_updated;
+DROP TRIGGER IF EXISTS images_deleted;
+DROP TABLE IF EXISTS words;
+DROP TABLE IF EXISTS word_counts;
+DROP TABLE IF EXISTS images_version;
+DROP TABLE IF EXISTS claims;
+"""
 
 _COLUMNS = ("path, root, size, mtime_ns, format, width, height, exif_tags, exif_date, signature, error, "
             "digest, frames, embedding, analysis")
@@ -94,6 +82,7 @@ _ADDED_COLUMNS = {
     "embedding": "BLOB",
     "analysis": "INTEGER NOT NULL DEFAULT 1",  # the records before it were version 1
 }
+CHUNK = 900  # ids or paths per IN (...) list, below SQLite's limit on variables
 
 
 def _int8(a: np.ndarray | None) -> bytes | None:
@@ -163,50 +152,45 @@ class SQLiteFile:
         self._executor.shutdown(wait=True)
 
 
-@dataclass(frozen=True, slots=True)
-class _Embeddings:
-    """Every stored embedding as a float32 matrix of the int8 values (their dot products are
-    integers below 2**24, so exact), with the norms, as of one version of the images table."""
-
-    version: int
-    paths: list[str]
-    matrix: np.ndarray  # (n, D) float32
-    norms: np.ndarray  # (n,) float64
-
-
-class SQLiteStore(SQLiteFile):
+class SQLiteStore(Batched, SQLiteFile):
     def __init__(self, path: Path | str):
-        self._embeddings: _Embeddings | None = None
+        self._index: LocalIndex | None = None
+        self._saved_seq = -1  # the change the index files beside the store reflect
         super().__init__(path)
 
     def _connect(self) -> None:
         super()._connect()
         db = self._db
-        db.executescript(SCHEMA)
         present = {row[1] for row in db.execute("PRAGMA table_info(images)")}
-        for column, decl in _ADDED_COLUMNS.items():
-            if column not in present:
-                db.execute(f"ALTER TABLE images ADD COLUMN {column} {decl}")
+        if present:
+            db.executescript(_DROPPED)
+            for column, decl in _ADDED_COLUMNS.items():
+                if column not in present:
+                    db.execute(f"ALTER TABLE images ADD COLUMN {column} {decl}")
+            sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'images'").fetchone()[0]
+            if "AUTOINCREMENT" not in sql.upper():  # before the indexes knew records by id
+                self._transaction(self._renumber)
+        db.executescript(SCHEMA)
         db.execute("CREATE INDEX IF NOT EXISTS images_digest ON images (digest)")
-        db.execute("DROP TABLE IF EXISTS claims")  # replaced by the ledger (shared.store.sqlite_ledger)
-        if db.execute("SELECT NOT EXISTS (SELECT 1 FROM word_counts) AND EXISTS (SELECT 1 FROM words)").fetchone()[0]:
-            db.execute("INSERT INTO word_counts SELECT pos, word, COUNT(*) FROM words GROUP BY pos, word")
+        self._store_id = db.execute("SELECT value FROM store_meta WHERE key = 'id'").fetchone()[0]
+
+    def _renumber(self) -> None:
+        """An older file's images table, rebuilt with ids that are never reused."""
+        db = self._db
+        db.execute("ALTER TABLE images RENAME TO images_before")
+        db.execute(SCHEMA.split(";", 1)[0])
+        db.execute(f"INSERT INTO images (id, {_COLUMNS}) SELECT id, {_COLUMNS} FROM images_before")
+        db.execute("DROP TABLE images_before")
 
     # -- writes ---------------------------------------------------------------------------
     def _insert(self, r: ImageRecord) -> None:
         db = self._db
         db.execute("DELETE FROM images WHERE path = ?", (_to_db(r.path),))
-        cur = db.execute(
+        db.execute(
             f"INSERT INTO images ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (_to_db(r.path), _to_db(r.root), r.size, r.mtime_ns, r.format, r.width, r.height, r.exif_tags, r.exif_date,
              _int8(r.signature), r.error, r.digest, r.frames, _int8(r.embedding), r.analysis),
         )
-        if r.signature is not None:
-            words = r.words or sig.words(r.signature)
-            db.executemany(
-                "INSERT INTO words (pos, word, image_id) VALUES (?,?,?)",
-                [(pos, word, cur.lastrowid) for pos, word in enumerate(words)],
-            )
 
     def _upsert_many(self, records: Sequence[ImageRecord]) -> None:
         self._transaction(lambda: [self._insert(r) for r in records])
@@ -227,8 +211,8 @@ class SQLiteStore(SQLiteFile):
     # -- reads ----------------------------------------------------------------------------
     def _get_many(self, paths: Sequence[str]) -> dict[str, ImageRecord]:
         out: dict[str, ImageRecord] = {}
-        for start in range(0, len(paths), 500):
-            chunk = [_to_db(p) for p in paths[start : start + 500]]
+        for start in range(0, len(paths), CHUNK):
+            chunk = [_to_db(p) for p in paths[start : start + CHUNK]]
             marks = ",".join("?" * len(chunk))
             for row in self._db.execute(f"SELECT {_COLUMNS} FROM images WHERE path IN ({marks})", chunk):
                 record = _row_to_record(row)
@@ -241,102 +225,182 @@ class SQLiteStore(SQLiteFile):
     async def get(self, path: str) -> ImageRecord | None:
         return (await self.get_many([path])).get(path)
 
-    def _candidates(self, record: ImageRecord, max_dist: float, limit: int, turns: bool) -> list[Candidate]:
-        """The word counts and the query's own words are read once for all the orientations
-        asked, the best-sharing records per orientation, and the near ones whole at once."""
-        if record.signature is None:
-            return []
-        queries, asked = searched(record, turns)
-        every = sorted({pw for ws in asked for pw in enumerate(ws)})
-        counts = dict(((pos, word), n) for pos, word, n in self._db.execute(
-            f"""WITH q(pos, word) AS (VALUES {",".join("(?,?)" for _ in every)})
-                SELECT c.pos, c.word, c.n FROM q JOIN word_counts c ON c.pos = q.pos AND c.word = q.word""",
-            list(chain.from_iterable(every)),
-        ))
-        # a word that only the stored record under the query's own path has cannot find anything
-        # (the query may be a turned version of that record, so compare the words themselves)
-        own = set(self._db.execute(
-            "SELECT w.pos, w.word FROM words w JOIN images i ON i.id = w.image_id WHERE i.path = ?",
-            (_to_db(record.path),)
-        ))
-        best: dict[int, bytes] = {}
-        for ws in asked:
-            shared = [pw for pw in enumerate(ws) if counts.get(pw, 0) > (pw in own)]
-            query = sorted(shared, key=lambda pw: (counts[pw], pw))[:QUERY_WORDS]
-            if not query:
-                continue
-            best.update(self._db.execute(
-                f"""WITH q(pos, word) AS (VALUES {",".join("(?,?)" for _ in query)})
-                    SELECT i.id, i.signature
-                    FROM (SELECT w.image_id, COUNT(*) AS shared FROM q JOIN words w
-                          ON w.pos = q.pos AND w.word = q.word GROUP BY w.image_id
-                          ORDER BY shared DESC, w.image_id LIMIT ?) AS best
-                    JOIN images i ON i.id = best.image_id
-                    WHERE i.path != ?""",
-                [*chain.from_iterable(query), limit + 1, _to_db(record.path)],
-            ))
-        if not best:
-            return []
-        # the full signatures decide, the nearest orientation for each; only the records
-        # within max_dist are read whole
-        found = np.frombuffer(b"".join(best.values()), dtype=np.int8)
-        dists = sig.distances(queries, found).min(axis=0)
-        near = {row_id: float(d) for row_id, d in zip(best, dists) if d <= max_dist}
-        if not near:
-            return []
-        rows = self._db.execute(
-            f"SELECT id, {_COLUMNS} FROM images WHERE id IN ({','.join('?' * len(near))})", list(near)
-        ).fetchall()
-        hits = [Candidate(_row_to_record(row[1:]), near[row[0]]) for row in rows]
-        hits.sort(key=lambda c: (c.distance, c.record.path))
-        return hits[:limit]
+    def _by_id(self, columns: str, ids: Sequence[int]) -> Iterator[tuple]:
+        for start in range(0, len(ids), CHUNK):
+            chunk = list(ids[start : start + CHUNK])
+            yield from self._db.execute(f"SELECT id, {columns} FROM images WHERE id IN ({','.join('?' * len(chunk))})",
+                                        chunk)
 
-    async def candidates(
-        self, record: ImageRecord, max_dist: float, limit: int = 100, turns: bool = False
-    ) -> list[Candidate]:
-        return await self._run(self._candidates, record, max_dist, limit, turns)
+    def _matrix(self, column: str, ids: np.ndarray) -> np.ndarray:
+        """The stored int8 vectors (``column``) of ``ids``, one row per id, in their order."""
+        unique = np.unique(ids)
+        blobs = dict(self._by_id(column, unique.tolist()))
+        if not blobs:
+            return np.zeros((0, 0), np.int8)
+        width = len(next(iter(blobs.values())))
+        matrix = np.frombuffer(b"".join(blobs.get(int(i)) or bytes(width) for i in unique), np.int8)
+        return matrix.reshape(len(unique), width)[np.searchsorted(unique, ids)]
 
-    def _current_embeddings(self) -> _Embeddings:
-        version = self._db.execute("SELECT v FROM images_version").fetchone()[0]
-        if self._embeddings is None or self._embeddings.version != version:
-            rows = self._db.execute("SELECT path, embedding FROM images WHERE embedding IS NOT NULL").fetchall()
-            matrix = (np.stack([np.frombuffer(blob, dtype=np.int8) for _, blob in rows]).astype(np.float32)
-                      if rows else np.zeros((0, 0), np.float32))
-            norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix).astype(np.float64))
-            self._embeddings = _Embeddings(version, [_from_db(path) for path, _ in rows], matrix, norms)
-        return self._embeddings
+    def _records_by_id(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
+        return {row[0]: _row_to_record(row[1:]) for row in self._by_id(_COLUMNS, ids)}
 
-    def _similar(self, record: ImageRecord, min_similarity: float, limit: int) -> list[Candidate]:
-        if record.embedding is None:
-            return []
-        index = self._current_embeddings()
-        if not index.paths:
-            return []
-        query = np.asarray(record.embedding, dtype=np.float32)
-        norm = float(np.sqrt(float(query @ query)))
-        if norm == 0.0:
-            return []
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cosines = (index.matrix @ query).astype(np.float64) / (index.norms * norm)
-        hits = [(1.0 - float(cosines[i]), index.paths[i]) for i in np.flatnonzero(cosines >= min_similarity)
-                if index.paths[i] != record.path]
-        hits.sort()
-        found = self._get_many([path for _, path in hits[:limit]])
-        return [Candidate(found[path], d) for d, path in hits[:limit] if path in found]
+    def _own(self, records: Sequence[ImageRecord], column: str) -> tuple[np.ndarray, list[bytes | None]]:
+        """The id each record's path is stored under (-1: none) and that stored ``column``."""
+        stored: dict[str, tuple[int, bytes | None]] = {}
+        paths = [r.path for r in records]
+        for start in range(0, len(paths), CHUNK):
+            chunk = [_to_db(p) for p in paths[start : start + CHUNK]]
+            for path, row_id, blob in self._db.execute(
+                    f"SELECT path, id, {column} FROM images WHERE path IN ({','.join('?' * len(chunk))})", chunk):
+                stored[_from_db(path)] = (row_id, blob)
+        found = [stored.get(p, (-1, None)) for p in paths]
+        return np.array([i for i, _ in found], np.int64), [b for _, b in found]
 
-    async def similar(self, record: ImageRecord, min_similarity: float, limit: int = 100) -> list[Candidate]:
-        return await self._run(self._similar, record, min_similarity, limit)
+    # -- the indexes ----------------------------------------------------------------------
+    def _current(self) -> LocalIndex:
+        """The indexes, caught up with every change logged so far (by any process)."""
+        db = self._db
+        db.execute("BEGIN")  # one snapshot of the log and the records it names
+        try:
+            seq = db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+            if self._index is None:
+                loaded = LocalIndex.load(self.path, self._store_id)
+                if isinstance(loaded, LocalIndex) and loaded.seq <= seq:
+                    self._index, self._saved_seq = loaded, loaded.seq
+                else:
+                    reason = loaded if isinstance(loaded, str) else "stale (ahead of the store: the store was replaced)"
+                    count = db.execute("SELECT count(*) FROM images").fetchone()[0]
+                    saved = db.execute("SELECT 1 FROM store_meta WHERE key = 'index saved'").fetchone()
+                    if count and (saved or reason != "missing"):  # not the first index of this store
+                        log.warning("%s: the index is %s; rebuilding it from the store's %d records",
+                                    LocalIndex.folder(self.path), reason, count)
+                    self._index = rebuild(self._store_id, seq, self._all_rows)
+            index = self._index
+            if index.seq < seq:
+                touched = np.array([i for (i,) in db.execute(
+                    "SELECT DISTINCT image_id FROM changes WHERE seq > ?", (index.seq,))], np.int64)
+                index.remove(touched)
+                for ids, signatures, embeddings in self._rows(touched.tolist()):
+                    index.add(ids, signatures, embeddings)
+                index.seq = seq
+        finally:
+            db.execute("COMMIT")
+        return index
 
-    def _same_digest(self, record: ImageRecord) -> list[ImageRecord]:
-        if record.digest is None:
-            return []
-        rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM images WHERE digest = ? AND path != ? ORDER BY path", (record.digest, _to_db(record.path))
-        )
-        return [_row_to_record(row) for row in rows]
+    def _all_rows(self) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+        last = 0
+        while True:
+            rows = self._db.execute("SELECT id, signature, embedding FROM images WHERE id > ? ORDER BY id LIMIT 20000",
+                                    (last,)).fetchall()
+            if not rows:
+                return
+            yield from self._chunk(rows)
+            last = rows[-1][0]
 
-    async def same_digest(self, record: ImageRecord) -> list[ImageRecord]:
-        return await self._run(self._same_digest, record)
+    def _rows(self, ids: Sequence[int]) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+        for start in range(0, len(ids), 20000):
+            yield from self._chunk(list(self._by_id("signature, embedding", ids[start : start + 20000])))
+
+    @staticmethod
+    def _chunk(rows: list[tuple]) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+        signed = [(i, s) for i, s, _ in rows if s is not None]
+        embedded = [(i, e) for i, _, e in rows if e is not None]
+        if signed:
+            yield (np.array([i for i, _ in signed], np.int64),
+                   np.frombuffer(b"".join(s for _, s in signed), np.int8).reshape(len(signed), -1), None)
+        if embedded:
+            dims = len(embedded[0][1])
+            yield (np.array([i for i, _ in embedded], np.int64), None,
+                   np.frombuffer(b"".join(e for _, e in embedded), np.int8).reshape(len(embedded), dims))
+
+    def _save_index(self) -> None:
+        if self._index is not None and self._index.seq != self._saved_seq:
+            try:
+                self._index.save(self.path)
+                self._saved_seq = self._index.seq
+                self._db.execute("INSERT OR REPLACE INTO store_meta VALUES ('index saved', ?)", (str(self._saved_seq),))
+            except OSError as exc:  # the records are safe; the next run rebuilds the index
+                log.warning("%s: the index could not be saved (%s)", LocalIndex.folder(self.path), exc)
+
+    async def close(self) -> None:
+        await self._run(self._save_index)
+        await super().close()
+
+    # -- queries --------------------------------------------------------------------------
+    def _candidates_many(self, records: Sequence[ImageRecord], max_dist: float, limit: int,
+                         turns: bool) -> list[list[Candidate]]:
+        """Every record's orientations are looked up in one query of the word index; the full
+        signatures of the best-sharing records decide, and only the near ones are read whole."""
+        out: list[list[Candidate]] = [[] for _ in records]
+        asked = [k for k, r in enumerate(records) if r.signature is not None]
+        if not asked:
+            return out
+        index = self._current()
+        searches = [np.stack(orientations(records[k].signature) if turns else [records[k].signature]) for k in asked]
+        rows = np.concatenate(searches)
+        owners = np.repeat(np.arange(len(asked)), [len(q) for q in searches])
+        own, blobs = self._own([records[k] for k in asked], "signature")
+        own_signatures = np.stack([np.zeros(rows.shape[1], np.int8) if b is None else np.frombuffer(b, np.int8)
+                                   for b in blobs])
+        who, ids = index.words.query(rows, owners, own, own_signatures, limit + 1)
+        hits = self._matrix("signature", ids)
+        near: dict[int, dict[int, float]] = {}
+        for owner, start, stop in _runs(who):
+            dists = sig_distances(searches[owner], hits[start:stop]).min(axis=0)
+            near[owner] = {int(i): float(d) for i, d in zip(ids[start:stop], dists) if d <= max_dist}
+        found = self._records_by_id(sorted({i for hits in near.values() for i in hits}))
+        for owner, hits in near.items():
+            cands = sorted((Candidate(found[i], d) for i, d in hits.items() if i in found),
+                           key=lambda c: (c.distance, c.record.path))
+            out[asked[owner]] = cands[:limit]
+        return out
+
+    async def candidates_many(self, records: Sequence[ImageRecord], max_dist: float, limit: int = 100,
+                              turns: bool = False) -> list[list[Candidate]]:
+        return await self._run(self._candidates_many, records, max_dist, limit, turns)
+
+    def _similar_many(self, records: Sequence[ImageRecord], min_similarity: float, limit: int) -> list[list[Candidate]]:
+        """The embedding index proposes, the exact cosines of the int8 values decide."""
+        out: list[list[Candidate]] = [[] for _ in records]
+        asked = [k for k, r in enumerate(records) if r.embedding is not None and np.any(r.embedding)]
+        index = self._current()
+        if not asked or index.embeddings is None:
+            return out
+        queries = np.stack([np.asarray(records[k].embedding, np.int8) for k in asked])
+        own, _ = self._own([records[k] for k in asked], "NULL")
+        rows, ids = index.embeddings.query(queries, limit + 1)
+        keep = ids != own[rows]
+        rows, ids = rows[keep], ids[keep]
+        hits = self._matrix("embedding", ids)
+        near: dict[int, dict[int, float]] = {}
+        for row, start, stop in _runs(rows):
+            cosines = _cosines(queries[row], hits[start:stop])
+            near[row] = {int(i): 1.0 - c for i, c in zip(ids[start:stop], cosines.tolist()) if c >= min_similarity}
+        found = self._records_by_id(sorted({i for hits in near.values() for i in hits}))
+        for row, hits in near.items():
+            cands = sorted((Candidate(found[i], d) for i, d in hits.items() if i in found),
+                           key=lambda c: (c.distance, c.record.path))
+            out[asked[row]] = cands[:limit]
+        return out
+
+    async def similar_many(self, records: Sequence[ImageRecord], min_similarity: float,
+                           limit: int = 100) -> list[list[Candidate]]:
+        return await self._run(self._similar_many, records, min_similarity, limit)
+
+    def _same_digest_many(self, records: Sequence[ImageRecord]) -> list[list[ImageRecord]]:
+        digests = sorted({r.digest for r in records if r.digest})
+        by_digest: dict[str, list[ImageRecord]] = {}
+        for start in range(0, len(digests), CHUNK):
+            chunk = digests[start : start + CHUNK]
+            for row in self._db.execute(
+                    f"SELECT {_COLUMNS} FROM images WHERE digest IN ({','.join('?' * len(chunk))})", chunk):
+                record = _row_to_record(row)
+                by_digest.setdefault(record.digest, []).append(record)  # type: ignore[arg-type]
+        return [sorted((o for o in by_digest.get(r.digest or "", []) if o.path != r.path), key=lambda o: _to_db(o.path))
+                if r.digest else [] for r in records]
+
+    async def same_digest_many(self, records: Sequence[ImageRecord]) -> list[list[ImageRecord]]:
+        return await self._run(self._same_digest_many, records)
 
     async def iter_paths(self) -> AsyncIterator[str]:
         last: str | bytes = ""  # as stored: BLOB names sort after all text ones
@@ -352,3 +416,21 @@ class SQLiteStore(SQLiteFile):
             for (path,) in rows:
                 yield _from_db(path)
             last = rows[-1][0]
+
+
+def _runs(keys: np.ndarray) -> Iterator[tuple[int, int, int]]:
+    """(key, start, stop) of each run of equal values in ``keys`` (sorted)."""
+    if len(keys) == 0:
+        return
+    starts = np.r_[0, np.flatnonzero(keys[1:] != keys[:-1]) + 1]
+    stops = np.r_[starts[1:], len(keys)]
+    for start, stop in zip(starts.tolist(), stops.tolist()):
+        yield int(keys[start]), start, stop
+
+
+def _cosines(query: np.ndarray, many: np.ndarray) -> np.ndarray:
+    """Exact cosines of int8 vectors (their dot products are integers, exact in float64)."""
+    q = query.astype(np.float64)
+    m = many.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (m @ q) / (np.sqrt(np.einsum("ij,ij->i", m, m)) * np.sqrt(q @ q))

@@ -1,0 +1,382 @@
+"""In-memory indexes over many records at once: Goldberg words and copy-detection embeddings.
+
+Local mode keeps both next to the SQLite store (``LocalIndex``: persisted, caught up with the
+store's change log, never rebuilt after a write); a whole-library plan on Elasticsearch builds
+the same two from one scan of the index. Both answer many queries per call, vectorised:
+
+* ``WordIndex``: the 63 words of every signature as sorted ``(position, word)`` keys with their
+  record ids (8 bytes per word, 504 per record), like image-match's word index but in numpy.
+  A query looks up all its words (all 8 orientations) with one ``searchsorted``, keeps each
+  orientation's rarest shared words, and counts the words each record shares with it; the
+  best-sharing records are its candidates and the full signatures then decide (the store does
+  that). Additions go to a small sorted delta merged into the main arrays when it reaches an
+  eighth of them; removed ids are masked until that merge.
+* ``EmbeddingIndex``: usearch's HNSW graph over the int8 embeddings (cosine), 512 bytes per
+  vector plus the graph; chosen against faiss and hnswlib by measurement (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..image.signature import WORD_COUNT, word_array
+
+log = logging.getLogger("image_dedup.store")
+
+_WORD_SPACE = 3**16  # a word is 16 base-3 digits
+# Only the rarest words of a query are looked up. A word shared by a large part of the library
+# (a flat patch of sky, the grid's edges) is little evidence of a match, and its postings are
+# what made a query cost grow with the library. A near-duplicate within max_dist shares a good
+# part of all 63 words (each is 16 values, coarsened to -1/0/1), so it shares some of the
+# rarest ones that anybody else has too; the full signatures then decide.
+QUERY_WORDS = 24
+# A turned or mirrored query row looks up only its 8 rarest words: a turned copy holds the
+# row's words as they are, and they are as rare as any picture's (held by it and its copies),
+# while the rest of such a row's words exist only as patterns common to smooth pictures, which
+# brought hundreds of records per row sharing two or three of them.
+TURNED_QUERY_WORDS = 8
+# A word held by more than this share of the records (and more than STOP_MIN of them) says
+# nearly nothing and would cost a scan of its postings per query: it is not looked up. The
+# 24th rarest word of a record is held by 3 records (median; 10 at the 99th percentile) of
+# 100,000 synthetic ones, while a turned query's words mostly exist only as common ones
+# (skies, the grid's edges): without the cut, each turned row brought hundreds of records
+# sharing one such word.
+STOP_SHARE = 1 / 20_000
+STOP_MIN = 16
+
+
+def _keys(signatures: np.ndarray) -> np.ndarray:
+    """(k, 63) uint32 keys: position * 3**16 + word (at most 2.7e9)."""
+    return (word_array(signatures) + np.arange(WORD_COUNT, dtype=np.int64) * _WORD_SPACE).astype(np.uint32)
+
+
+def _expand(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """starts[k] + 0 .. lengths[k]-1 for every k, concatenated."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts.astype(np.int64), lengths) + offsets
+
+
+class WordIndex:
+    """Record ids by Goldberg word, for queries of many signatures at once."""
+
+    MERGE_SHARE = 8  # the delta is merged into the main arrays at 1/8 of their size
+
+    def __init__(self, keys: np.ndarray | None = None, ids: np.ndarray | None = None):
+        self.keys = np.zeros(0, np.uint32) if keys is None else keys  # sorted
+        self.ids = np.zeros(0, np.uint32) if ids is None else ids
+        self._delta: list[tuple[np.ndarray, np.ndarray]] = []
+        self._delta_sorted = (np.zeros(0, np.uint32), np.zeros(0, np.uint32))
+        self._dead: set[int] = set()
+        self._dead_mask = np.zeros(0, bool)
+        self._present = np.zeros(0, bool)  # by id: has words in the arrays (dead or not)
+        self._mark(self.ids)
+
+    def _mark(self, ids: np.ndarray) -> None:
+        if len(ids):
+            top = int(ids.max()) + 1
+            if top > len(self._present):
+                self._present = np.concatenate([self._present, np.zeros(max(top - len(self._present), top // 4), bool)])
+            self._present[ids] = True
+
+    def __len__(self) -> int:
+        return (len(self.keys) + sum(len(k) for k, _ in self._delta)) // WORD_COUNT - len(self._dead)
+
+    def add(self, ids: np.ndarray, signatures: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        ids = np.asarray(ids, np.uint32)
+        if self._dead and not self._dead.isdisjoint(ids.tolist()):
+            self._merge()  # its old words go first (a record changed in place)
+        keys = _keys(signatures)
+        self._mark(ids)
+        self._delta.append((keys.ravel(), np.repeat(ids, WORD_COUNT)))
+        self._delta_sorted = None  # type: ignore[assignment]
+        if sum(len(k) for k, _ in self._delta) * self.MERGE_SHARE >= len(self.keys):
+            self._merge()
+
+    def remove(self, ids: Iterable[int]) -> None:
+        """Masked now, dropped at the next merge."""
+        ids = np.fromiter((int(i) for i in ids), np.int64)
+        ids = ids[ids < len(self._present)]
+        self._dead.update(ids[self._present[ids]].tolist())
+        if not self._dead:
+            return
+        self._dead_mask = np.zeros(0, bool)
+        if len(self._dead) * WORD_COUNT * self.MERGE_SHARE >= max(len(self.keys), 1):
+            self._merge()
+
+    def _merge(self) -> None:
+        keys = np.concatenate([self.keys, *(k for k, _ in self._delta)])
+        ids = np.concatenate([self.ids, *(i for _, i in self._delta)])
+        if self._dead:
+            alive = ~np.isin(ids, np.fromiter(self._dead, np.uint32, len(self._dead)))
+            keys, ids = keys[alive], ids[alive]
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.ids = keys[order], ids[order]
+        self._delta, self._dead = [], set()
+        self._present = np.zeros(0, bool)
+        self._mark(self.ids)
+        self._delta_sorted = (np.zeros(0, np.uint32), np.zeros(0, np.uint32))
+        self._dead_mask = np.zeros(0, bool)
+
+    def compact(self) -> None:
+        if self._delta or self._dead:
+            self._merge()
+
+    def _parts(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self._delta_sorted is None:
+            keys = np.concatenate([k for k, _ in self._delta])
+            ids = np.concatenate([i for _, i in self._delta])
+            order = np.argsort(keys, kind="stable")
+            self._delta_sorted = (keys[order], ids[order])
+        return [(self.keys, self.ids), self._delta_sorted]
+
+    def _alive(self, ids: np.ndarray) -> np.ndarray:
+        if not self._dead:
+            return np.ones(len(ids), bool)
+        if len(self._dead_mask) == 0:
+            top = max(self._dead) + 1
+            self._dead_mask = np.zeros(top, bool)
+            self._dead_mask[np.fromiter(self._dead, np.int64, len(self._dead))] = True
+        out = np.ones(len(ids), bool)
+        inside = ids < len(self._dead_mask)
+        out[inside] = ~self._dead_mask[ids[inside]]
+        return out
+
+    def query(self, signatures: np.ndarray, owners: np.ndarray, own: np.ndarray, own_signatures: np.ndarray,
+              limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates for query rows ``signatures`` (q, 648) of owners ``owners`` (q,): pairs
+        (owner, id), each id among the ``limit`` records sharing most of the row's rarest
+        words (ties by id), for some row of that owner. ``own`` is the id each owner is stored
+        under (-1: not stored) and ``own_signatures`` its stored signature: it is never its
+        own candidate, and a word only it holds is not counted as shared."""
+        q = len(signatures)
+        if q == 0 or len(self.keys) + sum(len(k) for k, _ in self._delta) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        keys = _keys(signatures)
+        flat = keys.ravel()
+        parts = self._parts()
+        ranges = [(np.searchsorted(k, flat, "left"), np.searchsorted(k, flat, "right")) for k, _ in parts]
+        counts = sum(hi - lo for lo, hi in ranges).reshape(q, WORD_COUNT)
+        own_keys = _keys(own_signatures)[owners]
+        own = own[owners]
+        own_keys[own < 0] = np.iinfo(np.uint32).max
+        mine = (keys[:, :, None] == own_keys[:, None, :]).any(axis=2)
+        effective = counts - mine
+        stop = max(STOP_MIN, int(STOP_SHARE * len(self)))
+        usable = (effective > 0) & (counts <= stop)
+        rank = np.where(usable, counts, np.iinfo(np.int64).max)
+        chosen = np.argsort(rank, axis=1, kind="stable")[:, :QUERY_WORDS]
+        turned = np.r_[False, owners[1:] == owners[:-1]]  # every row of an owner after its first
+        chosen_usable = usable[np.arange(q)[:, None], chosen]
+        chosen_usable[turned, TURNED_QUERY_WORDS:] = False
+        rows = np.repeat(np.arange(q), chosen.shape[1])
+        cols = chosen.ravel()
+        keep = chosen_usable.ravel()
+        rows, flat_at = rows[keep], rows[keep] * WORD_COUNT + cols[keep]
+        hit_rows, hit_ids = [], []
+        for (lo, hi), (_, ids) in zip(ranges, parts):
+            starts, lengths = lo[flat_at], hi[flat_at] - lo[flat_at]
+            hit_rows.append(np.repeat(rows, lengths))
+            hit_ids.append(ids[_expand(starts, lengths)].astype(np.int64))
+        r, i = np.concatenate(hit_rows), np.concatenate(hit_ids)
+        ok = self._alive(i) & (i != own[r])
+        r, i = r[ok], i[ok]
+        if len(r) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        codes, shared = np.unique(r.astype(np.int64) << 32 | i, return_counts=True)
+        r, i = codes >> 32, codes & 0xFFFFFFFF
+        # per row the ``limit`` best-sharing ids: sort by row, most shared first, then id; in a
+        # row with more hits than that, one shared word is chance, not a lead
+        order = np.lexsort((i, -shared, r))
+        r, i, shared = r[order], i[order], shared[order]
+        first = np.r_[0, np.flatnonzero(r[1:] != r[:-1]) + 1]
+        sizes = np.diff(np.r_[first, len(r)])
+        place = np.arange(len(r)) - np.repeat(first, sizes)
+        keep = (place < limit) & ((shared > 1) | (np.repeat(sizes, sizes) <= limit) & ~turned[r])
+        r, i = r[keep], i[keep]
+        pairs = np.unique(owners[r].astype(np.int64) << 32 | i)
+        return pairs >> 32, pairs & 0xFFFFFFFF
+
+
+class EmbeddingIndex:
+    """usearch's HNSW over int8 embeddings (cosine), keyed by record id."""
+
+    # Measured on random 512-d unit vectors (SSCD's are as spread out: unrelated photos have a
+    # cosine of 0.007 +- 0.051 on the kit's library): 16 links per node and a beam of 128 at
+    # insertion find a copy at cosine 0.7 about 96% of the time on their own at 50k; the search
+    # beam is wider still, as its cost is per query, not per insert.
+    CONNECTIVITY = 16
+    EXPANSION_ADD = 48
+    EXPANSION_SEARCH = 96
+
+    def __init__(self, dims: int, index=None):
+        from usearch.index import Index, MetricKind, ScalarKind
+
+        self.dims = dims
+        self.index = index or Index(ndim=dims, metric=MetricKind.Cos, dtype=ScalarKind.I8,
+                                    connectivity=self.CONNECTIVITY, expansion_add=self.EXPANSION_ADD,
+                                    expansion_search=self.EXPANSION_SEARCH)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def add(self, ids: np.ndarray, embeddings: np.ndarray) -> None:
+        if len(ids):
+            self.index.add(np.asarray(ids, np.uint64), np.ascontiguousarray(embeddings, np.int8), threads=_threads())
+
+    def remove(self, ids: Iterable[int]) -> None:
+        ids = np.fromiter((int(i) for i in ids), np.uint64)
+        if len(ids):
+            present = ids[np.asarray(self.index.contains(ids), bool)]
+            if len(present):
+                self.index.remove(present)
+
+    def query(self, embeddings: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``limit`` nearest ids of each query row, as (rows, ids) pairs."""
+        if len(embeddings) == 0 or len(self.index) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        found = self.index.search(np.ascontiguousarray(embeddings, np.int8), min(limit, len(self.index)),
+                                  threads=_threads())
+        if not hasattr(found, "counts"):  # one query: one row of matches
+            return np.zeros(len(found.keys), np.int64), found.keys.astype(np.int64)
+        counts = found.counts
+        rows = np.repeat(np.arange(len(embeddings)), counts)
+        ids = np.concatenate([found.keys[k, : counts[k]] for k in range(len(embeddings))]).astype(np.int64)
+        return rows, ids
+
+
+def _threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+# --------------------------------------------------------------------------------------------
+# persisted next to the SQLite store
+
+FORMAT = 1  # changes when the files' layout does: an older file is rebuilt
+
+
+@dataclass
+class LocalIndex:
+    """Both indexes for one SQLite store, as of change ``seq`` of the store's log."""
+
+    store_id: str
+    seq: int
+    words: WordIndex
+    embeddings: EmbeddingIndex | None
+
+    @classmethod
+    def empty(cls, store_id: str) -> LocalIndex:
+        return cls(store_id, 0, WordIndex(), None)
+
+    def add(self, ids: np.ndarray, signatures: np.ndarray | None, embeddings: np.ndarray | None) -> None:
+        if signatures is not None:
+            self.words.add(ids, signatures)
+        if embeddings is not None and len(embeddings):
+            if self.embeddings is None:
+                self.embeddings = EmbeddingIndex(embeddings.shape[1])
+            self.embeddings.add(ids, embeddings)
+
+    def remove(self, ids: np.ndarray) -> None:
+        self.words.remove(ids.tolist())
+        if self.embeddings is not None:
+            self.embeddings.remove(ids.tolist())
+
+    # -- files ----------------------------------------------------------------------------
+    @staticmethod
+    def folder(store_path: Path) -> Path:
+        return store_path.with_name(store_path.name + ".index")
+
+    def save(self, store_path: Path) -> None:
+        """Written beside the store through temporary names, the description last, so a
+        crash leaves the old files or the new ones, and a torn file fails its checksum."""
+        folder = self.folder(store_path)
+        folder.mkdir(exist_ok=True)
+        self.words.compact()
+        files = {"words.keys": self.words.keys, "words.ids": self.words.ids}
+        meta: dict = {"format": FORMAT, "store_id": self.store_id, "seq": self.seq, "files": {}}
+        for name, array in files.items():
+            tmp = folder / (name + ".tmp")
+            with open(tmp, "wb") as f:
+                f.write(array.tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+            meta["files"][name] = {"crc": _crc(tmp), "size": tmp.stat().st_size}
+        if self.embeddings is not None:
+            tmp = folder / "embeddings.usearch.tmp"
+            self.embeddings.index.save(str(tmp))
+            meta["files"]["embeddings.usearch"] = {"crc": _crc(tmp), "size": tmp.stat().st_size,
+                                                  "dims": self.embeddings.dims}
+        for name in meta["files"]:
+            os.replace(folder / (name + ".tmp"), folder / name)
+        tmp = folder / "index.json.tmp"
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, folder / "index.json")
+
+    @classmethod
+    def load(cls, store_path: Path, store_id: str) -> LocalIndex | str:
+        """The saved index, or why it cannot be used (missing, another store's, damaged)."""
+        folder = cls.folder(store_path)
+        try:
+            meta = json.loads((folder / "index.json").read_text())
+        except FileNotFoundError:
+            return "missing"
+        except (OSError, ValueError) as exc:
+            return f"unreadable ({exc})"
+        try:
+            if meta.get("format") != FORMAT:
+                return "written by another version"
+            if meta.get("store_id") != store_id:
+                return "stale (it belongs to another store file)"
+            for name, facts in meta["files"].items():
+                path = folder / name
+                if not path.is_file() or path.stat().st_size != facts["size"] or _crc(path) != facts["crc"]:
+                    return f"damaged ({name} does not match its checksum)"
+            keys = np.fromfile(folder / "words.keys", np.uint32)
+            ids = np.fromfile(folder / "words.ids", np.uint32)
+            if len(keys) != len(ids) or len(keys) % WORD_COUNT:
+                return "damaged (the word arrays do not match)"
+            embeddings = None
+            if "embeddings.usearch" in meta["files"]:
+                from usearch.index import Index
+
+                embeddings = EmbeddingIndex(meta["files"]["embeddings.usearch"]["dims"],
+                                            Index.restore(str(folder / "embeddings.usearch")))
+                if embeddings.index is None:
+                    return "damaged (the embedding index cannot be read)"
+                embeddings.index.expansion_search = EmbeddingIndex.EXPANSION_SEARCH
+            return cls(store_id, int(meta["seq"]), WordIndex(keys, ids), embeddings)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            return f"damaged ({' '.join(str(exc).split())})"
+
+
+def _crc(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+Rows = Callable[[], Iterable[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]]
+
+
+def rebuild(store_id: str, seq: int, rows: Rows) -> LocalIndex:
+    """A new index from ``rows``: chunks of (ids, signatures, embeddings) of every record."""
+    index = LocalIndex.empty(store_id)
+    index.seq = seq
+    for ids, signatures, embeddings in rows():
+        index.add(ids, signatures, embeddings)
+    index.words.compact()
+    return index
