@@ -241,6 +241,17 @@ class SQLiteStore(Batched, SQLiteFile):
         matrix = np.frombuffer(b"".join(blobs.get(int(i)) or bytes(width) for i in unique), np.int8)
         return matrix.reshape(len(unique), width)[np.searchsorted(unique, ids)]
 
+    def _nearest(self, near: dict[int, dict[int, float]], asked: list[int], count: int, limit: int) -> list[list[Candidate]]:
+        """For each of ``count`` queries, its near hits (of ``near``, by its place in ``asked``:
+        id -> distance) read whole, nearest first."""
+        out: list[list[Candidate]] = [[] for _ in range(count)]
+        found = self._records_by_id(sorted({i for hits in near.values() for i in hits}))
+        for place, hits in near.items():
+            cands = sorted((Candidate(found[i], d) for i, d in hits.items() if i in found),
+                           key=lambda c: (c.distance, c.record.path))
+            out[asked[place]] = cands[:limit]
+        return out
+
     def _records_by_id(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
         return {row[0]: _row_to_record(row[1:]) for row in self._by_id(_COLUMNS, ids)}
 
@@ -331,10 +342,9 @@ class SQLiteStore(Batched, SQLiteFile):
                          turns: bool) -> list[list[Candidate]]:
         """Every record's orientations are looked up in one query of the word index; the full
         signatures of the best-sharing records decide, and only the near ones are read whole."""
-        out: list[list[Candidate]] = [[] for _ in records]
         asked = [k for k, r in enumerate(records) if r.signature is not None]
         if not asked:
-            return out
+            return [[] for _ in records]
         index = self._current()
         searches = [np.stack(orientations(records[k].signature) if turns else [records[k].signature]) for k in asked]
         rows = np.concatenate(searches)
@@ -348,12 +358,7 @@ class SQLiteStore(Batched, SQLiteFile):
         for owner, start, stop in _runs(who):
             dists = sig_distances(searches[owner], hits[start:stop]).min(axis=0)
             near[owner] = {int(i): float(d) for i, d in zip(ids[start:stop], dists) if d <= max_dist}
-        found = self._records_by_id(sorted({i for hits in near.values() for i in hits}))
-        for owner, hits in near.items():
-            cands = sorted((Candidate(found[i], d) for i, d in hits.items() if i in found),
-                           key=lambda c: (c.distance, c.record.path))
-            out[asked[owner]] = cands[:limit]
-        return out
+        return self._nearest(near, asked, len(records), limit)
 
     async def candidates_many(self, records: Sequence[ImageRecord], max_dist: float, limit: int = 100,
                               turns: bool = False) -> list[list[Candidate]]:
@@ -361,11 +366,10 @@ class SQLiteStore(Batched, SQLiteFile):
 
     def _similar_many(self, records: Sequence[ImageRecord], min_similarity: float, limit: int) -> list[list[Candidate]]:
         """The embedding index proposes, the exact cosines of the int8 values decide."""
-        out: list[list[Candidate]] = [[] for _ in records]
         asked = [k for k, r in enumerate(records) if r.embedding is not None and np.any(r.embedding)]
         index = self._current()
         if not asked or index.embeddings is None:
-            return out
+            return [[] for _ in records]
         queries = np.stack([np.asarray(records[k].embedding, np.int8) for k in asked])
         own, _ = self._own([records[k] for k in asked], "NULL")
         rows, ids = index.embeddings.query(queries, limit + 1)
@@ -376,12 +380,7 @@ class SQLiteStore(Batched, SQLiteFile):
         for row, start, stop in _runs(rows):
             cosines = _cosines(queries[row], hits[start:stop])
             near[row] = {int(i): 1.0 - c for i, c in zip(ids[start:stop], cosines.tolist()) if c >= min_similarity}
-        found = self._records_by_id(sorted({i for hits in near.values() for i in hits}))
-        for row, hits in near.items():
-            cands = sorted((Candidate(found[i], d) for i, d in hits.items() if i in found),
-                           key=lambda c: (c.distance, c.record.path))
-            out[asked[row]] = cands[:limit]
-        return out
+        return self._nearest(near, asked, len(records), limit)
 
     async def similar_many(self, records: Sequence[ImageRecord], min_similarity: float,
                            limit: int = 100) -> list[list[Candidate]]:
