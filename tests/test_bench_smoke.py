@@ -21,7 +21,7 @@ def _run(*args: str, timeout: float = 60) -> str:
 
 
 @pytest.mark.parametrize("script", ["matcher_scale.py", "accuracy.py", "end_to_end.py", "reference_tools.py", "store_scale.py",
-                                    "raw.py", "library_plan.py"])
+                                    "raw.py", "library_plan.py", "library_scale.py", "ann_choice.py"])
 def test_help(script: str) -> None:
     assert "usage" in _run(f"bench/{script}", "--help").lower()
 
@@ -34,6 +34,14 @@ def test_matcher_scale_tiny() -> None:
             cells = [c.strip() for c in line.strip("|").split("|")]
             assert cells[-1] == "0", line  # no wrong removals on planted groups
             assert float(cells[-2]) > 0.9, line  # recall
+
+
+def test_library_scale_tiny(tmp_path: Path) -> None:
+    out = _run("bench/library_scale.py", "--records", "600", "--json", str(tmp_path / "ls.json"))
+    assert "Machine:" in out and "| sqlite | 600 |" in out
+    result = json.loads((tmp_path / "ls.json").read_text())
+    assert result["wrong"] == 0 and result["recall"] >= 0.99 and result["rerun_same"]
+    assert {"insert_s", "plan_s", "peak_rss_mb", "recall", "wrong"} <= set(result)
 
 
 def test_numpy_index_matches_product_words() -> None:
