@@ -116,12 +116,14 @@ def _tags_of(path: str | Path) -> dict:
     return tags
 
 
-def raw_exif(data: bytes) -> tuple[int, str | None]:
-    """(EXIF tag count, capture date 'YYYY:MM:DD HH:MM:SS') of a RAW file's bytes, counted like
-    the analysis counts a JPEG's: the main, Exif and GPS directories, without their pointers."""
+def raw_exif(path: str) -> tuple[int, str | None]:
+    """(EXIF tag count, capture date 'YYYY:MM:DD HH:MM:SS') of a RAW file, counted like the
+    analysis counts a JPEG's: the main, Exif and GPS directories, without their pointers. Read
+    from the file, not from its bytes in memory: exiv2 copies a buffer whole first (a 44 MB DNG:
+    17 ms from the file, 450 ms from the bytes)."""
     pyexiv2 = _exiv2()
     try:
-        img = pyexiv2.ImageData(data)
+        img = pyexiv2.Image(path)
         try:
             exif = img.read_exif()
         finally:

@@ -513,7 +513,7 @@ def _decode(path: str, target: int, rgb_target: int = 0, digest: bool = True) ->
             # not the scale, that costs)
             img.draft("YCbCr" if rgb_target else "L", (target, target))
         img.load()
-        tags, date, orientation = _exif_info(img) if raw is None else (*raw_exif(data), raw.orientation)
+        tags, date, orientation = _exif_info(img) if raw is None else (*raw_exif(path), raw.orientation)
         if img.mode == "YCbCr":
             if rgb_target:
                 rgb = img.reduce(_reduce_factor(*img.size, rgb_target)).convert("RGB")
