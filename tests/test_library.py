@@ -437,3 +437,23 @@ def _config(tmp_path: Path, **options) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(options))  # JSON is YAML
     return path
+
+
+def test_a_sidecar_written_after_the_plan_goes_with_its_image(run_cli, tmp_path):
+    """The actuator reads the folder when it acts: a sidecar and a video that appeared between
+    the report and its application are moved with their image, under its new name."""
+    root, target = tmp_path / "lib", tmp_path / "dups"
+    save_photo(root / "a" / "IMG_8.JPG", 48, (640, 480))
+    copy = save_photo(root / "b" / "IMG_8.JPG", 48, (320, 240))
+    taken = save_photo(target / "lib" / "b" / "IMG_8.JPG", 49)  # the name is taken in the target
+    report = run_cli("deduplicate", root).report
+    assert report["groups"][0]["remove"] == [str(copy)]
+    (root / "b" / "IMG_8.JPG.xmp").write_text("<x:xmpmeta xmlns:x='adobe:ns:meta/'/>")
+    (root / "b" / "IMG_8.MOV").write_bytes(os.urandom(500))
+    saved = tmp_path / "r.json"
+    saved.write_text(json.dumps(report))
+    applied = run_cli("apply", saved, root, "--no-dry-run", "--target", target, "--store", tmp_path / "store.sqlite")
+    assert applied.code == 0, applied.err
+    assert sorted(p.name for p in (root / "b").iterdir()) == []
+    assert sorted(p.name for p in taken.parent.iterdir()) == [
+        "IMG_8 (1).JPG", "IMG_8 (1).JPG.xmp", "IMG_8 (1).MOV", "IMG_8.JPG"]
