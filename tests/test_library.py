@@ -133,6 +133,7 @@ def test_a_sidecar_keeps_its_own_values_when_merged_into(tmp_path):
     meta.write_sidecar(sidecar, meta.Metadata(title="theirs", keywords=("b",), rating=2))
     found = meta.read(tmp_path / "missing.jpg", [sidecar])
     assert (found.title, found.keywords, found.rating) == ("mine", ("a", "b"), 2)
+    assert "<rdf:Bag>" in sidecar.read_text() and "<rdf:Seq>" not in sidecar.read_text(), "dc:subject is a Bag"
 
 
 # --------------------------------------------------------------------------------------------

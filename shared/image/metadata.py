@@ -318,6 +318,22 @@ def write_sidecar(sidecar: Path, added: Metadata) -> None:
             img.modify_xmp(values)
     finally:
         img.close()
+    if "Xmp.dc.subject" in values:
+        _keywords_as_bag(sidecar)
+
+
+_SUBJECT_SEQ = re.compile(r"(<dc:subject>\s*)<rdf:Seq>(.*?)</rdf:Seq>", re.DOTALL)
+
+
+def _keywords_as_bag(sidecar: Path) -> None:
+    """dc:subject is an unordered Bag in XMP's Dublin Core schema; pyexiv2 writes every list as
+    a Seq (an existing Bag too), so the element is put back to a Bag."""
+    text = sidecar.read_text(encoding="utf-8")
+    fixed = _SUBJECT_SEQ.sub(r"\1<rdf:Bag>\2</rdf:Bag>", text, count=1)
+    if fixed != text:
+        tmp = sidecar.with_name(f".{sidecar.name}.new")
+        tmp.write_text(fixed, encoding="utf-8")
+        os.replace(tmp, sidecar)
 
 
 def as_dict(m: Metadata) -> dict:
