@@ -150,7 +150,7 @@ async def run_sqlite(data: dict, batch: int) -> dict:
 async def run_elasticsearch(data: dict, batch: int, url: str) -> dict:
     from elasticsearch import AsyncElasticsearch
 
-    from shared.store.elasticsearch import ElasticsearchStore
+    from shared.store.elasticsearch import ElasticsearchStore, concrete
 
     index = f"bench-{uuid.uuid4().hex[:12]}"
     store = ElasticsearchStore(url, index)
@@ -159,12 +159,12 @@ async def run_elasticsearch(data: dict, batch: int, url: str) -> dict:
         await store.open()
         out = await measure(store, data, batch)
         stats = await es.indices.stats(index=index, metric="store,segments")
-        total = stats["indices"][index]["total"]
+        total = stats["indices"][concrete(index)]["total"]  # the index behind the alias
         out["bytes_per_record"] = total["store"]["size_in_bytes"] / (len(data["bulk"]) + len(data["singles"]))
         out["segments"] = total["segments"]["count"]
     finally:
         await store.close()
-        await es.indices.delete(index=[index, f"{index}-ledger"], ignore_unavailable=True)
+        await es.indices.delete(index=[concrete(index), concrete(f"{index}-ledger")], ignore_unavailable=True)
         await es.close()
     return out
 

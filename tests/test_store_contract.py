@@ -9,7 +9,9 @@ uses its own random index and deletes it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import logging
 import sqlite3
 import uuid
 
@@ -61,9 +63,12 @@ class Backend:
         if self.kind == "elasticsearch":
             from elasticsearch import AsyncElasticsearch
 
+            from shared.store.elasticsearch import concrete
+
             es = AsyncElasticsearch(ES_URL)
             try:
-                await es.indices.delete(index=[self.index, f"{self.index}-ledger"], ignore_unavailable=True)
+                await es.indices.delete(index=[concrete(self.index), concrete(f"{self.index}-ledger")],
+                                        ignore_unavailable=True)
             finally:
                 await es.close()
 
@@ -249,7 +254,8 @@ async def test_similar_finds_near_embeddings_with_their_exact_cosine(store):
 
 
 async def test_similar_sees_writes_made_after_it_was_first_asked(backend, store):
-    """SQLite keeps the embeddings in memory: its own writes and another process's must show."""
+    """SQLite keeps the embeddings in memory: its own writes and (after ``refresh``) another
+    process's must show."""
     rng = np.random.default_rng(8)
     base = embedding(rng)
     await store.upsert(record("/r/a.jpg", emb=base))
@@ -259,6 +265,7 @@ async def test_similar_sees_writes_made_after_it_was_first_asked(backend, store)
     other = await backend.store()  # another connection, as another process would have
     await other.upsert(record("/r/c.jpg", emb=base))
     await other.delete("/r/b.jpg")
+    await store.refresh()  # another process's writes reach the searches after a refresh
     assert [c.record.path for c in await store.similar(record("/r/a.jpg", emb=base), 0.9)] == ["/r/c.jpg"]
 
 
@@ -331,6 +338,59 @@ async def test_a_plan_of_the_whole_library_in_batches_gives_the_groups_one_at_a_
 
 
 # --------------------------------------------------------------------------------------------
+# the plan mark
+
+
+async def test_a_plan_mark_is_set_on_the_revision_planned_only(store):
+    a, b = record("/r/a.jpg", signature(), size=1), record("/r/b.jpg", signature(), size=1)
+    await store.upsert_many([a, b, record("/r/bad.jpg", error="not an image")])
+    assert await store.unplanned("m1") == ["/r/a.jpg", "/r/b.jpg"]  # the bad file has nothing to plan
+    await store.upsert(dataclasses.replace(b, size=2))  # b changed after the matcher read it
+    marked = await store.mark_planned([dataclasses.replace(a, neighbors=("/r/b.jpg", "/r/caf\udce9.jpg")),
+                                       dataclasses.replace(b, neighbors=("/r/a.jpg",))], "m1")
+    assert marked == ["/r/a.jpg"]
+    got = await store.get_many(["/r/a.jpg", "/r/b.jpg"])
+    assert got["/r/a.jpg"].planned == "m1" and got["/r/a.jpg"].neighbors == ("/r/b.jpg", "/r/caf\udce9.jpg")
+    assert got["/r/b.jpg"].planned is None and got["/r/b.jpg"].neighbors == ()
+    assert await store.unplanned("m1") == ["/r/b.jpg"]
+    assert await store.unplanned("m2") == ["/r/a.jpg", "/r/b.jpg"]  # planned under other settings
+    await store.mark_planned([await store.get("/r/a.jpg")], None)  # to be planned again
+    assert await store.unplanned("m1") == ["/r/a.jpg", "/r/b.jpg"]
+    await store.mark_planned([await store.get("/r/a.jpg")], "m1")
+    await store.upsert(dataclasses.replace(a, size=5))  # signed again: the mark goes with the old revision
+    assert await store.unplanned("m1") == ["/r/a.jpg", "/r/b.jpg"]
+    assert (await store.get("/r/a.jpg")).planned is None
+
+
+async def test_unplanned_pages_in_path_order(store):
+    await store.upsert_many([record(f"/r/{i:04}.jpg", signature()) for i in range(25)])
+    first = await store.unplanned("m", limit=10)
+    assert first == [f"/r/{i:04}.jpg" for i in range(10)]
+    assert await store.unplanned("m", after=first[-1], limit=100) == [f"/r/{i:04}.jpg" for i in range(10, 25)]
+
+
+async def test_a_plan_mark_does_not_change_what_searches_find(store):
+    sig = signature()
+    await store.upsert_many([record("/r/a.jpg", sig), record("/r/b.jpg", near(sig))])
+    [found] = await store.candidates(record("/r/a.jpg", sig), 0.2)
+    await store.mark_planned([dataclasses.replace(found.record, neighbors=("/r/a.jpg",))], "m")
+    [again] = await store.candidates(record("/r/a.jpg", sig), 0.2)
+    assert again.record.path == "/r/b.jpg" and again.record.planned == "m"
+
+
+async def test_many_writes_at_once_all_arrive_and_a_refused_one_fails_alone(store):
+    records = [record(f"/r/{i:03}.jpg", signature(), embedding()) for i in range(60)]
+    await asyncio.gather(*(store.upsert(r) for r in records))
+    assert set(await store.get_many([r.path for r in records])) == {r.path for r in records}
+    if isinstance(store, SQLiteStore):
+        return
+    broken = record("/r/broken.jpg", signature(), np.zeros(7, np.int8))  # the mapping wants 512 dimensions
+    results = await asyncio.gather(store.upsert(broken), store.upsert(record("/r/fine.jpg")), return_exceptions=True)
+    assert isinstance(results[0], ValueError) and "/r/broken.jpg" in str(results[0]) and results[1] is None
+    assert await store.get("/r/fine.jpg") is not None and await store.get("/r/broken.jpg") is None
+
+
+# --------------------------------------------------------------------------------------------
 # the ledger
 
 
@@ -385,6 +445,29 @@ async def test_the_same_owner_may_take_its_lease_again(ledger):
 
 async def test_a_file_is_not_its_own_pair(ledger):
     assert not await ledger.acquire("/r/K", "/r/K", "one")
+
+
+async def test_a_claim_is_refused_to_another_owner_until_released_or_expired(backend):
+    one, two = await backend.ledger(), await backend.ledger()
+    assert await one.claim(["/r/a", "/r/b"], "m1", 60) == set()
+    assert await two.claim(["/r/b", "/r/c"], "m2", 60) == {"/r/b"}  # c is taken, b is not
+    assert await one.claim(["/r/a", "/r/b"], "m1", 1) == set()  # taken again: renewed (here: shortened)
+    await one.unclaim(["/r/a", "/r/c"], "m1")  # c is m2's: left alone
+    assert await two.claim(["/r/a"], "m2", 60) == set()
+    assert await one.claim(["/r/c"], "m1", 60) == {"/r/c"}
+    await asyncio.sleep(1.2)
+    assert await two.claim(["/r/b"], "m2", 60) == set()  # m1's claim on b expired
+    # claims and pair leases do not touch each other
+    assert await one.acquire("/r/b", "/r/a", "decision")
+
+
+async def test_concurrent_claims_never_both_win(backend):
+    ledgers = [await backend.ledger(), await backend.ledger()]
+    for i in range(10):
+        paths = [f"/r/{i}-{j}" for j in range(5)]
+        refused = await asyncio.gather(ledgers[0].claim(paths, "m1", 60), ledgers[1].claim(paths[::-1], "m2", 60))
+        for path in paths:
+            assert (path in refused[0]) != (path in refused[1]), (i, path, refused)
 
 
 async def test_distinct_pairs_are_remembered_in_either_order(ledger):
@@ -463,3 +546,71 @@ async def test_an_elasticsearch_that_does_not_answer_is_named_in_one_line():
         assert "\n" not in str(exc.value)
     finally:
         await store.close()
+
+
+@pytest.fixture
+async def es_backend(tmp_path):
+    if ES_OFF:
+        pytest.skip("IMAGE_DEDUP_TEST_ELASTICSEARCH=off")
+    b = Backend("elasticsearch", tmp_path)
+    yield b
+    await b.tear_down()
+
+
+async def _mapping(backend: Backend, name: str) -> dict:
+    from shared.store.elasticsearch import concrete
+
+    store = backend.opened[0]
+    return (await store._es.indices.get_mapping(index=name))[concrete(name)]["mappings"]
+
+
+@pytest.mark.parametrize("how", ["a write", "a read"])
+async def test_an_index_that_vanished_is_made_again_with_its_mapping_never_by_a_write(es_backend, caplog, how):
+    """Deleted (or lost with the node's data), the index is created again by the services with its
+    strict mapping, never auto-created by a write with a guessed one; one warning line says so,
+    the store's owner is told (the services rescan), and the request that found it gone is done."""
+    from shared.store.elasticsearch import concrete
+
+    store, ledger = await es_backend.store(), await es_backend.ledger()
+    told = []
+
+    async def recreated() -> None:
+        told.append(1)
+
+    store.recreated = recreated
+    sig, emb = signature(), embedding()
+    await store.upsert(record("/r/a.jpg", sig, emb))
+    await ledger.remember({"k": {"score": 1.0}})
+    await store._es.indices.delete(index=[concrete(es_backend.index), concrete(f"{es_backend.index}-ledger")])
+    with caplog.at_level(logging.WARNING, logger="shared.store.elasticsearch"):
+        if how == "a write":
+            await asyncio.gather(store.upsert(record("/r/b.jpg", sig, emb)), store.upsert(record("/r/c.jpg", sig, emb)))
+            assert set(await store.get_many(["/r/a.jpg", "/r/b.jpg", "/r/c.jpg"])) == {"/r/b.jpg", "/r/c.jpg"}
+        else:
+            assert await store.get("/r/a.jpg") is None
+            assert await store.candidates(record("/r/q.jpg", sig), 0.2) == []
+        assert await ledger.recall(["k"]) == {}
+        assert await ledger.acquire("/r/K", "/r/X", "one")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"Elasticsearch index {name} had vanished: created it again, empty, with its mapping"
+                     for name in (es_backend.index, f"{es_backend.index}-ledger")], lines
+    assert told == [1]
+    mapping = await _mapping(es_backend, es_backend.index)
+    assert mapping["dynamic"] == "strict" and mapping["properties"]["embedding"]["type"] == "dense_vector"
+    assert mapping["properties"]["path"]["type"] == "keyword"
+    assert (await _mapping(es_backend, f"{es_backend.index}-ledger"))["dynamic"] == "strict"
+    await store.upsert(record("/r/d.jpg", sig, emb))
+    assert [c.record.path for c in await store.candidates(record("/r/q.jpg", sig), 0.2)][-1] == "/r/d.jpg"
+
+
+async def test_a_write_never_creates_an_index(es_backend):
+    """Even where nobody can make it again (no vanished hook: a bare store object), a write to a
+    missing index fails rather than create one with a guessed mapping."""
+    from shared.store.elasticsearch import concrete
+
+    store = await es_backend.store()
+    await store._es.indices.delete(index=concrete(es_backend.index))
+    store._es.vanished = None
+    with pytest.raises(ValueError, match="no such index"):
+        await store.upsert(record("/r/a.jpg", signature()))
+    assert not await store._es.indices.exists(index=es_backend.index)

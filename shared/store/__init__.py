@@ -7,8 +7,15 @@ host) and Elasticsearch (``shared.store.elasticsearch``, services on several hos
   words, as image-match does), their copy-detection embedding (found through a vector index)
   and their content digest (exact copies, no decoding needed).
 * ``Ledger``, what is known about pairs: short leases on the files of a pair while it is acted
-  on (so two actuators can never remove both files of a pair), the pairs a person marked as
-  "not duplicates", and the pixel comparisons already made (so an unchanged re-run makes none).
+  on (so two actuators can never remove both files of a pair), short claims on the files a
+  matcher is planning (so two matchers never plan one group at once), the pairs a person marked
+  as "not duplicates", and the pixel comparisons already made (so an unchanged re-run makes none).
+
+Writes are seen at once by the reads by path (``get``, ``get_many``) and by the searches
+(``candidates``, ``similar``, ``same_digest``, ``unplanned``, ``iter_paths``) of the same store
+object; another process's writes reach the searches after ``refresh()``. A matcher refreshes
+once per batch, before it plans: every record it was told about was written before the
+message that told it, so every one is found.
 """
 
 from __future__ import annotations
@@ -23,7 +30,12 @@ from ..image.signature import ANALYSIS_VERSION, orientations, words
 
 
 class StoreUnavailable(Exception):
-    """The store's server does not answer (or refuses us); one line naming its URL."""
+    """The store's server does not answer, or not now (overloaded, starting); one line naming its
+    URL. An outage, not the fault of the work at hand: the services wait for it to end."""
+
+
+class StoreRefused(StoreUnavailable):
+    """The store's server refuses our credentials: a configuration to fix, not an outage."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +60,14 @@ class ImageRecord:
     frames: int = 1  # animation frames or pages
     embedding: np.ndarray | None = field(default=None, compare=False, repr=False)  # int8 (D,), L2 ~ 127
     analysis: int = ANALYSIS_VERSION  # the version of the analysis that wrote the descriptors
+    # The plan mark, set by the matcher once the record's group was decided (None: not yet, or
+    # the file changed since): ``planned`` names the retrieval settings and code it was planned
+    # under (``services.matcher.handler.plan_mark``), ``neighbors`` the paths retrieval linked
+    # it with then. A record planned under the current mark is not looked up again: its
+    # neighbours are read back. A record without it is planned by the next matcher batch or
+    # the reconcile, whatever became of the message that announced it.
+    planned: str | None = None
+    neighbors: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def pixels(self) -> int:
@@ -55,6 +75,12 @@ class ImageRecord:
 
     def unchanged(self, size: int, mtime_ns: int) -> bool:
         return self.size == size and self.mtime_ns == mtime_ns
+
+    @property
+    def revision(self) -> tuple[int, int, int]:
+        """What makes this record another one under the same path: the file's version and the
+        analysis that described it. A plan mark is only ever set on the revision planned."""
+        return self.size, self.mtime_ns, self.analysis
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +167,24 @@ class Store(Protocol):
         """Every stored path, in order, however many there are."""
         ...
 
+    async def refresh(self) -> None:
+        """Make every write acknowledged so far, by any process, visible to the searches."""
+        ...
+
+    async def mark_planned(self, records: Sequence[ImageRecord], mark: str | None) -> list[str]:
+        """Set the plan mark ``mark`` and each record's ``neighbors`` on the stored records, but
+        only where the stored one is still the same ``revision`` (a file signed again meanwhile
+        stays unplanned: its new version is announced anew). Returns the paths marked. Does not
+        change what the searches for twins find. ``None`` takes the mark away: the record is
+        planned again (its unit changed: a sidecar or video arrived)."""
+        ...
+
+    async def unplanned(self, mark: str, after: str = "", limit: int = 1000) -> list[str]:
+        """Paths (after ``after``, in path order, at most ``limit``) of the records with a
+        signature whose plan mark is not ``mark``: never planned, a file changed since, or
+        planned under other settings."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -156,6 +200,16 @@ class Ledger(Protocol):
 
     async def release(self, keep: str, remove: str, owner: str) -> None:
         """End the lease taken by ``acquire`` (after the action, done or not)."""
+        ...
+
+    async def claim(self, paths: Sequence[str], owner: str, seconds: float) -> set[str]:
+        """Claim each of ``paths`` for planning, for ``seconds`` (taken again by the same owner:
+        extended). Returns the paths refused: claimed by another owner whose claim has not
+        expired. Independent of the pair leases."""
+        ...
+
+    async def unclaim(self, paths: Sequence[str], owner: str) -> None:
+        """End ``owner``'s claims on ``paths`` (those it holds; others are left alone)."""
         ...
 
     async def mark_distinct(self, a: str, b: str) -> None:

@@ -7,16 +7,31 @@ signatures then decide, exactly as in SQLite. The embedding is a ``dense_vector`
 searched with ``knn``, and the cosines of the hits are computed again from their int8 values.
 
 Index ``<index>-ledger`` holds the leases (one document per leased file, changed only by
-conditional writes: ``op_type=create`` or ``if_seq_no``/``if_primary_term``) and the distinct
-pairs, and the pixel comparisons remembered (read back by id). Writes that searches must see are made with ``refresh="wait_for"``.
+conditional writes: ``op_type=create`` or ``if_seq_no``/``if_primary_term``), the matchers'
+claims (the same way), the distinct pairs, and the pixel comparisons remembered (read back by id).
+
+The shape of both is kept by the services, never left to a write (lifecycle, ``_Index``):
+
+* each name is an **alias** of a concrete index ``<name>-v1`` that ``open`` creates with its
+  explicit, ``strict`` mapping; every write is sent with ``require_alias``, so a write never
+  creates an index, not even on a node that came back empty (no template or cluster setting
+  would survive that);
+* a request that finds the index gone has it created again (one warning line, by the process
+  that created it; the store's owner is told, and the services then rescan) and is sent again.
+
+Writes do not wait for a refresh: the hashers' upserts are coalesced into bulk requests, and a
+search sees them once the index was refreshed (a matcher asks for one refresh per batch;
+a store object's own searches refresh first after its own writes).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
@@ -25,18 +40,26 @@ from typing import Any
 import elasticsearch
 import numpy as np
 from elasticsearch import AsyncElasticsearch
-from elasticsearch.helpers import async_bulk
 
 from ..image import signature as sig
-from . import Batched, Candidate, ImageRecord, StoreUnavailable, searched
+from . import Batched, Candidate, ImageRecord, StoreRefused, StoreUnavailable, searched
+
+log = logging.getLogger(__name__)
 
 EMBEDDING_DIMS = 512
 WORDS = 63
 PAGE = 5000  # hits per page when listing everything
 MSEARCH = 256  # searches per msearch round trip
-# Writes wait for the refresh that makes them searchable (the matcher searches right after the
-# hasher's upsert); a refresh more often than the default 1 s keeps that wait short.
+# How often the node makes new writes searchable on its own. Nothing waits for it (a matcher
+# refreshes before it plans); more often than the default 1 s only shortens how long a record
+# stays out of the searches of a service that does not refresh (the watcher's listing).
 REFRESH_INTERVAL = "200ms"
+# The concrete index behind each alias. A later mapping that an index cannot be changed to in
+# place gets a new number, and a migration.
+LAYOUT = "v1"
+# Server answers that mean "not now" (overloaded, starting, a shard not yet allocated): an
+# outage, waited out like a server that does not answer.
+UNAVAILABLE_STATUS = (429, 502, 503, 504)
 
 _KEYWORD = {"type": "keyword"}
 _STORED_ONLY = {"type": "keyword", "index": False, "doc_values": False}
@@ -70,6 +93,8 @@ IMAGES_MAPPING: dict[str, Any] = {
         "digest": _KEYWORD,
         "frames": {"type": "integer"},
         "analysis": {"type": "integer"},
+        "planned": _KEYWORD,  # the plan mark: found by the reconcile (unplanned)
+        "neighbors": _STORED_ONLY,
         "signature": {"type": "binary"},
         **{f"w{i}": _WORD for i in range(WORDS)},
         "embedding": {"type": "dense_vector", "element_type": "byte", "dims": EMBEDDING_DIMS,
@@ -103,6 +128,7 @@ def _to_doc(r: ImageRecord) -> dict[str, Any]:
         "path": r.path, "root": r.root, "size": r.size, "mtime_ns": r.mtime_ns, "format": r.format,
         "width": r.width, "height": r.height, "exif_tags": r.exif_tags, "exif_date": r.exif_date,
         "error": r.error, "digest": r.digest, "frames": r.frames, "analysis": r.analysis,
+        "planned": r.planned, "neighbors": list(r.neighbors),
     }
     if r.signature is not None:
         signature = np.ascontiguousarray(r.signature, dtype=np.int8)
@@ -111,6 +137,11 @@ def _to_doc(r: ImageRecord) -> dict[str, Any]:
     if r.embedding is not None:
         doc["embedding"] = np.asarray(r.embedding, dtype=np.int8).tolist()
     return doc
+
+
+def _paths(value: str | list[str] | None) -> tuple[str, ...]:
+    """A list of paths as stored: a synthetic _source gives one as a string, and in its own order."""
+    return (value,) if isinstance(value, str) else tuple(sorted(value or ()))
 
 
 def _to_record(doc: dict[str, Any]) -> ImageRecord:
@@ -127,19 +158,75 @@ def _to_record(doc: dict[str, Any]) -> ImageRecord:
         frames=doc.get("frames", 1),
         embedding=None if embedding is None else np.asarray(embedding, dtype=np.int8),
         analysis=doc.get("analysis", 1),  # the documents before it were version 1
+        planned=doc.get("planned"), neighbors=_paths(doc.get("neighbors")),
     )
 
 
+def concrete(alias: str) -> str:
+    """The name of the index behind ``alias`` (delete that one: an alias cannot be deleted by name)."""
+    return f"{alias}-{LAYOUT}"
+
+
+def _missing(body: Any) -> bool:
+    """Does an answer say that the index is gone: the whole request (a 404), or any part of a
+    bulk, mget or msearch?"""
+    if not isinstance(body, dict):
+        return False
+    error = body.get("error")
+    if isinstance(error, dict) and error.get("type") == "index_not_found_exception":
+        return True
+    parts = body.get("docs") or body.get("responses") or [
+        next(iter(item.values()), None) for item in body.get("items") or ()]
+    return any(_missing(part) for part in parts)
+
+
+SEARCHES = ("/_search", "/_msearch", "/_pit", "/_count")
+
+
+class _Client(AsyncElasticsearch):
+    """The client of one of our indexes. A request that finds the index gone has ``vanished``
+    (which creates it again) called and is sent once more. ``unrefreshed`` (set by the store's
+    writes) makes the next search refresh the index first, so a store reads its own writes."""
+
+    vanished: Callable[[], Awaitable[None]] | None = None
+    unrefreshed = False
+    alias = ""  # the index it works on
+
+    async def perform_request(self, method: str, path: str, **kwargs: Any) -> Any:
+        if self.unrefreshed and any(part in path for part in SEARCHES):
+            self.unrefreshed = False
+            try:
+                await super().perform_request("POST", f"/{self.alias}/_refresh")
+            except elasticsearch.NotFoundError:
+                pass  # the index is gone: the search below meets that, and has it made again
+        try:
+            response = await super().perform_request(method, path, **kwargs)
+        except elasticsearch.NotFoundError as exc:
+            if self.vanished is None or not _missing(exc.body):
+                raise
+        else:
+            if self.vanished is None or not _missing(response.body):
+                return response
+        await self.vanished()
+        return await super().perform_request(method, path, **kwargs)
+
+
 def _client(url: str, api_key: str | None, username: str | None, password: str | None,
-            ca_certs: Path | None) -> AsyncElasticsearch:
-    return AsyncElasticsearch(
+            ca_certs: Path | None) -> _Client:
+    # The client logs each request (INFO) and each failed attempt with its traceback (WARNING):
+    # shown only at DEBUG. An outage is told by the services, once when it begins and once
+    # when it ends; any other error reaches the caller as an exception.
+    logging.getLogger("elastic_transport").setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL)
+    return _Client(
         url, api_key=api_key, basic_auth=(username, password or "") if username else None,
         ca_certs=None if ca_certs is None else str(ca_certs), request_timeout=30,
     )
 
 
 class _Index:
-    """One index and its client; turns a server that does not answer into StoreUnavailable."""
+    """One of our indexes (behind its alias) and its client: created with its mapping when
+    missing, at ``open`` and whenever a request finds it gone; turns a server that does not
+    answer, or not now, into StoreUnavailable."""
 
     def __init__(self, url: str, index: str, mapping: dict[str, Any], *, settings: dict[str, Any] | None = None,
                  api_key: str | None = None, username: str | None = None, password: str | None = None,
@@ -149,29 +236,90 @@ class _Index:
         self._mapping = mapping
         self._settings = settings or {"refresh_interval": REFRESH_INTERVAL, "auto_expand_replicas": "0-1"}
         self._es = _client(url, api_key, username, password, ca_certs)
+        self._es.alias = index
+        self._recreating = asyncio.Lock()
+        self._legacy = False  # a concrete index of an earlier version under the alias's name
+        #: called after this process created the index again, when it had vanished
+        self.recreated: Callable[[], Awaitable[None]] | None = None
 
     @contextmanager
     def _reachable(self) -> Iterator[None]:
         try:
             yield
-        except elasticsearch.ConnectionError as exc:
-            raise StoreUnavailable(f"Elasticsearch at {self.url} does not answer ({exc.message})") from None
         except (elasticsearch.AuthenticationException, elasticsearch.AuthorizationException) as exc:
-            raise StoreUnavailable(f"Elasticsearch at {self.url} refused us: {exc.message}") from None
+            raise StoreRefused(f"Elasticsearch at {self.url} refused us: {exc.message}") from None
+        except elasticsearch.ApiError as exc:
+            if exc.status_code not in UNAVAILABLE_STATUS:
+                raise
+            raise StoreUnavailable(f"Elasticsearch at {self.url} is unavailable ({exc.status_code} {exc.message})") from None
+        except elasticsearch.TransportError as exc:  # refused, reset, timed out
+            raise StoreUnavailable(f"Elasticsearch at {self.url} does not answer ({exc.message})") from None
 
     async def open(self) -> None:
         """Create the index with its mapping unless it exists (first use); fails early and in
         one line when the server cannot be used."""
         with self._reachable():
-            if await self._es.indices.exists(index=self.index):
-                # fields added by a later version (a strict mapping refuses unknown ones)
-                await self._es.indices.put_mapping(index=self.index, properties=self._mapping["properties"])
-                return
+            await self._ensure()
+        if self._legacy:
+            log.warning("Elasticsearch index %s was made by an earlier version (not behind an alias): a write "
+                        "could re-create it without its mapping if it vanished; delete it and rescan to renew it",
+                        self.index)
+        else:
+            self._es.vanished = self._vanished
+
+    async def _ensure(self) -> bool:
+        """Make sure the alias and its index exist; True if this call created them."""
+        es = self._es
+        if await es.indices.exists_alias(name=self.index):
+            # fields added by a later version (a strict mapping refuses unknown ones)
+            await es.indices.put_mapping(index=self.index, properties=self._mapping["properties"])
+            return False
+        if await es.indices.exists(index=self.index):
+            self._legacy = True
+            await es.indices.put_mapping(index=self.index, properties=self._mapping["properties"])
+            return False
+        try:
+            await es.indices.create(index=concrete(self.index), mappings=self._mapping, settings=self._settings,
+                                    aliases={self.index: {"is_write_index": True}})
+            return True
+        except elasticsearch.BadRequestError as exc:
+            if exc.error != "resource_already_exists_exception":
+                raise
+        await es.indices.put_alias(index=concrete(self.index), name=self.index)  # if somebody removed just the alias
+        return False
+
+    async def _vanished(self) -> None:
+        """A request found the index gone (deleted, or the node came back empty): create it
+        again, with its mapping. One process does; it says so and tells the store's owner."""
+        async with self._recreating:
+            self._es.vanished = None  # the requests made here must not come back here
             try:
-                await self._es.indices.create(index=self.index, mappings=self._mapping, settings=self._settings)
-            except elasticsearch.BadRequestError as exc:
-                if exc.error != "resource_already_exists_exception":  # another process was first
-                    raise
+                created = await self._ensure()
+            finally:
+                self._es.vanished = self._vanished
+        if created:
+            log.warning("Elasticsearch index %s had vanished: created it again, empty, with its mapping", self.index)
+            if self.recreated is not None:
+                await self.recreated()
+
+    @property
+    def _write(self) -> dict[str, Any]:
+        """Arguments of every write: never to anything but our alias (no auto-created index)."""
+        return {} if self._legacy else {"require_alias": True}
+
+    async def _bulk(self, operations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One bulk request; each operation's answer (``status``, ``error``) in order. An
+        operation the server refused for being overloaded (429) makes the whole call unavailable."""
+        if not operations:
+            return []
+        with self._reachable():
+            answer = await self._es.bulk(operations=operations, **self._write)
+        items = [next(iter(item.values())) for item in answer["items"]]
+        busy = [i for i in items if i.get("status") in UNAVAILABLE_STATUS]
+        if busy:
+            raise StoreUnavailable(f"Elasticsearch at {self.url} is unavailable ({busy[0]['status']} "
+                                   f"{busy[0].get('error', {}).get('type', '')})")
+        return items
 
     async def _pages(self, query: dict[str, Any], sort: list[Any], source: Any) -> AsyncIterator[list[dict]]:
         """All hits of ``query`` in ``sort`` order, page by page, through a point in time."""
@@ -196,23 +344,69 @@ class _Index:
         await self._es.close()
 
 
+class _Writes:
+    """Writes coalesced into bulk requests (group commit): while one request is on its way, the
+    writes that arrive wait, and all of them go in the next. A write returns once its request
+    answered, and raises its own error (or the request's)."""
+
+    def __init__(self, send: Callable[[list[dict[str, Any]]], Awaitable[list[Exception | None]]]):
+        self._send = send
+        self._waiting: list[tuple[list[dict[str, Any]], asyncio.Future[None]]] = []
+        self._lock = asyncio.Lock()
+
+    async def write(self, operations: list[dict[str, Any]]) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((operations, done))
+        async with self._lock:
+            if not done.done():
+                batch, self._waiting = self._waiting, []
+                try:
+                    errors = await self._send([op for ops, _ in batch for op in ops])
+                except asyncio.CancelledError:
+                    self._waiting[:0] = [(ops, f) for ops, f in batch if f is not done]  # sent by the next
+                    raise
+                except Exception as exc:
+                    errors = [exc] * len(batch)
+                for (_, future), error in zip(batch, errors):
+                    if error is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(error)
+        await done
+
+
 class ElasticsearchStore(Batched, _Index):
     def __init__(self, url: str, index: str = "images", **auth: Any):
         super().__init__(url, index, IMAGES_MAPPING, settings=IMAGES_SETTINGS, **auth)
+        self._writes = _Writes(self._index_records)
+        self._marked = False  # plan marks written since the last refresh
+
+    def _index_op(self, record: ImageRecord) -> list[dict[str, Any]]:
+        return [{"index": {"_index": self.index, "_id": _hash_id(record.path)}}, _to_doc(record)]
+
+    async def _index_records(self, operations: list[dict[str, Any]]) -> list[Exception | None]:
+        """Each record's error, or None: a document the mapping refuses fails alone."""
+        self._es.unrefreshed = True
+        items = await self._bulk(operations)
+        return [None if "error" not in item else
+                ValueError(f"Elasticsearch refused the record of {doc['path']}: {item['error'].get('reason', item['error'])}")
+                for item, doc in zip(items, operations[1::2])]
 
     async def upsert(self, record: ImageRecord) -> None:
-        with self._reachable():
-            await self._es.index(index=self.index, id=_hash_id(record.path), document=_to_doc(record),
-                                 refresh="wait_for")
+        await self._writes.write(self._index_op(record))
 
     async def upsert_many(self, records: Sequence[ImageRecord]) -> None:
-        if not records:
-            return
+        for start in range(0, len(records), 1000):
+            chunk = records[start : start + 1000]
+            errors = await self._index_records([op for r in chunk for op in self._index_op(r)])
+            failed = [e for e in errors if e is not None]
+            if failed:
+                raise failed[0]
+
+    async def refresh(self) -> None:
+        self._es.unrefreshed = False
         with self._reachable():
-            await async_bulk(self._es, (
-                {"_index": self.index, "_id": _hash_id(r.path), "_source": _to_doc(r)} for r in records
-            ), chunk_size=1000)
-            await self._es.indices.refresh(index=self.index)  # once for all the chunks
+            await self._es.indices.refresh(index=self.index)
 
     async def get_many(self, paths: Sequence[str]) -> dict[str, ImageRecord]:
         out: dict[str, ImageRecord] = {}
@@ -314,9 +508,10 @@ class ElasticsearchStore(Batched, _Index):
         return [[o for o in by_digest.get(r.digest, []) if o.path != r.path] if r.digest else [] for r in records]
 
     async def delete(self, path: str) -> None:
+        self._es.unrefreshed = True
         with self._reachable():
             try:
-                await self._es.delete(index=self.index, id=_hash_id(path), refresh="wait_for")
+                await self._es.delete(index=self.index, id=_hash_id(path))
             except elasticsearch.NotFoundError:
                 pass
 
@@ -325,6 +520,35 @@ class ElasticsearchStore(Batched, _Index):
             async for hits in self._pages({"match_all": {}}, [{"path": "asc"}], False):
                 for h in hits:
                     yield h["sort"][0]
+
+    async def mark_planned(self, records: Sequence[ImageRecord], mark: str | None) -> list[str]:
+        if not records:
+            return []
+        wanted = {_hash_id(r.path): r for r in records}
+        with self._reachable():
+            docs = (await self._es.mget(index=self.index, ids=list(wanted), source=["size", "mtime_ns", "analysis"]))["docs"]
+        operations: list[dict[str, Any]] = []
+        for d in docs:
+            r = wanted[d["_id"]]
+            if d.get("found") and (d["_source"]["size"], d["_source"]["mtime_ns"], d["_source"].get("analysis", 1)) == r.revision:
+                operations += [{"update": {"_index": self.index, "_id": d["_id"], "if_seq_no": d["_seq_no"],
+                                           "if_primary_term": d["_primary_term"]}},
+                               {"doc": {"planned": mark, "neighbors": list(r.neighbors)}}]
+        items = await self._bulk(operations)  # a record written again meanwhile: a conflict, left unplanned
+        self._marked = True  # the twins' searches do not read the marks (no refresh for them); unplanned does
+        return [wanted[op["update"]["_id"]].path for op, item in zip(operations[::2], items) if "error" not in item]
+
+    async def unplanned(self, mark: str, after: str = "", limit: int = 1000) -> list[str]:
+        if self._marked:
+            self._marked = False
+            await self.refresh()
+        with self._reachable():
+            hits = (await self._es.search(
+                index=self.index, size=limit, source=False, sort=[{"path": "asc"}], track_total_hits=False,
+                search_after=[after] if after else None,
+                query={"bool": {"filter": [{"exists": {"field": "w0"}}], "must_not": [{"term": {"planned": mark}}]}},
+            ))["hits"]["hits"]
+        return [h["sort"][0] for h in hits]
 
 
 Holders = list[dict[str, Any]]
@@ -365,9 +589,11 @@ class ElasticsearchLedger(_Index):
                     role, holders = new  # type: ignore[misc]
                     document = {"kind": "lease", "path": path, "role": role, "holders": holders}
                     if condition is None:
-                        await self._es.index(index=self.index, id=doc_id, document=document, op_type="create")
+                        await self._es.index(index=self.index, id=doc_id, document=document, op_type="create",
+                                             **self._write)
                     else:
-                        await self._es.index(index=self.index, id=doc_id, document=document, **condition)
+                        await self._es.index(index=self.index, id=doc_id, document=document, **condition,
+                                             **self._write)
                     return True
                 except (elasticsearch.ConflictError, elasticsearch.NotFoundError):
                     continue
@@ -423,7 +649,7 @@ class ElasticsearchLedger(_Index):
         a, b = sorted((a, b))
         with self._reachable():
             await self._es.index(index=self.index, id="distinct-" + _hash_id(a, b),
-                                 document={"kind": "distinct", "a": a, "b": b}, refresh="wait_for")
+                                 document={"kind": "distinct", "a": a, "b": b}, refresh="wait_for", **self._write)
 
     async def distinct(self, digests: Sequence[str]) -> set[frozenset[str]]:
         wanted = sorted(set(digests))
@@ -439,13 +665,41 @@ class ElasticsearchLedger(_Index):
         return out
 
     async def remember(self, found: Mapping[str, dict]) -> None:
-        if not found:
+        items = list(found.items())
+        for start in range(0, len(items), 1000):  # read back by id only, which needs no refresh
+            await self._bulk([op for k, v in items[start : start + 1000] for op in (
+                {"index": {"_index": self.index, "_id": "comparison-" + k}}, {"kind": "comparison", "result": v})])
+
+    async def claim(self, paths: Sequence[str], owner: str, seconds: float) -> set[str]:
+        """Created where nobody holds a claim; taken over, by a conditional write, where it is
+        this owner's or expired; refused otherwise (or when another writer came between)."""
+        now = time.time()
+        mine = {"kind": "plan", "path": None, "role": "plan", "holders": [{"owner": owner, "expires": now + seconds}]}
+        ids = {"plan-" + _hash_id(p): p for p in dict.fromkeys(paths)}
+        created = await self._bulk([op for i, p in ids.items()
+                                    for op in ({"create": {"_index": self.index, "_id": i}}, {**mine, "path": p})])
+        held = [i for i, item in zip(ids, created) if "error" in item]
+        if not held:
+            return set()
+        with self._reachable():
+            docs = (await self._es.mget(index=self.index, ids=held))["docs"]
+        takeable = [d for d in docs if d.get("found") and all(
+            h["owner"] == owner or h["expires"] <= now for h in d["_source"]["holders"])]
+        taken = await self._bulk([op for d in takeable for op in (
+            {"index": {"_index": self.index, "_id": d["_id"], "if_seq_no": d["_seq_no"],
+                       "if_primary_term": d["_primary_term"]}}, {**mine, "path": ids[d["_id"]]})])
+        won = {d["_id"] for d, item in zip(takeable, taken) if "error" not in item}
+        return {ids[i] for i in held if i not in won}
+
+    async def unclaim(self, paths: Sequence[str], owner: str) -> None:
+        ids = ["plan-" + _hash_id(p) for p in dict.fromkeys(paths)]
+        if not ids:
             return
-        with self._reachable():  # read back by id only, which needs no refresh
-            await async_bulk(self._es, (
-                {"_index": self.index, "_id": "comparison-" + k, "_source": {"kind": "comparison", "result": v}}
-                for k, v in found.items()
-            ), chunk_size=1000)
+        with self._reachable():
+            docs = (await self._es.mget(index=self.index, ids=ids))["docs"]
+        await self._bulk([{"delete": {"_index": self.index, "_id": d["_id"], "if_seq_no": d["_seq_no"],
+                                      "if_primary_term": d["_primary_term"]}}
+                          for d in docs if d.get("found") and any(h["owner"] == owner for h in d["_source"]["holders"])])
 
     async def recall(self, keys: Sequence[str]) -> dict[str, dict]:
         out: dict[str, dict] = {}

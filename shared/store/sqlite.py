@@ -11,6 +11,7 @@ rebuilt from the records, with a one-line notice.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,14 +43,17 @@ CREATE TABLE IF NOT EXISTS images (
     digest TEXT,
     frames INTEGER NOT NULL DEFAULT 1,
     embedding BLOB,
-    analysis INTEGER NOT NULL DEFAULT 1
+    analysis INTEGER NOT NULL DEFAULT 1,
+    planned TEXT,
+    neighbors TEXT
 );
 -- every record written or removed, in order: what the indexes in memory catch up with
 CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, image_id INTEGER NOT NULL);
 CREATE TRIGGER IF NOT EXISTS images_logged_insert AFTER INSERT ON images BEGIN
     INSERT INTO changes (image_id) VALUES (new.id);
 END;
-CREATE TRIGGER IF NOT EXISTS images_logged_update AFTER UPDATE ON images BEGIN
+-- (a plan mark changes nothing the indexes hold: only the updates of what they do are logged)
+CREATE TRIGGER IF NOT EXISTS images_logged_update AFTER UPDATE OF id, signature, embedding ON images BEGIN
     INSERT INTO changes (image_id) VALUES (new.id);
 END;
 CREATE TRIGGER IF NOT EXISTS images_logged_delete AFTER DELETE ON images BEGIN
@@ -73,7 +77,7 @@ DROP TABLE IF EXISTS claims;
 """
 
 _COLUMNS = ("path, root, size, mtime_ns, format, width, height, exif_tags, exif_date, signature, error, "
-            "digest, frames, embedding, analysis")
+            "digest, frames, embedding, analysis, planned, neighbors")
 # Columns added after the first release: an older file gets them (NULL: the hasher analyses
 # those records again) when it is opened.
 _ADDED_COLUMNS = {
@@ -81,6 +85,8 @@ _ADDED_COLUMNS = {
     "frames": "INTEGER NOT NULL DEFAULT 1",
     "embedding": "BLOB",
     "analysis": "INTEGER NOT NULL DEFAULT 1",  # the records before it were version 1
+    "planned": "TEXT",  # the plan mark (ImageRecord.planned): NULL, not planned yet
+    "neighbors": "TEXT",  # JSON list of paths
 }
 CHUNK = 900  # ids or paths per IN (...) list, below SQLite's limit on variables
 
@@ -110,7 +116,13 @@ def _row_to_record(row: tuple) -> ImageRecord:
         signature=None if row[9] is None else np.frombuffer(row[9], dtype=np.int8), error=row[10],
         digest=row[11], frames=row[12],
         embedding=None if row[13] is None else np.frombuffer(row[13], dtype=np.int8), analysis=row[14],
+        planned=row[15], neighbors=tuple(json.loads(row[16])) if row[16] else (),
     )
+
+
+def _paths_json(paths: Sequence[str]) -> str:
+    """A list of paths as JSON; a name that is not valid UTF-8 travels as its ``\\udcXX`` escapes."""
+    return json.dumps(list(paths))
 
 
 class SQLiteFile:
@@ -170,6 +182,9 @@ class SQLiteStore(Batched, SQLiteFile):
             sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'images'").fetchone()[0]
             if "AUTOINCREMENT" not in sql.upper():  # before the indexes knew records by id
                 self._transaction(self._renumber)
+            logged = db.execute("SELECT sql FROM sqlite_master WHERE name = 'images_logged_update'").fetchone()
+            if logged and "UPDATE OF" not in logged[0]:
+                db.execute("DROP TRIGGER images_logged_update")  # an earlier one: logged the plan marks too
         db.executescript(SCHEMA)
         db.execute("CREATE INDEX IF NOT EXISTS images_digest ON images (digest)")
         self._store_id = db.execute("SELECT value FROM store_meta WHERE key = 'id'").fetchone()[0]
@@ -187,9 +202,10 @@ class SQLiteStore(Batched, SQLiteFile):
         db = self._db
         db.execute("DELETE FROM images WHERE path = ?", (_to_db(r.path),))
         db.execute(
-            f"INSERT INTO images ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO images ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (_to_db(r.path), _to_db(r.root), r.size, r.mtime_ns, r.format, r.width, r.height, r.exif_tags, r.exif_date,
-             _int8(r.signature), r.error, r.digest, r.frames, _int8(r.embedding), r.analysis),
+             _int8(r.signature), r.error, r.digest, r.frames, _int8(r.embedding), r.analysis, r.planned,
+             _paths_json(r.neighbors) if r.neighbors else None),
         )
 
     def _upsert_many(self, records: Sequence[ImageRecord]) -> None:
@@ -207,6 +223,29 @@ class SQLiteStore(Batched, SQLiteFile):
 
     async def delete(self, path: str) -> None:
         await self._run(self._delete, path)
+
+    async def refresh(self) -> None:
+        """Nothing to do: a committed write is seen by every connection's next query."""
+
+    def _mark_planned(self, records: Sequence[ImageRecord], mark: str | None) -> list[str]:
+        marked = []
+        for r in records:
+            changed = self._db.execute(
+                "UPDATE images SET planned = ?, neighbors = ? WHERE path = ? AND size = ? AND mtime_ns = ? "
+                "AND analysis = ?", (mark, _paths_json(r.neighbors), _to_db(r.path), r.size, r.mtime_ns, r.analysis),
+            ).rowcount
+            if changed:
+                marked.append(r.path)
+        return marked
+
+    async def mark_planned(self, records: Sequence[ImageRecord], mark: str | None) -> list[str]:
+        return await self._run(self._transaction, self._mark_planned, records, mark)
+
+    async def unplanned(self, mark: str, after: str = "", limit: int = 1000) -> list[str]:
+        rows = await self._run(lambda: self._db.execute(
+            "SELECT path FROM images WHERE path > ? AND signature IS NOT NULL AND planned IS NOT ? "
+            "ORDER BY path LIMIT ?", (_to_db(after), mark, limit)).fetchall())
+        return [_from_db(path) for (path,) in rows]
 
     # -- reads ----------------------------------------------------------------------------
     def _get_many(self, paths: Sequence[str]) -> dict[str, ImageRecord]:

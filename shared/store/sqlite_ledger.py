@@ -25,6 +25,11 @@ CREATE TABLE IF NOT EXISTS distinct_pairs (
     PRIMARY KEY (a, b),
     CHECK (a < b)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS plan_claims (
+    path TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS comparisons (
     key TEXT PRIMARY KEY,
     result TEXT NOT NULL
@@ -71,6 +76,25 @@ class SQLiteLedger(SQLiteFile):
         await self._run(
             self._db.execute, "DELETE FROM leases WHERE owner = ? AND path IN (?, ?)", (owner, _to_db(keep), _to_db(remove))
         )
+
+    def _claim(self, paths: Sequence[str], owner: str, seconds: float) -> set[str]:
+        now = time.time()
+        refused = set()
+        for path in paths:
+            taken = self._db.execute(
+                "INSERT INTO plan_claims (path, owner, expires) VALUES (?, ?, ?) ON CONFLICT (path) DO UPDATE "
+                "SET owner = excluded.owner, expires = excluded.expires WHERE owner = excluded.owner OR expires <= ?",
+                (_to_db(path), owner, now + seconds, now)).rowcount
+            if not taken:
+                refused.add(path)
+        return refused
+
+    async def claim(self, paths: Sequence[str], owner: str, seconds: float) -> set[str]:
+        return await self._run(self._transaction, self._claim, paths, owner, seconds)
+
+    async def unclaim(self, paths: Sequence[str], owner: str) -> None:
+        await self._run(self._transaction, self._db.executemany, "DELETE FROM plan_claims WHERE path = ? AND owner = ?",
+                        [(_to_db(p), owner) for p in paths])
 
     async def mark_distinct(self, a: str, b: str) -> None:
         if a != b:
