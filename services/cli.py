@@ -18,6 +18,7 @@ from rich.table import Table
 from shared.actions import JournalError, journal_files, undo
 from shared.config import ConfigError, Settings, load_settings, reference_yaml
 from shared.store import StoreUnavailable
+from services import dead_letters
 from services.apply import ReportError, apply_report
 from services.hasher.handler import WorkersUnavailable
 from services.local import Summary, deduplicate, write_report
@@ -70,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
                              help="journal files or folders of them (every actuator writes its own)")
     review_command.add_parser(sub, [common])
     add_service_commands(sub, [common])
+    dead_letters.add_parser(sub, [common])
     return parser
 
 
@@ -217,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings(args)
         if args.command in SERVICE_COMMANDS:
             return run_command(args, settings)
+        if args.command == "dead-letters":
+            return dead_letters.run(args, settings)
         if args.command == "deduplicate":
             _check_roots(settings)
             _check_outputs(settings, args.report)

@@ -146,7 +146,7 @@ async def deduplicate(
                 async def hash_one(message: Message) -> None:
                     try:
                         outcome: HashOutcome = await handle_file_event(
-                            message, store=store, settings=settings, sign=sign, publish=bus.publish
+                            message, store=store, settings=settings, sign=sign, publish=_unheard
                         )
                         if outcome.status == "signed":
                             summary.signed += 1
@@ -182,6 +182,10 @@ async def deduplicate(
         await store.close()
         await ledger.close()
     return summary
+
+
+async def _unheard(message: Message) -> None:
+    """Local mode plans the whole library after the analysis: an ``image.signed`` needs no listener."""
 
 
 FACTS_BATCH = 5000  # records read at a time to tell whether anything changed since the last plan

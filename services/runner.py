@@ -5,12 +5,18 @@ in one process over the in-process bus (``image-dedup daemon``).
     image-dedup daemon
     image-dedup rescan [PATH]
 
-Every service loads the same settings (YAML + ``IMAGE_DEDUP_*``), opens the store and the
-ledger (``shared.store.open``: Elasticsearch at ``elasticsearch_url``, shared by any number of
-hosts, else the SQLite file at ``store_path``, shared by the processes of one host), connects
-to ``broker_url``, serves ``/metrics``, ``/healthz`` and ``/readyz`` on ``metrics_port`` (0: off)
-and stops gracefully on SIGTERM/SIGINT: it stops consuming, finishes the messages in hand, then
-closes.
+Every service loads the same settings (YAML + ``IMAGE_DEDUP_*``), serves ``/metrics``,
+``/healthz`` and ``/readyz`` on ``metrics_port`` (0: off), opens the store and the ledger
+(``shared.store.open``: Elasticsearch at ``elasticsearch_url``, shared by any number of hosts,
+else the SQLite file at ``store_path``, shared by the processes of one host; a store that does
+not answer yet is waited for), connects to ``broker_url``, and stops gracefully on
+SIGTERM/SIGINT: it stops consuming, finishes the messages in hand, then closes.
+
+It heals itself: a store outage is waited out with the messages in hand (``shared.bus.Outages``,
+also for the background work: the watcher's rescans, the matcher's reconcile); an index that
+vanished is made again by whichever service meets its absence first, which then asks the
+watcher to rescan (the records come back); and the matcher's reconcile plans any stored image
+that has no plan, whatever became of the message that announced it.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import time
+import uuid
 from urllib.parse import urlsplit
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,17 +38,17 @@ from typing import Any
 
 from services.actuator.handler import ActionOutcome, PairBusy, handle_decision
 from services.hasher.handler import ProcessSigner, handle_file_event
-from services.matcher.handler import handle_signed
+from services.matcher.handler import handle_signed, plan_mark
 from services.watcher.handler import clean_up, companion, handle_rescan, walk, wanted
 from shared import metrics
 from shared.actions import Journal, recover, remove_empty_folders
-from shared.bus import Bus, InProcessBus, Reject
+from shared.bus import Bus, InProcessBus, Outages, Reject
+from shared.bus.topology import OUTAGES, PREFETCH, PROBE_WAITS
 from shared.config import WATCH_POLL_FALLBACK, Settings
 from shared.core.safety import Unsafe, below_root, confine_folder
 from shared.messages import Decision, FileEvent, ImageSigned, Message, Rescan
-from shared.store import Ledger, Store
+from shared.store import Ledger, Store, StoreRefused, StoreUnavailable
 from shared.store.open import open_stores
-from shared.bus.topology import PREFETCH
 
 log = logging.getLogger("image_dedup.services")
 
@@ -67,6 +75,19 @@ class Context:
         task = asyncio.ensure_future(work)
         task.add_done_callback(lambda done: self._stop_if_failed(done, what))
         self.tasks.append(task)
+
+    async def outlast(self, work: Callable[[], Awaitable[Any]]) -> Any:
+        """``work()``, run again after each store outage it meets, waited out as a handler's is
+        (one line when it begins, one when it ends), so a background task outlives an outage."""
+        outages: Outages | None = self.bus.outages
+        if outages is None:  # a bus without a store to probe (tests): an outage is a failure
+            return await work()
+        while True:
+            began = await outages.gate()
+            try:
+                return await work()
+            except OUTAGES as exc:
+                await outages.wait_out(exc, began)
 
     def _stop_if_failed(self, task: asyncio.Future, what: str) -> None:
         if task.cancelled() or task.exception() is None:
@@ -112,12 +133,23 @@ class Batcher:
     batch holding its path is done (so the message is acked only after the batch's decisions
     were published) and raises if the batch failed (so the message is retried)."""
 
-    def __init__(self, run: Callable[[list[str]], Awaitable[Any]], delay: float, max_size: int, max_wait: float):
+    def __init__(self, run: Callable[[list[str]], Awaitable[Any]], delay: float, max_size: int, max_wait: float,
+                 busy: Callable[[], Awaitable[bool]] | None = None):
         self.run, self.delay, self.max_size, self.max_wait = run, delay, max_size, max_wait
+        self.busy = busy  # more is on its way (files still to sign): the batch waits for it
         self._pending: list[tuple[str, asyncio.Future]] = []
         self._first = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._lock = asyncio.Lock()
+
+    @property
+    def idle(self) -> bool:
+        return not self._pending and not self._lock.locked()
+
+    async def run_now(self, paths: list[str]) -> None:
+        """Run a batch of ``paths`` at once (between two of the batches submitted)."""
+        async with self._lock:
+            await self.run(paths)
 
     async def submit(self, path: str) -> None:
         loop = asyncio.get_running_loop()
@@ -143,7 +175,22 @@ class Batcher:
         if self._pending:
             self._schedule()
 
+    async def _waits_for_more(self) -> bool:
+        """A batch not yet full or old, while files are still being signed, waits for them: an
+        import is matched whole (its groups complete), not piecemeal."""
+        if self.busy is None or not self._pending or not self.delay or len(self._pending) >= self.max_size:
+            return False
+        if asyncio.get_running_loop().time() - self._first >= self.max_wait:
+            return False
+        try:
+            return await self.busy()
+        except Exception:  # noqa: BLE001 - the broker may be away: match what is there
+            return False
+
     async def _flush(self) -> None:
+        if await self._waits_for_more():
+            self._schedule()
+            return
         async with self._lock:
             batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size :]
             if self._pending:  # more than one batch waited: the rest goes next
@@ -163,21 +210,48 @@ class Batcher:
                         f.set_result(None)
 
 
+#: The longest a batch waits for the hashers to finish an import before it is matched anyway.
+MATCH_MAX_WAIT = 600.0
+
+
 async def start_matcher(ctx: Context, prefetch: int | None = None) -> None:
     settings = ctx.settings
     size = prefetch or PREFETCH["image.signed"]
     measured = metrics.matcher()
+    owner = f"matcher-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     async def run(paths: list[str]) -> None:
         started = time.monotonic()
         decisions = await handle_signed(paths, store=ctx.store, settings=settings, ledger=ctx.ledger,
-                                        publish=ctx.bus.publish)
+                                        publish=ctx.bus.publish, owner=owner)
         seconds = time.monotonic() - started
         measured.batch.observe(seconds)
         measured.groups.inc(len(decisions))
         log.info("matched %d signed images: %d groups in %.2fs", len(paths), len(decisions), seconds)
 
-    batcher = Batcher(run, settings.match_delay, size, max(10 * settings.match_delay, 10.0))
+    async def hashing() -> bool:
+        return await ctx.bus.backlog("file.event") > 0
+
+    batcher = Batcher(run, settings.match_delay, size, MATCH_MAX_WAIT, busy=hashing)
+
+    async def reconcile() -> None:
+        """Every ``reconcile_interval`` while idle: plan the stored images that have no plan."""
+        mark = plan_mark(settings)
+
+        async def sweep() -> None:
+            if not batcher.idle or await ctx.bus.backlog("image.signed") or await hashing():
+                return
+            await ctx.store.refresh()
+            after, found = "", 0
+            while page := await ctx.store.unplanned(mark, after, limit=size):
+                await batcher.run_now(page)
+                found, after = found + len(page), page[-1]
+            if found:
+                log.info("reconcile: %d stored images had no plan; planned them", found)
+
+        while True:
+            await asyncio.sleep(settings.reconcile_interval)
+            await ctx.outlast(sweep)
 
     async def on_signed(message: Message) -> None:
         assert isinstance(message, ImageSigned)
@@ -189,6 +263,7 @@ async def start_matcher(ctx: Context, prefetch: int | None = None) -> None:
 
     ctx.on_stop.append(batcher.flush_soon)
     await ctx.bus.subscribe("image.signed", on_signed, concurrency=size)
+    ctx.spawn(reconcile(), "the reconcile")
 
 
 # -- actuator ---------------------------------------------------------------------------------
@@ -282,7 +357,7 @@ class LiveWatch:
                 self.published.inc()
             if self.cleanup_due is not None and self.cleanup_due <= now:
                 self.cleanup_due = None
-                forgotten = await clean_up(self.ctx.store, self.settings)
+                forgotten = await self.ctx.outlast(lambda: clean_up(self.ctx.store, self.settings))
                 if forgotten:
                     log.info("forgot %d vanished files", len(forgotten))
 
@@ -330,7 +405,7 @@ async def start_watcher(ctx: Context, live: bool = True) -> None:
     async def rescan(command: Rescan) -> None:
         async with lock:
             started = time.monotonic()
-            n = await handle_rescan(command, store=ctx.store, settings=settings, publish=publish)
+            n = await ctx.outlast(lambda: handle_rescan(command, store=ctx.store, settings=settings, publish=publish))
             measured.rescans.inc()
             log.info("rescan of %s: %d new or changed files in %.1fs", command.path or "all roots", n,
                      time.monotonic() - started)
@@ -353,25 +428,16 @@ STARTERS = {"watcher": start_watcher, "hasher": start_hasher, "matcher": start_m
 async def serve(roles: list[str], settings: Settings, *, in_process: bool = False) -> int:
     """Run ``roles`` until SIGTERM/SIGINT (exit status 0) or a part of them failed (1)."""
     name = "daemon" if in_process else "+".join(roles)
-    store, ledger = await open_stores(settings)
-    store_open, started = True, False
-    observe = metrics.observe_messages(roles)
-    if in_process:
-        bus: Any = _ObservedInProcessBus(settings.max_retries, observe)
-    else:
-        from shared.bus.rabbitmq import RabbitBus
-
-        bus = RabbitBus(settings.broker_url, settings.broker_prefix, max_retries=settings.max_retries,
-                        service=name, observe=observe)
-        await bus.connect()
-    ctx = Context(settings, store, bus, ledger)
-    if in_process:
-        ctx.spawn(bus.log_dead_letters(), "the dead-letter log")
+    state = {"store": "waiting for the store", "started": False}
+    bus: Any = None
+    ctx: Context | None = None
 
     def ready() -> tuple[bool, str]:
-        if not store_open:
-            return False, "store closed"
-        if not started:  # subscriptions, decoder processes, the watch: not all in place yet
+        if state["store"] != "open":
+            return False, state["store"]
+        if bus is not None and bus.outages.reason is not None:
+            return False, f"store unavailable: {bus.outages.reason}"
+        if not state["started"]:  # subscriptions, decoder processes, the watch: not all in place yet
             return False, "starting"
         if not in_process and not bus.ready:
             return False, "broker not connected"
@@ -379,13 +445,48 @@ async def serve(roles: list[str], settings: Settings, *, in_process: bool = Fals
 
     health = metrics.HealthServer(settings.metrics_port, ready)
     await health.start()
+    stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, ctx.stopping.set)
+        loop.add_signal_handler(sig, stopping.set)
     try:
+        opened = await _open_when_up(settings, stopping)
+        if opened is None:
+            return 0
+        store, ledger = opened
+    except BaseException:
+        await health.stop()
+        raise
+    state["store"] = "open"
+    observe = metrics.observe_messages(roles)
+
+    async def probe() -> None:
+        """A read from the store and one from the ledger: both answer, or the outage goes on."""
+        await store.get("/")
+        await ledger.recall(["probe"])
+
+    try:
+        if in_process:
+            bus = _ObservedInProcessBus(settings.max_retries, observe, probe)
+        else:
+            from shared.bus.rabbitmq import RabbitBus
+
+            bus = RabbitBus(settings.broker_url, settings.broker_prefix, max_retries=settings.max_retries,
+                            service=name, observe=observe, probe=probe)
+            await bus.connect()
+        ctx = Context(settings, store, bus, ledger, stopping=stopping)
+        if hasattr(store, "recreated"):  # a store on a server, whose index may vanish
+
+            async def rescan_all() -> None:
+                log.warning("asking the watcher to rescan the roots: the store's records come back")
+                await bus.publish(Rescan())
+
+            store.recreated = rescan_all
+        if in_process:
+            ctx.spawn(bus.log_dead_letters(), "the dead-letter log")
         for role in roles:
             await STARTERS[role](ctx)
-        started = True
+        state["started"] = True
         log.info("%s started (store %s%s)", name, settings.elasticsearch_url or settings.store_path,
                  "" if in_process else f", broker prefix {settings.broker_prefix}")
         await ctx.stopping.wait()
@@ -401,20 +502,50 @@ async def serve(roles: list[str], settings: Settings, *, in_process: bool = Fals
             await _call_all(ctx.on_stop)
             await bus.close()
     finally:
-        await _call_all(ctx.on_close)
-        store_open = False
+        if bus is not None:
+            bus.outages.close()
+        if ctx is not None:
+            await _call_all(ctx.on_close)
+        state["store"] = "store closed"
         await store.close()
         await ledger.close()
         await health.stop()
         log.info("%s stopped", name)
-    return 1 if ctx.failed else 0
+    return 1 if ctx is not None and ctx.failed else 0
+
+
+async def _open_when_up(settings: Settings, stopping: asyncio.Event) -> tuple[Store, Ledger] | None:
+    """The store and the ledger, once the store answers (one line while it does not; None if
+    the service is stopped meanwhile). Credentials it refuses stop the service at once."""
+    wait, longest = PROBE_WAITS
+    waited = None
+    while True:
+        try:
+            opened = await open_stores(settings)
+        except StoreRefused:
+            raise
+        except StoreUnavailable as exc:
+            if waited is None:
+                waited = time.monotonic()
+                log.warning("%s; waiting for it (/readyz is 503 meanwhile)", exc)
+            try:
+                await asyncio.wait_for(stopping.wait(), wait)
+                return None
+            except asyncio.TimeoutError:
+                wait = min(wait * 2, longest)
+            continue
+        if waited is not None:
+            log.warning("the store answers after %.0f s", time.monotonic() - waited)
+        return opened
 
 
 class _ObservedInProcessBus(InProcessBus):
-    """The daemon's bus: the in-process one, with dead letters logged and counted."""
+    """The daemon's bus: the in-process one, with dead letters logged and counted, and store
+    outages waited out."""
 
-    def __init__(self, max_retries: int, observe: Callable[[str, str, float], None]):
-        super().__init__(max_retries)
+    def __init__(self, max_retries: int, observe: Callable[[str, str, float], None],
+                 probe: Callable[[], Awaitable[object]]):
+        super().__init__(max_retries, Outages(probe))
         self.observe = observe
 
     async def subscribe(self, kind: str, handler, concurrency: int = 1) -> None:
@@ -423,7 +554,8 @@ class _ObservedInProcessBus(InProcessBus):
             try:
                 await handler(message)
             except Exception as exc:
-                self.observe(kind, "rejected" if isinstance(exc, Reject) else "failed", time.monotonic() - started)
+                if not isinstance(exc, OUTAGES):  # waited out and run again: not an outcome
+                    self.observe(kind, "rejected" if isinstance(exc, Reject) else "failed", time.monotonic() - started)
                 raise
             self.observe(kind, "ok", time.monotonic() - started)
 

@@ -146,6 +146,10 @@ class Settings(BaseSettings):
     match_delay: float = Field(
         2.0, ge=0, description="Matcher waits for this many quiet seconds so a whole import is matched at once."
     )
+    reconcile_interval: float = Field(
+        60.0, gt=0, description="Matcher, when idle, looks this often for stored images that have no plan yet "
+        "(their announcement was lost in a crash) and plans them.",
+    )
     watch_debounce: float = Field(
         2.0, ge=0, description="Watcher publishes a file once it has not changed for this many seconds."
     )

@@ -64,9 +64,11 @@ def es_index():
     """A fresh index name on the test node; the index and its ledger are deleted after."""
     if ES_OFF:
         pytest.skip("IMAGE_DEDUP_TEST_ELASTICSEARCH=off")
+    from shared.store.elasticsearch import concrete
+
     index = f"test-{uuid.uuid4().hex[:12]}"
     yield index
-    for name in (index, f"{index}-ledger"):
+    for name in (concrete(index), concrete(f"{index}-ledger")):
         request = urllib.request.Request(f"{ES_URL}/{name}", method="DELETE")
         try:
             urllib.request.urlopen(request, timeout=30).close()
@@ -288,3 +290,101 @@ async def dead_letters(url: str, prefix: str) -> list[tuple[bytes, dict]]:
         return out
     finally:
         await connection.close()
+
+
+class TcpProxy:
+    """A TCP relay in front of a server, for fault tests: ``refuse`` closes it (connections
+    refused, those open reset), ``freeze`` keeps every connection open but passes no byte (a
+    server that hangs), ``resume`` relays again. The server itself is never touched."""
+
+    def __init__(self, target_port: int, host: str = "127.0.0.1"):
+        import threading
+
+        self.target = (host, target_port)
+        self.port = free_port()
+        self._passing = threading.Event()
+        self._passing.set()
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self._closed = False
+        self._listen()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _listen(self) -> None:
+        import threading
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+                server.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._open.update((client, server))
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                self._passing.wait()
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            with self._lock:
+                self._open.difference_update((source, sink))
+
+    def _drop_connections(self) -> None:
+        with self._lock:
+            sockets, self._open = set(self._open), set()
+        for s in sockets:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # reset
+                s.close()
+            except OSError:
+                pass
+
+    def refuse(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self._drop_connections()
+        self._passing.set()
+
+    def freeze(self) -> None:
+        self._passing.clear()
+
+    def resume(self) -> None:
+        self._passing.set()
+        if self._listener is None and not self._closed:
+            self._listen()
+
+    def close(self) -> None:
+        self._closed = True
+        self.refuse()

@@ -170,6 +170,12 @@ def test_services_reconnect_after_a_broker_restart(world):
     assert set(files) - snapshot(services.photos) == expected
     for role, (proc, port) in procs.items():
         assert proc.poll() is None and get(port, "/readyz")[0] == 200, role
+    # one line per service when the broker went, one when it was back; nothing else said of it
+    for log in sorted(services.logs.glob("*.log")):
+        text = log.read_text(errors="replace")
+        assert text.count("lost the broker connection") == 1 and text.count("reconnected to the broker") == 1, text
+        assert "Traceback" not in text and "WARNING" not in text.replace("WARNING shared.bus.rabbitmq: lost", "").replace(
+            "WARNING shared.bus.rabbitmq: reconnected", ""), text
 
 
 def test_concurrent_actuators_never_remove_both_files_of_a_pair(world):

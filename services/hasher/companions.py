@@ -40,9 +40,10 @@ async def on_companion(
     images = [os.path.join(folder, n) for s in bundles.stems_of(name) for n in listing.by_stem.get(s.casefold(), ())]
     if images:
         known = await store.get_many(images)
-        signed = [p for p, r in known.items() if r.signature is not None]
-        for path in signed:
-            await publish(ImageSigned(path=path))
+        signed = [r for r in known.values() if r.signature is not None]
+        await store.mark_planned(signed, None)  # to be planned again, with the companion, even if planned before
+        for record in signed:
+            await publish(ImageSigned(path=record.path))
         return len(signed)
     if ledger is None or not os.path.isfile(event.path):
         return 0

@@ -101,8 +101,10 @@ async def handle_file_event(
     event: FileEvent, *, store: Store, settings: Settings, sign: Sign, publish: Callable[[ImageSigned], Awaitable[None]],
     ledger: Ledger | None = None,
 ) -> HashOutcome:
-    """Sign a new or changed image into the store and announce it; for a sidecar or video,
-    have its unit decided again (``services.hasher.companions``).
+    """Sign a new or changed image into the store and announce it (``image.signed``); an
+    unchanged one that was never planned is announced again, so a write and its announcement
+    cannot be parted by a crash. For a sidecar or video, have its unit decided again
+    (``services.hasher.companions``).
 
     Raises Reject for what can never succeed (a path outside the roots, a bad image): the bad
     image is also recorded in the store, so it is not decoded again until it changes.
@@ -136,6 +138,10 @@ async def handle_file_event(
         # brought up to date
         outdated = known.embedding is None or not known.digest or known.analysis < ANALYSIS_VERSION
         if not outdated:
+            if known.signature is not None and known.planned is None:
+                # stored but not planned yet: maybe the announcement was lost (the service died
+                # between the write and it); announced again, the matcher plans it or skips it
+                await publish(ImageSigned(path=path))
             return HashOutcome(path, "unchanged")
     root = str(root_of(path, settings.source_directories))
     try:

@@ -8,11 +8,13 @@ the actuator re-checks the disk). ``publish`` waits for the connection to come b
 ``publish_timeout`` seconds) instead of failing during a broker restart.
 
 A lost connection is reported once, by the bus: one line when it is lost (with the broker's
-reason), one when it is back, and one per consumer channel for the messages that were in hand
-and could not be settled (the broker redelivers them). The client libraries' own records of it
-(several per loss, with tracebacks, one per unsettled message) are shown only at DEBUG level.
+reason), one when it is back. The client libraries' own records of it (several per loss, with
+tracebacks, one per unsettled message) and the count of messages in hand that could not be
+settled (the broker redelivers them) are shown only at DEBUG level. A store outage is one line
+when it begins and one when it ends (``shared.bus.Outages``), a dead letter one line with its
+reason.
 
-The failure policy (retry header, dead-letter exchange, reasons) is described in
+The failure policy (outages, retry header, dead-letter exchange, reasons) is described in
 ``shared.bus.topology``.
 """
 
@@ -22,14 +24,14 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 from pydantic import ValidationError
 
 from . import topology
-from . import Handler, Reject
+from . import Handler, Outages, Reject, one_line
 from ..messages import Message, decode, encode
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,17 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
         parts = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3]]
         return "invalid message: " + "; ".join(parts)
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return one_line(exc)
+
+
+def subject(body: bytes) -> str:
+    """What a message is about, for a log line: its path (a decision's kept file), else its start."""
+    try:
+        message = decode(body)
+    except (ValidationError, ValueError):
+        return repr(body[:80])
+    path = getattr(message, "path", None) or getattr(getattr(message, "keep", None), "path", None)
+    return str(path) if path else message.kind
 
 
 class RabbitBus:
@@ -63,7 +74,8 @@ class RabbitBus:
         service: str = "",
         observe: Observer | None = None,
         publish_timeout: float = 120.0,
-        retry_backoff: float = 0.5,
+        retry_backoff: float = topology.RETRY_WAIT,
+        probe: Callable[[], Awaitable[object]] | None = None,
     ):
         self.url = url
         self.prefix = prefix
@@ -80,6 +92,11 @@ class RabbitBus:
         self._in_hand: collections.Counter[object] = collections.Counter()
         self._unsettled: dict[object, tuple[int, str]] = {}
         self._closing = False
+        self._lost_at: float | None = None  # since when the connection is lost (one line per loss)
+        self._subscriptions: list[tuple[AbstractQueue, Callable[[AbstractIncomingMessage], Awaitable[None]]]] = []
+        self._paused = False
+        #: the store's outages, waited out with the messages in hand (None: counted as failures)
+        self.outages = None if probe is None else Outages(probe, on_pause=self._pause, on_resume=self._resume)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def connect(self, timeout: float = 60.0) -> RabbitBus:
@@ -97,7 +114,7 @@ class RabbitBus:
                 log.warning("broker not reachable (%s), retrying", _one_line(exc))
                 await asyncio.sleep(1)
         self.connection.close_callbacks.add(self._lost)
-        self.connection.reconnect_callbacks.add(lambda connection: log.info("reconnected to the broker"))
+        self.connection.reconnect_callbacks.add(self._reconnected)
 
         async def declare() -> None:
             channel = await self.connection.channel(publisher_confirms=True)
@@ -124,14 +141,23 @@ class RabbitBus:
                         pass
 
     def _lost(self, connection: object, reason: BaseException | None) -> None:
-        if not self._closing:
-            log.warning("lost the broker connection (%s); reconnecting, /readyz is 503 meanwhile",
-                        _one_line(reason) if reason is not None else "closed")
+        """Called at the loss and again at each failed attempt to reconnect: said once."""
+        if self._closing or self._lost_at is not None:
+            return
+        self._lost_at = time.monotonic()
+        log.warning("lost the broker connection (%s); reconnecting, messages in hand are redelivered by the broker, "
+                    "/readyz is 503 meanwhile", _one_line(reason) if reason is not None else "closed")
+
+    def _reconnected(self, connection: object) -> None:
+        if self._lost_at is not None:
+            log.warning("reconnected to the broker after %.0f s", time.monotonic() - self._lost_at)
+            self._lost_at = None
 
     @property
     def ready(self) -> bool:
+        """Connected, with every channel and consumer restored after a loss."""
         c = self.connection
-        return c is not None and not c.is_closed and c.connected.is_set()
+        return c is not None and not c.is_closed and c.connected.is_set() and self._lost_at is None
 
     async def stop_consuming(self) -> None:
         for queue, tag in self._consumers:
@@ -140,6 +166,20 @@ class RabbitBus:
             except Exception as exc:  # the connection may be down; nothing is delivered then anyway
                 log.debug("cancel failed: %s", exc)
         self._consumers.clear()
+
+    async def _pause(self) -> None:
+        """An outage began: take no more messages (those in hand stay, unacked, and wait)."""
+        self._paused = True
+        await self.stop_consuming()
+
+    async def _resume(self) -> None:
+        """The outage is over: consume again, whatever the broker's state (retried until done)."""
+        self._paused = False
+        for queue, on_message in self._subscriptions:
+            async def consume(queue=queue, on_message=on_message) -> None:
+                self._consumers.append((queue, await queue.consume(on_message, no_ack=False)))
+
+            await self._persist(f"consume {queue.name} again", consume, float("inf"))
 
     async def drain(self, timeout: float = 60.0) -> None:
         """Wait for the in-flight handlers (they ack or dead-letter their messages)."""
@@ -150,7 +190,8 @@ class RabbitBus:
         """Graceful: stop consuming, let in-flight work finish, then close the connection.
         Whatever is still unacked after ``timeout`` is redelivered by the broker."""
         await self.stop_consuming()
-        await self.drain(timeout)
+        # during a store outage nothing in hand can finish: the broker redelivers it
+        await self.drain(0 if self.outages is not None and self.outages.reason else timeout)
         for task in list(self._inflight):
             task.cancel()
         self._closing = True
@@ -192,6 +233,13 @@ class RabbitBus:
         )
         await self._send(self.prefix, body, message.kind)
 
+    async def backlog(self, kind: str) -> int:
+        """Messages of ``kind`` waiting in their queue (not counting those in a consumer's hand)."""
+        assert self._topology is not None, "connect() first"
+        channel = await self._topology.exchange.channel.get_underlay_channel()
+        declared = await channel.queue_declare(topology.queue_name(self.prefix, kind), passive=True)
+        return declared.message_count or 0
+
     async def publish_raw(self, body: bytes, routing_key: str) -> None:
         """Publish bytes as they are (tests, tools): the consumer decodes and judges them."""
         await self._send(self.prefix, aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key)
@@ -213,8 +261,9 @@ class RabbitBus:
             queue = await channel.declare_queue(
                 topology.queue_name(self.prefix, kind), durable=True, arguments=topology.queue_arguments(self.prefix)
             )
-            tag = await queue.consume(on_message, no_ack=False)
-            self._consumers.append((queue, tag))
+            self._subscriptions.append((queue, on_message))
+            if not self._paused:
+                self._consumers.append((queue, await queue.consume(on_message, no_ack=False)))
 
         await self._persist(f"consume {kind}", consume, time.monotonic() + 60)
 
@@ -233,34 +282,35 @@ class RabbitBus:
                 message = decode(incoming.body)
                 if message.kind != kind:
                     raise Reject(f"a {message.kind} message in the {kind} queue")
-            except (ValidationError, ValueError) as exc:
+            except (ValidationError, ValueError, Reject) as exc:
                 outcome = "invalid"
-                await self._dead_letter(incoming, kind, _one_line(exc), retries)
+                await self._dead_letter(incoming, kind, _one_line(exc) if not isinstance(exc, Reject) else str(exc),
+                                        retries)
                 return
-            except Reject as exc:
-                outcome = "invalid"
-                await self._dead_letter(incoming, kind, str(exc), retries)
-                return
-            try:
-                await handler(message)
-            except Reject as exc:
-                outcome = "rejected"
-                log.info("rejected %s: %s", kind, exc)
-                await self._dead_letter(incoming, kind, str(exc) or "rejected", retries)
-                return
-            except asyncio.CancelledError:
-                raise  # not acked: the broker redelivers it
-            except Exception as exc:
-                if retries < self.max_retries:
-                    outcome = "retried"
-                    log.warning("%s failed (%s); retry %d of %d", kind, _one_line(exc), retries + 1, self.max_retries)
-                    await asyncio.sleep(self.retry_backoff * 2**retries)
-                    await self._retry(incoming, kind, retries + 1)
-                else:
-                    outcome = "dead_lettered"
-                    log.error("%s failed %d times, dead-lettered: %s", kind, retries + 1, _one_line(exc))
-                    await self._dead_letter(incoming, kind, _one_line(exc), retries)
-                return
+            while True:
+                began = await self.outages.gate() if self.outages else 0.0
+                try:
+                    await handler(message)
+                except asyncio.CancelledError:
+                    raise  # not acked: the broker redelivers it
+                except Exception as exc:
+                    what = topology.failure(exc)
+                    if what == "outage" and self.outages is not None:
+                        await self.outages.wait_out(exc, began)  # in hand meanwhile; then again
+                        continue
+                    if what == "reject":
+                        outcome = "rejected"
+                        await self._dead_letter(incoming, kind, str(exc) or "rejected", retries)
+                    elif retries < self.max_retries:
+                        outcome = "retried"
+                        log.warning("%s failed (%s); retry %d of %d", kind, _one_line(exc), retries + 1, self.max_retries)
+                        await asyncio.sleep(self.retry_backoff * 2**retries)
+                        await self._retry(incoming, kind, retries + 1)
+                    else:
+                        outcome = "dead_lettered"
+                        await self._dead_letter(incoming, kind, _one_line(exc), retries)
+                    return
+                break
             await incoming.ack()
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -284,7 +334,7 @@ class RabbitBus:
         del self._in_hand[channel]
         if channel in self._unsettled:
             count, why = self._unsettled.pop(channel)
-            log.warning("could not settle %d %s message%s (%s); the broker redelivers %s", count, kind,
+            log.debug("could not settle %d %s message%s (%s); the broker redelivers %s", count, kind,
                         "s" if count > 1 else "", why, "them" if count > 1 else "it")
 
     def _copy(self, incoming: AbstractIncomingMessage, headers: dict) -> aio_pika.Message:
@@ -311,3 +361,4 @@ class RabbitBus:
         })
         await self._send(topology.dead_name(self.prefix), self._copy(incoming, headers), kind)
         await incoming.ack()
+        log.warning("dead-lettered %s %s: %s", kind, subject(incoming.body), reason)
