@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Make sure a single-node Elasticsearch 8 answers on 127.0.0.1:${ES_PORT:-9200} (no security):
-# build the launcher in scripts/elasticsearch from the Maven Central jars when it is not built,
-# start it in the background with a fresh data folder, and wait until the cluster is yellow.
-# Installs Debian's JDK 17 and Maven first when they are missing (needs root for that).
+# Make sure a single-node Elasticsearch 8 answers on 127.0.0.1:${ES_PORT:-9200} (no security),
+# for the tests and the benchmarks (a production node is deployed otherwise: docker-compose.yml,
+# k8s/): build the launcher in scripts/elasticsearch from the Maven Central jars when it is not
+# built, start it in the background and wait until the cluster is yellow. Says on stderr what it
+# does. Installs Debian's JDK 17 and Maven first when they are missing (needs root for that).
+#
+# Its data folder is never wiped: a node started again (after a crash, or stopped by a fault
+# test) comes back with the indexes it held; a first start, or an empty folder, makes a new node.
+# ES_FRESH=1 asks for an empty node, and is refused (exit 1) when the folder holds any index.
 #
 # Environment: ES_PORT (9200), ES_TRANSPORT_PORT (9300-9399), ES_JAVA_OPTS (-Xms1g -Xmx1g),
 # ES_STATE_DIR (where the log, pid and data go; default ${TMPDIR:-/tmp}/image-dedup-es-$ES_PORT),
-# ES_START_TIMEOUT (seconds, 180). Maven uses its usual local repository (~/.m2), kept across runs.
+# ES_START_TIMEOUT (seconds, 180), ES_FRESH. Maven uses its usual local repository (~/.m2), kept
+# across runs.
 set -euo pipefail
 
 port="${ES_PORT:-9200}"
@@ -51,7 +57,10 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 if listening; then
-  wait_yellow 60 && exit 0
+  if wait_yellow 60; then
+    echo "Elasticsearch already answers on 127.0.0.1:$port (nothing done)" >&2
+    exit 0
+  fi
   echo "something listens on 127.0.0.1:$port but its cluster health is not yellow" >&2
   exit 1
 fi
@@ -73,7 +82,19 @@ if [ ! -f "$jar" ] || [ ! -f "$stamp" ] \
 fi
 
 home="$state/home"
-rm -rf "$home"
+# An index has a folder below data/indices (8.x: data/indices/<uuid>); a node without one holds nothing.
+holds_data() { [ -n "$(find "$home/data" -mindepth 2 -maxdepth 2 -path '*/indices/*' -print -quit 2>/dev/null)" ]; }
+if [ "${ES_FRESH:-0}" = 1 ]; then
+  if holds_data; then
+    echo "ES_FRESH=1 refused: $home/data holds indexes; remove that folder yourself if they may go" >&2
+    exit 1
+  fi
+  echo "starting a new, empty Elasticsearch node on 127.0.0.1:$port (ES_FRESH=1), data in $home/data" >&2
+elif holds_data; then
+  echo "starting Elasticsearch on 127.0.0.1:$port with the indexes it held, data in $home/data (kept)" >&2
+else
+  echo "starting a new Elasticsearch node on 127.0.0.1:$port, data in $home/data (kept across restarts)" >&2
+fi
 mkdir -p "$home"
 started=$SECONDS
 # shellcheck disable=SC2086 # ES_JAVA_OPTS is a list of options
