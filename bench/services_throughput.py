@@ -1,18 +1,27 @@
-"""Throughput of services mode (RabbitMQ, 1 and 2 hashers) against local mode on one library.
+"""Throughput of services mode (RabbitMQ, separate processes) against local mode on one library.
 
-    .venv/bin/python bench/services_throughput.py [--library /work/bench/lib] [--hashers 1 2]
-        [--store sqlite elasticsearch] [--es-url http://127.0.0.1:9200]
+    .venv/bin/python bench/services_throughput.py --library ~/bench/lib [--hashers 2] [--matchers 1]
+        [--store sqlite elasticsearch] [--es-url http://127.0.0.1:9200] [--backlog-matchers 1 2]
+        [--json OUT]
 
 Every run starts from an empty store and is a dry run (the library is never changed). Local
-mode is timed around ``services.local.deduplicate``; services mode from the moment the watcher
-is ready (its start-up rescan begins) until every file is in the store, every queue is empty
-and the matcher and actuator are idle. Needs a RabbitMQ on 127.0.0.1:5672 (guest/guest); a
-private vhost is created and deleted.
+mode is timed around ``services.local.deduplicate``; services mode (1 watcher, ``--hashers``,
+``--matchers``, 1 actuator) from the moment the watcher is ready (its start-up rescan begins)
+until every file is in the store, every queue is empty and nothing is in a consumer's hand
+(the matcher acks a batch after publishing its decisions, the actuator a decision after
+checking it). Each services row says whether it reached local mode's result: the same removals
+(the actuator's ``dry_run`` lines against local mode's decisions).
 
 ``--store`` names the store kinds to measure, each with its own local-mode row and services
-rows (default: SQLite only). With ``elasticsearch`` every run, local or services, gets a fresh
-index ``bench-<uuid>`` on ``--es-url`` (deleted with its ``-ledger`` index after the run), and
-"every file is in the store" is the index's document count (``GET /<index>/_count``).
+rows (default: SQLite only); every time is also given as a multiple of the first local-mode row. With ``elasticsearch`` every run gets a fresh index
+``bench-<uuid>`` on ``--es-url``, deleted with its ledger after the run.
+
+``--backlog-matchers N ...`` also measures how fast N matcher processes drain a backlog: the
+library's records (analysed once, in this process) are written to a fresh store, one
+``image.signed`` per image is queued, then N matchers start; timed until the queue is drained.
+
+Needs a RabbitMQ (``$IMAGE_DEDUP_TEST_BROKER``, default 127.0.0.1:5672, guest/guest): a
+private vhost is created and deleted.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import argparse
 import asyncio
 import json
 import os
-import platform
+import re
 import shutil
 import sqlite3
 import sys
@@ -34,7 +43,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import machine_line  # noqa: E402
 from tests.services_support import Services, broker_url, get, queue_depths, rabbitmqctl  # noqa: E402
+
+STORE_NAMES = {"sqlite": "SQLite", "elasticsearch": "Elasticsearch"}
 
 
 def count_files(library: Path) -> int:
@@ -42,9 +54,6 @@ def count_files(library: Path) -> int:
     from shared.config import Settings
 
     return sum(1 for _ in walk(Settings(source_directories=[library])))
-
-
-STORE_NAMES = {"sqlite": "SQLite", "elasticsearch": "Elasticsearch"}
 
 
 def es_settings(es_url: str | None) -> dict[str, str]:
@@ -65,7 +74,9 @@ def es_request(url: str, method: str = "GET") -> dict | None:
 
 def delete_index(settings: dict[str, str]) -> None:
     if settings:
-        for name in (settings["elasticsearch_index"], f"{settings['elasticsearch_index']}-ledger"):
+        from shared.store.elasticsearch import concrete
+
+        for name in (concrete(settings["elasticsearch_index"]), concrete(f"{settings['elasticsearch_index']}-ledger")):
             es_request(f"{settings['elasticsearch_url']}/{name}", "DELETE")
 
 
@@ -73,39 +84,65 @@ def stored_count(store: Path, es: dict[str, str]) -> int:
     if es:
         found = es_request(f"{es['elasticsearch_url']}/{es['elasticsearch_index']}/_count")
         return 0 if found is None else found["count"]
+    if not store.exists():
+        return 0
     with sqlite3.connect(store, timeout=30) as db:
-        return db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        try:
+            return db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        except sqlite3.OperationalError:  # not made yet
+            return 0
 
 
-def run_local(library: Path, work: Path, threads: int, es_url: str | None = None) -> float:
+def run_local(library: Path, work: Path, threads: int, es_url: str | None = None) -> tuple[float, set[str]]:
+    """Seconds, and the files local mode removes."""
     from rich.console import Console
 
     from services.local import deduplicate
     from shared.config import Settings
 
     es = es_settings(es_url)
-    settings = Settings(source_directories=[library], store_path=work / "local.sqlite",
-                        journal_directory=work / "journals", dry_run=True, threads=threads, **es)
+    store = work / f"local-{uuid.uuid4().hex[:6]}.sqlite"
+    settings = Settings(source_directories=[library], store_path=store, journal_directory=work / "journals",
+                        dry_run=True, threads=threads, **es)
     try:
         started = time.monotonic()
-        asyncio.run(deduplicate(settings, Console(stderr=True, quiet=True), quiet=True))
-        return time.monotonic() - started
+        summary = asyncio.run(deduplicate(settings, Console(stderr=True, quiet=True), quiet=True))
+        return time.monotonic() - started, {r.path for d in summary.decisions for r in d.remove}
     finally:
         delete_index(es)
 
 
-def run_services(library: Path, work: Path, vhost: str, hashers: int, threads: int, files: int,
-                 es_url: str | None = None) -> float:
+def idle(vhost: str, url: str, prefix: str) -> bool:
+    """Nothing ready in any queue but the dead letters', nothing in a consumer's hand."""
+    depths = asyncio.run(queue_depths(url, prefix))
+    if any(ready for name, (ready, _) in depths.items() if not name.endswith(".dead")):
+        return False
+    out = rabbitmqctl("list_queues", "-p", vhost, "name", "messages_unacknowledged").stdout
+    return all(line.split()[-1] == "0" for line in out.splitlines()[1:] if line.strip())
+
+
+DRY_RUN_LINE = re.compile(r"image_dedup\.services: dry_run \w+ (.*) \(keep ")
+
+
+def services_removed(services: Services) -> set[str]:
+    """The files the actuators would remove (their dry-run lines)."""
+    return {m.group(1) for log in services.logs.glob("actuator-*.log")
+            for m in DRY_RUN_LINE.finditer(log.read_text(errors="replace"))}
+
+
+def run_services(library: Path, work: Path, vhost: str, hashers: int, matchers: int, threads: int, files: int,
+                 es_url: str | None = None) -> tuple[float, set[str]]:
     es = es_settings(es_url)
-    base = work / f"svc-{hashers}{'-es' if es else ''}"
+    base = work / f"svc-{hashers}-{matchers}{'-es' if es else ''}"
     services = Services(base, library, broker_url(vhost), f"bench-{uuid.uuid4().hex[:6]}",
                         dry_run="true", threads=str(threads), match_delay="1", concurrency=str(threads + 2), **es)
     try:
         for _ in range(hashers):
             services.start("hasher")
-        services.start("matcher")
+        for _ in range(matchers):
+            services.start("matcher")
         services.start("actuator")
-        services.wait_ready()
+        services.wait_ready(timeout=180)
         _, port = services.start("watcher")
         while get(port, "/readyz")[0] != 200:
             time.sleep(0.02)
@@ -114,15 +151,70 @@ def run_services(library: Path, work: Path, vhost: str, hashers: int, threads: i
         store = base / "store.sqlite"
         while True:
             time.sleep(0.2)
-            if stored_count(store, es) < files:
-                continue
-            depths = asyncio.run(queue_depths(url, prefix))
-            if all(ready == 0 for name, (ready, _) in depths.items() if not name.endswith(".dead")):
-                # the matcher acks its batch only after publishing the decisions, and the
-                # actuator acks after acting: once nothing is ready or unacked, all is done
-                out = rabbitmqctl("list_queues", "-p", vhost, "name", "messages_unacknowledged").stdout
-                if all(line.split()[-1] == "0" for line in out.splitlines()[1:] if line.strip()):
-                    return time.monotonic() - started
+            if stored_count(store, es) >= files and idle(vhost, url, prefix):
+                return time.monotonic() - started, services_removed(services)
+    finally:
+        services.stop()
+        delete_index(es)
+
+
+def analysed(library: Path) -> list:
+    """The library's records, as a hasher writes them (analysed here once, two processes)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from services.watcher.handler import walk
+    from shared.config import Settings
+    from shared.image.signature import ANALYSIS_VERSION, analyze, words
+    from shared.store import ImageRecord
+
+    found = list(walk(Settings(source_directories=[library])))
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        out = []
+        for f, a in zip(found, pool.map(analyze, [f.path for f in found], chunksize=8)):
+            out.append(ImageRecord(f.path, f.root, f.size, f.mtime_ns, a.format, a.width, a.height, a.exif_tags,
+                                   a.exif_date, signature=a.signature, words=words(a.signature), digest=a.digest or None,
+                                   frames=a.frames, embedding=a.embedding, analysis=ANALYSIS_VERSION))
+        return out
+
+
+def run_backlog(records: list, library: Path, work: Path, vhost: str, matchers: int, es_url: str | None) -> float:
+    """Seconds for ``matchers`` matcher processes to drain one ``image.signed`` per record."""
+    from shared.bus.rabbitmq import RabbitBus
+    from shared.messages import ImageSigned
+    from shared.store.open import open_stores
+    from shared.config import Settings
+
+    es = es_settings(es_url)
+    base = work / f"backlog-{matchers}{'-es' if es else ''}"
+    services = Services(base, library, broker_url(vhost), f"bench-{uuid.uuid4().hex[:6]}", dry_run="true",
+                        match_delay="1", **es)
+    url, prefix = services.env["IMAGE_DEDUP_BROKER_URL"], services.env["IMAGE_DEDUP_BROKER_PREFIX"]
+
+    async def fill() -> None:
+        store, ledger = await open_stores(Settings(source_directories=[library], store_path=base / "store.sqlite", **es))
+        try:
+            await store.upsert_many(records)
+        finally:
+            await store.close()
+            await ledger.close()
+
+    async def announce() -> None:
+        bus = await RabbitBus(url, prefix).connect()
+        for r in records:
+            await bus.publish(ImageSigned(path=r.path))
+        await bus.close()
+
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        asyncio.run(fill())
+        for _ in range(matchers):
+            services.start("matcher")
+        services.wait_ready(timeout=180)
+        asyncio.run(announce())  # to ready consumers: the broker shares it out among them
+        started = time.monotonic()
+        while not idle(vhost, url, prefix):
+            time.sleep(0.2)
+        return time.monotonic() - started
     finally:
         services.stop()
         delete_index(es)
@@ -131,11 +223,15 @@ def run_services(library: Path, work: Path, vhost: str, hashers: int, threads: i
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 2)[2])
-    parser.add_argument("--library", type=Path, default=Path("/work/bench/lib"))
-    parser.add_argument("--hashers", type=int, nargs="+", default=[1, 2], help="hasher counts to measure")
+    parser.add_argument("--library", type=Path, default=Path.home() / "bench" / "lib")
+    parser.add_argument("--hashers", type=int, nargs="+", default=[2], help="hasher counts to measure (default: 2)")
+    parser.add_argument("--matchers", type=int, default=1, help="matchers in the services runs (default: 1)")
     parser.add_argument("--store", nargs="+", choices=list(STORE_NAMES), default=["sqlite"],
                         help="store kinds to measure, local and services mode on each (default: sqlite)")
     parser.add_argument("--es-url", default="http://127.0.0.1:9200", help="Elasticsearch for --store elasticsearch")
+    parser.add_argument("--backlog-matchers", type=int, nargs="*", default=[],
+                        help="also time this many matchers draining a backlog of the whole library")
+    parser.add_argument("--json", type=Path, help="write the rows as JSON here too")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     files = count_files(args.library)
@@ -144,29 +240,39 @@ def main() -> int:
     rabbitmqctl("add_vhost", vhost)
     rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     rows = []
+    first_local = None  # the ratios are to the first local-mode row (the first --store)
     try:
         for kind in args.store:
             es_url = args.es_url if kind == "elasticsearch" else None
-            on = "" if args.store == ["sqlite"] else f", {STORE_NAMES[kind]}"  # the table as before
-            seconds = run_local(args.library, work, cores, es_url)
-            rows.append((f"local mode ({cores} decoder processes){on}", seconds))
+            on = f", {STORE_NAMES[kind]}"
+            local_s, local_removed = run_local(args.library, work, cores, es_url)
+            first_local = first_local or local_s
+            rows.append({"mode": f"local mode ({cores} decoder processes){on}", "seconds": local_s, "same": None,
+                         "ratio": local_s / first_local})
             for n in args.hashers:
                 threads = max(1, cores // n)
-                seconds = run_services(args.library, work, vhost, n, threads, files, es_url)
-                rows.append((f"services mode, {n} hasher(s) x {threads} decoder process(es){on}", seconds))
+                seconds, removed = run_services(args.library, work, vhost, n, args.matchers, threads, files, es_url)
+                rows.append({"mode": f"services, {n} hasher(s) x {threads} decoder process(es), {args.matchers} "
+                                     f"matcher(s){on}", "seconds": seconds, "same": removed == local_removed,
+                             "ratio": seconds / first_local})
+            if args.backlog_matchers:
+                records = analysed(args.library)
+                for n in args.backlog_matchers:
+                    seconds = run_backlog(records, args.library, work, vhost, n, es_url)
+                    rows.append({"mode": f"backlog of {len(records)} signed images, {n} matcher(s){on}",
+                                 "seconds": seconds, "same": None})
     finally:
         rabbitmqctl("delete_vhost", vhost, check=False)
         shutil.rmtree(work, ignore_errors=True)
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    print(f"Library: {args.library} ({files} files); machine: {cores} cores, {cpu}; cold store, dry run.\n")
-    print("| mode | seconds | images/s |")
-    print("|---|---:|---:|")
-    for name, seconds in rows:
-        print(f"| {name} | {seconds:.1f} | {files / seconds:.1f} |")
+    print(f"Library: {args.library.name} ({files} files); {machine_line()}; cold store, dry run.\n")
+    print(f"| mode | seconds | images/s | x the first row | local mode's result |")
+    print("|---|---:|---:|---:|---|")
+    for row in rows:
+        ratio = f"{row['ratio']:.2f}" if "ratio" in row else ""
+        same = "" if row["same"] is None else ("yes" if row["same"] else "**no**")
+        print(f"| {row['mode']} | {row['seconds']:.1f} | {files / row['seconds']:.1f} | {ratio} | {same} |")
+    if args.json:
+        args.json.write_text(json.dumps({"library": str(args.library), "files": files, "rows": rows}, indent=1))
     return 0
 
 
