@@ -12,7 +12,7 @@ distance ~0.05-0.20 from the base (the table reports the real spread).
 Indexes:
 
 * ``sqlite``: the product. Every signature is upserted into ``shared.store.sqlite.SQLiteStore``
-  (63 word rows each), then ``services.matcher.handler.plan`` runs over all paths with the
+  (its words indexed beside it), then ``services.matcher.handler.plan`` runs over all paths with the
   default settings, exactly as local mode's match phase does.
 * ``numpy``: a prototype (bench only, not the product). Per word position, an argsort of the
   63 words gives a CSR-like posting array; runs of equal words yield candidate pairs (skipping

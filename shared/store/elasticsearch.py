@@ -49,7 +49,9 @@ log = logging.getLogger(__name__)
 EMBEDDING_DIMS = 512
 WORDS = 63
 PAGE = 5000  # hits per page when listing everything
-MSEARCH = 256  # searches per msearch round trip
+# Searches per msearch round trip: a few dozen keep the server's threads busy and one round
+# trip well inside the client's timeout (256 kNN searches took more than 30 s on a loaded node).
+MSEARCH = 32
 # How often the node makes new writes searchable on its own. Nothing waits for it (a matcher
 # refreshes before it plans); more often than the default 1 s only shortens how long a record
 # stays out of the searches of a service that does not refresh (the watcher's listing).
@@ -420,18 +422,14 @@ class ElasticsearchStore(Batched, _Index):
     async def get(self, path: str) -> ImageRecord | None:
         return (await self.get_many([path])).get(path)
 
-    async def _search(self, **request: Any) -> list[ImageRecord]:
-        with self._reachable():
-            hits = (await self._es.search(index=self.index, track_total_hits=False, **request))["hits"]["hits"]
-        return [_to_record(h["_source"]) for h in hits]
-
     async def _msearch(self, searches: list[dict[str, Any]]) -> list[list[dict]]:
         """The hits of each search, in order, ``MSEARCH`` searches per round trip."""
         out: list[list[dict]] = []
         with self._reachable():
             for start in range(0, len(searches), MSEARCH):
-                found = await self._es.msearch(index=self.index, searches=list(chain.from_iterable(
-                    ({}, {"track_total_hits": False, **search}) for search in searches[start : start + MSEARCH])))
+                found = await self._es.msearch(
+                    index=self.index, searches=list(chain.from_iterable(
+                        ({}, {"track_total_hits": False, **search}) for search in searches[start : start + MSEARCH])))
                 for answer in found["responses"]:
                     if "error" in answer:
                         raise elasticsearch.ApiError(str(answer["error"]), meta=found.meta, body=answer)
@@ -500,10 +498,10 @@ class ElasticsearchStore(Batched, _Index):
     async def same_digest_many(self, records: Sequence[ImageRecord]) -> list[list[ImageRecord]]:
         digests = sorted({r.digest for r in records if r.digest})
         by_digest: dict[str, list[ImageRecord]] = {}
-        for start in range(0, len(digests), 1000):
-            chunk = digests[start : start + 1000]
-            for record in await self._search(size=10_000, sort=[{"path": "asc"}], query={"bool": {
-                    "filter": [{"terms": {"digest": chunk}}]}}):
+        searches = [{"size": 10_000, "query": {"bool": {"filter": [{"terms": {"digest": digests[start : start + 100]}}]}}}
+                    for start in range(0, len(digests), 100)]
+        for hits in await self._msearch(searches):
+            for record in sorted((_to_record(h["_source"]) for h in hits), key=lambda r: r.path):
                 by_digest.setdefault(record.digest, []).append(record)  # type: ignore[arg-type]
         return [[o for o in by_digest.get(r.digest, []) if o.path != r.path] if r.digest else [] for r in records]
 
