@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     )
     duplicates_target_directory: Path | None = Field(
         None, description="Move duplicates here, to <target>/<root folder name>/<path below the root>; "
-        "unset: move them to the desktop trash."
+        "unset: move them to the desktop trash. Never scanned, even when it lies below a root."
     )
     action: Literal["move", "trash", "delete", "hardlink"] | None = Field(
         None,
@@ -217,12 +217,9 @@ class Settings(BaseSettings):
                     f"duplicates_target_directory {target} would put duplicates of {root} back into "
                     f"{moved_to}; choose another folder"
                 )
-            if target == root or root in target.parents:
-                if not self.is_excluded(str(target) + os.sep):
-                    raise ValueError(
-                        f"duplicates_target_directory {target} lies inside the root {root}; "
-                        "choose a folder outside it or add it to exclusions"
-                    )
+            # a target below a root is fine: it is never scanned (services.watcher.handler.walk)
+            if target == root:
+                raise ValueError(f"duplicates_target_directory {target} is the root {root}; choose another folder")
         return self
 
     @property

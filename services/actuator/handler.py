@@ -19,7 +19,7 @@ from shared.core.bundles import renamed
 from shared.config import Settings
 from shared.messages import Decision, Evidence, FileRemoved
 from shared.bus import Reject
-from shared.core.safety import Unsafe, below_root, confine, observe, removal_refusal, root_of
+from shared.core.safety import Unsafe, below_root, confine, in_trash, observe, removal_refusal, root_of
 from shared.core import bundles
 from shared.core.verdict import Look, Thresholds, same_photo, version
 from shared.image import metadata as meta
@@ -138,6 +138,8 @@ async def handle_decision(
 
     try:
         keep = confine(decision.keep.path, roots)
+        if in_trash(keep):
+            raise Unsafe(f"{keep} is in a trash folder, and emptying the trash would lose the photo")
     except Unsafe as exc:
         for r in decision.remove:
             skip(r.path, r.distance, f"kept file refused: {exc}")

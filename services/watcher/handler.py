@@ -12,7 +12,7 @@ from shared.bus import Reject
 from shared.core import bundles
 from shared.config import Settings
 from shared.messages import FileEvent, Rescan
-from shared.core.safety import Unsafe, confine, confine_folder, root_of
+from shared.core.safety import Unsafe, confine, confine_folder, home_trash, never_scanned, root_of
 from shared.store import Store
 
 
@@ -24,10 +24,43 @@ class FoundFile:
     mtime_ns: int
 
 
+def skipped_folders(settings: Settings) -> frozenset[Path]:
+    """Folders never scanned, whatever the exclusions say, besides those skipped by name
+    (``shared.core.safety.never_scanned``): where duplicates are moved to, the desktop trash,
+    and the thumbnail caches (the review page's and the desktop's), should a root hold them."""
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folders = [settings.store_path.parent / "thumbs", home_trash(), Path(os.path.abspath(cache_home)) / "thumbnails"]
+    if settings.duplicates_target_directory is not None:
+        folders.append(settings.duplicates_target_directory)
+    return frozenset(folders)
+
+
+def _skipped(folder: str, skipped: frozenset[Path]) -> bool:
+    return never_scanned(os.path.basename(folder)) or Path(folder) in skipped
+
+
 def wanted(path: str, settings: Settings) -> bool:
-    """Does the configuration ask for this file (extension, exclusions, roots, recursion)?"""
+    """Does the configuration ask for this file (extension, exclusions, roots, recursion), and
+    does it lie in no folder that is never scanned (trash, NAS metadata, the target)?"""
     root = root_of(path, settings.source_directories)
-    if root is None or os.path.splitext(path)[1].lower() not in settings.file_extensions:
+    if root is None or not _wanted_here(path, root, settings):
+        return False
+    folder = os.path.dirname(os.path.normpath(os.path.abspath(path)))
+    return not _in_skipped_folder(folder, root, skipped_folders(settings))
+
+
+def _in_skipped_folder(folder: str, root: Path, skipped: frozenset[Path]) -> bool:
+    """Is ``folder`` (a root or below it), or a folder on its way up to the root, never scanned?"""
+    while len(folder) > len(str(root)):
+        if _skipped(folder, skipped):
+            return True
+        folder = os.path.dirname(folder)
+    return False
+
+
+def _wanted_here(path: str, root: Path, settings: Settings) -> bool:
+    """``wanted`` for a file found in a folder that is scanned."""
+    if os.path.splitext(path)[1].lower() not in settings.file_extensions:
         return False
     if not settings.recursive and Path(path).parent != root:
         return False
@@ -48,10 +81,14 @@ def walk(
     """Yield every wanted regular file below the roots (or below ``start``), in a stable order.
 
     Symbolic links are never followed, so nothing outside a root is reached; unreadable
-    folders are reported through ``on_error`` and skipped.
+    folders are reported through ``on_error`` and skipped, and so are the folders that are
+    never scanned (trash, NAS metadata, the target).
     """
+    skipped = skipped_folders(settings)
     for root in settings.source_directories:
         if start is not None and root_of(start, [root]) is None:
+            continue
+        if start is not None and _in_skipped_folder(os.path.normpath(os.path.abspath(start)), root, skipped):
             continue
         stack = [start if start is not None else root]
         while stack:
@@ -67,9 +104,10 @@ def walk(
                     if entry.is_symlink():
                         continue
                     if entry.is_dir():
-                        if settings.recursive and not settings.is_excluded(entry.path + os.sep):
+                        if settings.recursive and not _skipped(entry.path, skipped) \
+                                and not settings.is_excluded(entry.path + os.sep):
                             stack.append(Path(entry.path))
-                    elif entry.is_file() and wanted(entry.path, settings):
+                    elif entry.is_file() and _wanted_here(entry.path, root, settings):
                         st = entry.stat()
                         yield FoundFile(entry.path, str(root), st.st_size, st.st_mtime_ns)
                 except OSError as exc:

@@ -6,6 +6,7 @@ Paths arrive in messages and config, so they are untrusted until ``confine`` acc
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,6 +17,38 @@ from ..messages import Evidence
 
 class Unsafe(Exception):
     """An action was refused; ``str(exc)`` says why in one line."""
+
+
+#: Trash folders, by name wherever they lie: the freedesktop.org trash at the top of a
+#: filesystem (``.Trash-<uid>``, ``.Trash/<uid>``), macOS (``.Trashes``), Windows
+#: (``$RECYCLE.BIN``, any case), Synology (``#recycle``) and QNAP (``@Recycle``). What lies in
+#: one was thrown away: it is never scanned and never kept (emptying the trash would lose it).
+TRASH_FOLDER = re.compile(r"\.Trash(-.*)?|\.Trashes|(?i:\$RECYCLE\.BIN)|#recycle|@Recycle")
+#: Folders that hold what a system made of the photos beside them, never photos of their own:
+#: NAS thumbnails (Synology ``@eaDir``, QNAP ``.@__thumb``), the freedesktop.org thumbnail
+#: cache (``.thumbnails``), and read-only snapshots of the whole share (Synology ``#snapshot``,
+#: QNAP ``@Recently-Snapshot``, NetApp ``.snapshot``, ZFS ``.zfs``), whose copy of a photo
+#: disappears with the snapshot and so must never be the one kept.
+SYSTEM_FOLDER = re.compile(r"@eaDir|\.@__thumb|\.thumbnails|#snapshot|@Recently-Snapshot|\.snapshot|\.zfs")
+
+
+def never_scanned(name: str) -> bool:
+    """Is a folder of this name skipped by every scan, whatever the exclusions say?"""
+    return bool(TRASH_FOLDER.fullmatch(name) or SYSTEM_FOLDER.fullmatch(name))
+
+
+def home_trash() -> Path:
+    """The desktop trash of this user (freedesktop.org: ``$XDG_DATA_HOME/Trash``)."""
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(os.path.abspath(data_home)) / "Trash"
+
+
+def in_trash(path: str | Path) -> bool:
+    """Does ``path`` lie in a trash folder (one named as a trash anywhere on its way, or the
+    desktop trash)? Such a file may be removed as a duplicate but is never the kept copy."""
+    norm = Path(os.path.normpath(os.path.abspath(path)))
+    trash = home_trash()
+    return any(TRASH_FOLDER.fullmatch(part) for part in norm.parts[:-1]) or trash in norm.parents
 
 
 def root_of(path: str | Path, roots: Iterable[Path]) -> Path | None:
