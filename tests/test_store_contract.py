@@ -479,6 +479,16 @@ async def test_distinct_pairs_are_remembered_in_either_order(ledger):
     assert await ledger.distinct(["d3", "d1"]) == {frozenset({"d1", "d3"})}
 
 
+async def test_distinct_pairs_are_listed_and_forgotten_in_either_order(ledger):
+    for a, b in (("d2", "d1"), ("d3", "d1"), ("d4", "d2")):
+        await ledger.mark_distinct(a, b)
+    assert await ledger.marked_distinct() == [("d1", "d2"), ("d1", "d3"), ("d2", "d4")]
+    await ledger.unmark_distinct("d2", "d1")
+    await ledger.unmark_distinct("d9", "d1")  # never marked: nothing happens
+    assert await ledger.marked_distinct() == [("d1", "d3"), ("d2", "d4")]
+    assert await ledger.distinct(["d1", "d2", "d3"]) == {frozenset({"d1", "d3"})}
+
+
 async def test_comparisons_are_recalled_by_key_from_another_process(backend, ledger):
     await ledger.remember({"k1": {"score": 0.9, "reason": ""}, "k2": {"score": 0.1, "reason": "moved"}})
     await ledger.remember({"k2": {"score": 0.2, "reason": "moved"}})  # compared again: the newer result

@@ -220,6 +220,14 @@ class Ledger(Protocol):
         """The pairs among ``digests`` marked distinct."""
         ...
 
+    async def unmark_distinct(self, a: str, b: str) -> None:
+        """Forget that a person said these two show different photos (they changed their mind)."""
+        ...
+
+    async def marked_distinct(self) -> list[tuple[str, str]]:
+        """Every pair marked distinct, each as (smaller digest, larger), in order."""
+        ...
+
     async def remember(self, found: Mapping[str, dict]) -> None:
         """Keep comparison results (JSON objects) under their keys (``shared.store.comparisons``)."""
         ...

@@ -649,6 +649,21 @@ class ElasticsearchLedger(_Index):
             await self._es.index(index=self.index, id="distinct-" + _hash_id(a, b),
                                  document={"kind": "distinct", "a": a, "b": b}, refresh="wait_for", **self._write)
 
+    async def unmark_distinct(self, a: str, b: str) -> None:
+        a, b = sorted((a, b))
+        with self._reachable():
+            try:
+                await self._es.delete(index=self.index, id="distinct-" + _hash_id(a, b), refresh="wait_for")
+            except elasticsearch.NotFoundError:
+                pass
+
+    async def marked_distinct(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        with self._reachable():
+            async for hits in self._pages({"term": {"kind": "distinct"}}, [{"a": "asc"}, {"b": "asc"}], ["a", "b"]):
+                out += [(h["_source"]["a"], h["_source"]["b"]) for h in hits]
+        return out
+
     async def distinct(self, digests: Sequence[str]) -> set[frozenset[str]]:
         wanted = sorted(set(digests))
         if len(wanted) < 2:

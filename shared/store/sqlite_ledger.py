@@ -101,6 +101,12 @@ class SQLiteLedger(SQLiteFile):
             await self._run(self._db.execute, "INSERT OR IGNORE INTO distinct_pairs (a, b) VALUES (?, ?)",
                             tuple(sorted((a, b))))
 
+    async def unmark_distinct(self, a: str, b: str) -> None:
+        await self._run(self._db.execute, "DELETE FROM distinct_pairs WHERE a = ? AND b = ?", tuple(sorted((a, b))))
+
+    async def marked_distinct(self) -> list[tuple[str, str]]:
+        return await self._run(lambda: [tuple(row) for row in self._db.execute("SELECT a, b FROM distinct_pairs ORDER BY a, b")])
+
     def _distinct(self, digests: Sequence[str]) -> set[frozenset[str]]:
         wanted = set(digests)
         out: set[frozenset[str]] = set()
