@@ -29,6 +29,22 @@ from .core.bundles import renamed
 IDENTICAL = "identical already there"  # how a move ended that only deleted its source
 
 
+def private_folder(path: Path) -> None:
+    """Make the folder ``path`` (and its missing parents) unless it exists; the folder made
+    here is this user's only (0700): journals, the store and thumbnails tell what photos
+    someone has."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` empty and this user's only (0600) unless it exists (SQLite then keeps
+    that mode for its -wal and -shm files)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 class JournalError(Exception):
     """A journal cannot be read; ``str(exc)`` says why in one line."""
 
@@ -53,8 +69,8 @@ class Journal:
         entry["at"] = time.time()
         with self._lock:
             if self._fh is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fh = open(self.path, "a", encoding="ascii")
+                private_folder(self.path.parent)
+                self._fh = open(self.path, "a", encoding="ascii", opener=lambda p, flags: os.open(p, flags, 0o600))
                 # held while the journal is open: ``recover`` leaves the journals of live runs alone
                 fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
             self._fh.write(json.dumps(entry) + "\n")

@@ -20,6 +20,7 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from ..actions import private_file, private_folder
 from . import Batched, Candidate, ImageRecord
 from ..image.signature import distances as sig_distances, orientations
 from .vectors import LocalIndex, log, rebuild
@@ -131,7 +132,8 @@ class SQLiteFile:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(self.path.parent)
+        private_file(self.path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._run_sync(self._connect)
 

@@ -302,7 +302,7 @@ class LocalIndex:
         """Written beside the store through temporary names, the description last, so a
         crash leaves the old files or the new ones, and a torn file fails its checksum."""
         folder = self.folder(store_path)
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)  # what the store knows of the photos is their owner's only
         self.words.compact()
         files = {"words.keys": self.words.keys, "words.ids": self.words.ids}
         meta: dict = {"format": FORMAT, "store_id": self.store_id, "seq": self.seq, "files": {}}
