@@ -325,19 +325,19 @@ def journaled_write(journal: Journal, sidecar: Path, keep: Path, write: Callable
     journal.write(state="done", intent=intent, sha256=_sha256(sidecar))
 
 
-def _undo_merge(entry: dict, confirmed: dict | None) -> str:
+def _undo_merge(entry: dict, confirmed: dict | None) -> Undone:
     sidecar = Path(entry["path"])
     if confirmed is not None and confirmed.get("sha256") and sidecar.exists() and _sha256(sidecar) != confirmed["sha256"]:
-        return f"skipped, {sidecar} changed since the metadata was merged into it"
+        return Undone(f"not restored: {sidecar} changed since the metadata was merged into it", True)
     if entry.get("before") is None:
         if sidecar.exists():
             sidecar.unlink()
-            return f"removed {sidecar} (made by the metadata merge)"
-        return f"nothing to undo: {sidecar} is gone"
+            return Undone(f"removed {sidecar} (made by the metadata merge)")
+        return Undone(f"nothing to undo: {sidecar} is gone")
     tmp = sidecar.with_name(f".{sidecar.name}.{uuid.uuid4().hex[:8]}.undo")
     tmp.write_bytes(base64.b64decode(entry["before"]))
     os.replace(tmp, sidecar)
-    return f"restored {sidecar} as it was before the metadata merge"
+    return Undone(f"restored {sidecar} as it was before the metadata merge")
 
 
 def recover(directory: Path) -> list[str]:
@@ -474,21 +474,31 @@ def files_of(entry: dict) -> list[dict]:
     return [{k: entry[k] for k in ("path", "target", "size", "mtime_ns", "how", "trashinfo") if k in entry}]
 
 
-def undo(*journal_paths: Path) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class Undone:
+    """What undo did about one file, in one line; ``not_restored`` when it could not be put
+    back as it was (the command then exits non-zero and counts them)."""
+
+    text: str
+    not_restored: bool = False
+
+
+def undo(*journal_paths: Path) -> list[Undone]:
     """Revert the confirmed actions of one or more journals, newest first across all of them
-    (a file removed later may have been the kept twin of one removed earlier); returns one line
-    per file. An action on a unit (an image with its RAW, sidecars and video) is undone whole."""
+    (a file removed later may have been the kept twin of one removed earlier); returns one
+    outcome per file. An action on a unit (an image with its RAW, sidecars and video) is undone
+    whole. Undoing a journal again restores nothing twice."""
     entries = [e for path in journal_paths for e in read_journal(path)]
     done = {e["intent"]: e for e in entries if e.get("state") == "done"}
     intents = sorted((e for e in entries if e.get("state") == "intent"), key=lambda e: e.get("at", 0.0))
-    lines = []
+    out = []
     for entry in reversed(intents):
         confirmed = done.get(entry["id"])
         if confirmed is not None and confirmed.get("recovered") in ("rolled back", "not done"):
-            lines.append(f"not done, nothing to undo: {entry['path']} ({confirmed['recovered']} by a later run)")
+            out.append(Undone(f"not done, nothing to undo: {entry['path']} ({confirmed['recovered']} by a later run)"))
             continue
         if entry["action"] == "merge":
-            lines.append(_undo_merge(entry, confirmed))
+            out.append(_guarded(entry["path"], _undo_merge, entry, confirmed))
             continue
         if confirmed is None:
             results = {}
@@ -497,11 +507,18 @@ def undo(*journal_paths: Path) -> list[str]:
         else:  # written before units existed: the confirmation of its one file
             results = {entry["path"]: confirmed}
         for planned in files_of(entry):
-            lines.append(_undo_file(entry, planned, results.get(planned["path"])))
-    return lines
+            out.append(_guarded(planned["path"], _undo_file, entry, planned, results.get(planned["path"])))
+    return out
 
 
-def _undo_file(entry: dict, planned: dict, result: dict | None) -> str:
+def _guarded(path: str, step: Callable[..., Undone], *args: Any) -> Undone:
+    try:
+        return step(*args)
+    except OSError as exc:  # e.g. no permission to write the folder back into
+        return Undone(f"cannot restore {path}: {exc.strerror or exc}", True)
+
+
+def _undo_file(entry: dict, planned: dict, result: dict | None) -> Undone:
     """One file of an action back where it was: ``planned`` is its part of the intent,
     ``result`` of the confirmation (None: no confirmation, the process died meanwhile)."""
     src, op = Path(planned["path"]), entry["action"]
@@ -512,34 +529,37 @@ def _undo_file(entry: dict, planned: dict, result: dict | None) -> str:
             # mtime (a move keeps both) where it may have gone
             found = _unconfirmed(op, planned)
             if found is None:
-                return f"not done, nothing to undo: {src}"
+                return Undone(f"not done, nothing to undo: {src}")
             target, trashinfo = found
+        identical = result is not None and result.get("how") == IDENTICAL
         if src.exists():
-            return f"skipped, {src} exists again"
+            if identical or target is None or not Path(target).exists():
+                return Undone(f"already back: {src}")
+            return Undone(f"not restored: {src} exists again; the moved file stays at {target}", True)
         if target is None or not Path(target).exists():
-            return f"cannot restore {src}: {target} is gone"
+            return Undone(f"cannot restore {src}: {target} is gone", True)
         if not _matches(Path(target), planned, check_mtime=False):
-            return f"skipped, {target} changed since it was moved there"
-        if result is not None and result.get("how") == IDENTICAL:
+            return Undone(f"not restored: {target} changed since {src} was moved there", True)
+        if identical:
             # the file at the target was there before this run: copy it back, leave it there
             final = copy_verified(Path(target), src)
-            return f"restored {final} (copied from the identical {target}, which stays)"
+            return Undone(f"restored {final} (copied from the identical {target}, which stays)")
         final, how = move_file(Path(target), src)
         if trashinfo and os.path.exists(trashinfo):
             os.unlink(trashinfo)
-        return f"restored {final} ({'from the trash' if op == 'trash' else how})"
+        return Undone(f"restored {final} ({'from the trash' if op == 'trash' else how})")
     if result is None:
-        return f"not done, nothing to undo: {src}"
+        return Undone(f"not done, nothing to undo: {src}")
     if op == "hardlink":
         if not result.get("linked", True):
-            return f"nothing to undo: {src} was not linked"
-        if src.exists():
-            tmp = src.with_name(f".{src.name}.{uuid.uuid4().hex[:8]}.undo")
-            shutil.copy2(src, tmp)
-            os.replace(tmp, src)
-            return f"unlinked {src} (it now holds its own copy of the kept photo)"
-        return f"cannot unlink {src}: it is gone"
-    return f"cannot restore deleted {src}; its kept twin is {entry['keep']}"
+            return Undone(f"nothing to undo: {src} was not linked")
+        if not src.exists():
+            return Undone(f"nothing to undo: {src} no longer exists (it was a hard link to {entry['keep']})")
+        tmp = src.with_name(f".{src.name}.{uuid.uuid4().hex[:8]}.undo")
+        shutil.copy2(src, tmp)
+        os.replace(tmp, src)
+        return Undone(f"unlinked {src} (it now holds its own copy of the kept photo)")
+    return Undone(f"cannot restore deleted {src}; its kept twin is {entry['keep']}", True)
 
 
 def _unconfirmed(op: str, planned: dict) -> tuple[str, str | None] | None:

@@ -208,7 +208,7 @@ def test_undo_of_a_move_onto_an_identical_file_copies_it_back_and_leaves_that_fi
     [done] = [e for e in actions.read_journal(journal.path) if e["state"] == "done"]
     assert done["how"] == actions.IDENTICAL
     [line] = undo(journal.path)
-    assert src.read_bytes() == b"same bytes" and "copied" in line
+    assert src.read_bytes() == b"same bytes" and "copied" in line.text and not line.not_restored
     after = existing.stat()
     assert existing.read_bytes() == b"same bytes" and (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert src.stat().st_ino != after.st_ino
@@ -245,7 +245,7 @@ def test_trash_records_where_the_file_went_and_undo_brings_it_back(tmp_path, mon
     assert trashed == trash / "files" / "a 1.jpg" and trashed.read_bytes() == b"the duplicate"
     assert info == trash / "info" / "a 1.jpg.trashinfo" and not src.exists()
     [line] = undo(journal.path)
-    assert line.startswith("restored") and src.read_bytes() == b"the duplicate"
+    assert line.text.startswith("restored") and src.read_bytes() == b"the duplicate"
     assert not trashed.exists() and not info.exists()
     assert (trash / "files" / "a.jpg").read_bytes() == b"an older photo", "the older entry stays in the trash"
 
@@ -261,7 +261,7 @@ def test_undo_of_an_unconfirmed_trash_finds_the_file_in_the_trash(tmp_path, monk
     actions.trash_file(src)  # then the process died before confirming
     journal.close()
     [line] = undo(journal.path)
-    assert line.startswith("restored") and src.read_bytes() == b"photo"
+    assert line.text.startswith("restored") and src.read_bytes() == b"photo"
     assert os.listdir(tmp_path / "data" / "Trash" / "info") == []
 
 
@@ -276,7 +276,7 @@ def test_undo_restores_moved_files(tmp_path):
     lines = undo(journal.path)
     assert a.read_bytes() == b"A" and b.read_bytes() == b"B"
     assert not (tmp_path / "t" / "a.jpg").exists()
-    assert all(line.startswith("restored") for line in lines), lines
+    assert all(line.text.startswith("restored") for line in lines), lines
 
 
 @pytest.mark.parametrize("order", ["as written", "reversed", "folder"])
@@ -296,7 +296,8 @@ def test_undo_of_several_journals_goes_back_newest_first_across_them(tmp_path, o
     assert (tmp_path / "lib" / "a.jpg").read_bytes() == b"second"
     assert (tmp_path / "lib" / "b.jpg").read_bytes() == b"B"
     assert (tmp_path / "t" / "a.jpg").read_bytes() == b"first"
-    assert [line.split()[0] for line in lines] == ["restored", "restored", "skipped,"], lines
+    assert [(line.text.split()[0], line.not_restored) for line in lines] == [
+        ("restored", False), ("restored", False), ("not", True)], "the first a.jpg cannot go back: its place is taken"
 
 
 def test_undo_of_a_folder_without_journals_says_so(tmp_path):
@@ -340,9 +341,10 @@ def test_undo_is_careful(tmp_path):
     journal.close()
 
     lines = undo(journal.path)
-    text = "\n".join(lines)
+    text = "\n".join(line.text for line in lines)
     assert a.read_bytes() == b"new A" and (tmp_path / "t" / "a.jpg").read_bytes() == b"A"
-    assert "skipped" in text
+    assert f"not restored: {a} exists again" in text
+    assert [line.not_restored for line in lines] == [False, False, True, True], "the new a.jpg and the deleted d.jpg"
     assert f"cannot restore deleted {d}" in text and "/lib/twin.jpg" in text
     assert n.read_bytes() == b"N" and f"not done, nothing to undo: {n}" in text
     assert c.read_bytes() == b"C" and not (tmp_path / "t" / "c.jpg").exists()
@@ -431,4 +433,4 @@ def test_undo_leaves_a_target_that_changed_since_the_move(tmp_path):
     lines = undo(journal.path)
 
     assert not src.exists()
-    assert "changed since" in lines[0]
+    assert "changed since" in lines[0].text and lines[0].not_restored

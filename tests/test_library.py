@@ -296,7 +296,7 @@ def test_a_unit_that_cannot_move_whole_is_put_back(tmp_path, monkeypatch):
     monkeypatch.undo()
     journal.close()
     assert tree_state(tmp_path / "lib") == before, "never half a unit"
-    assert actions.undo(journal.path) == [f"not done, nothing to undo: {files[0]} (rolled back by a later run)"]
+    assert actions.undo(journal.path) == [actions.Undone(f"not done, nothing to undo: {files[0]} (rolled back by a later run)")]
 
 
 def _half_moved(tmp_path: Path, moved: int) -> tuple[list[Path], Path]:
@@ -319,7 +319,7 @@ def test_the_next_run_rolls_back_a_half_moved_unit(tmp_path):
     assert line.startswith("rolled back: 2 of the 3 files")
     assert all(f.exists() for f in files) and not any((tmp_path / "t").iterdir())
     assert actions.recover(journal.parent) == [], "settled once"
-    assert actions.undo(journal)[0].startswith("not done, nothing to undo")
+    assert actions.undo(journal)[0].text.startswith("not done, nothing to undo")
 
 
 def test_the_next_run_confirms_a_unit_that_had_all_gone_and_undo_brings_it_back(tmp_path):
@@ -327,7 +327,7 @@ def test_the_next_run_confirms_a_unit_that_had_all_gone_and_undo_brings_it_back(
     [line] = actions.recover(journal.parent)
     assert line.startswith("finished")
     assert not any(f.exists() for f in files)
-    assert all(line.startswith("restored") for line in actions.undo(journal))
+    assert all(line.text.startswith("restored") for line in actions.undo(journal))
     assert all(f.exists() for f in files)
 
 
