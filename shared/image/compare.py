@@ -107,6 +107,10 @@ class Agreement:
     patches: int = 0
     placed: int = 0  # of the patches, those measured confidently in place
     reason: str = ""
+    #: the alignment as a person would see it (the review page's compare view): where each
+    #: point of b's picture, unmirrored, lies on a's, both spanning 0..1 across, as a 2x3
+    #: matrix row by row; None when no alignment was fitted
+    transform: tuple[float, ...] | None = None
 
     @property
     def refuses(self) -> bool:
@@ -122,7 +126,8 @@ class Agreement:
         """The same look seen from the other picture: the inverse turn (the quarter turns swap;
         a half turn and every mirror undo themselves) and the inverse scale."""
         return dataclasses.replace(self, orientation={1: 3, 3: 1}.get(self.orientation, self.orientation),
-                                   scale=round(1 / self.scale, 4) if self.scale else self.scale)
+                                   scale=round(1 / self.scale, 4) if self.scale else self.scale,
+                                   transform=None if self.transform is None else _inverse(self.transform))
 
 
 #: ``b`` against ``a``, then ``a`` against ``b`` (None when the first settles the pair)
@@ -409,6 +414,22 @@ def _pose(m: np.ndarray, mirrored: bool) -> dict:
     return dict(orientation=_ORIENTATION_INDEX[(quarter, mirrored)], scale=round(scale, 4), tilt=round(tilt, 2))
 
 
+def _seen(b_onto_a: np.ndarray, b_shape: tuple[int, int], a_shape: tuple[int, int], mirrored: bool) -> tuple[float, ...]:
+    """``Agreement.transform`` of a transform taking (mirrored, if so) b's pixels onto a's."""
+    (ha, wa), (hb, wb) = a_shape, b_shape
+    from_b = np.float64([[wb, 0, -0.5], [0, hb, -0.5], [0, 0, 1]])  # 0..1 across to pixel centres
+    if mirrored:
+        from_b = np.float64([[-1, 0, wb - 1], [0, 1, 0], [0, 0, 1]]) @ from_b
+    to_a = np.float64([[1 / wa, 0, 0.5 / wa], [0, 1 / ha, 0.5 / ha], [0, 0, 1]])
+    m = to_a @ np.vstack([b_onto_a, (0, 0, 1)]) @ from_b
+    return tuple(round(float(v), 5) for v in m[:2].ravel())
+
+
+def _inverse(transform: tuple[float, ...]) -> tuple[float, ...]:
+    m = np.linalg.inv(np.vstack([np.float64(transform).reshape(2, 3), (0, 0, 1)]))
+    return tuple(round(float(v), 5) for v in m[:2].ravel())
+
+
 def _thumbnail(grey: np.ndarray) -> np.ndarray:
     x = cv2.resize(grey, (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA).astype(np.float32)
     x -= x.mean()
@@ -484,9 +505,13 @@ def _judged(a: Features, b: Features, m: np.ndarray, mirrored: bool, base: dict)
         inside = cv2.warpAffine(ones, into, (w, h), flags=cv2.INTER_NEAREST)
         return warped, cv2.erode(inside, np.ones((5, 5), np.uint8)) > 0
 
+    def seen(into: np.ndarray) -> tuple[float, ...]:  # into takes the moving picture onto the frame
+        return _seen(into if scale <= 1 else cv2.invertAffineTransform(into), bg.shape, a.grey.shape, mirrored)
+
     warped, inside = aligned(into)
     coverage = float(inside.mean())  # the frame compared in is the smaller picture's
     base["coverage"] = round(coverage, 3)
+    base["transform"] = seen(into)
     if coverage < MIN_COVERAGE:
         return Agreement(**base, reason=f"only {coverage:.0%} of the smaller picture lies in the other")
     frame_side = _Frame(frame)
@@ -495,6 +520,7 @@ def _judged(a: Features, b: Features, m: np.ndarray, mirrored: bool, base: dict)
     if refined is not None:
         warped, inside = aligned(refined)
         patches = _patches(frame_side, warped, inside)
+        base["transform"] = seen(refined)
     textured, moved, placed, changed, together = _patch_changes(patches)
     base.update(patches=textured, placed=placed)
     if textured < MIN_PATCHES:
