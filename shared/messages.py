@@ -81,6 +81,8 @@ class Evidence(BaseModel):
     similarity: float | None = None  # cosine of the copy-detection embeddings
     score: float | None = None  # the pixel verification's agreement, 0..1
     reason: str = ""
+    #: how the verification lined the second file up on the first (``Agreement.transform``)
+    transform: tuple[float, float, float, float, float, float] | None = None
 
 
 class Removal(FileRef):

@@ -96,7 +96,7 @@ async def same_photo(a: ImageRecord, b: ImageRecord, thresholds: Thresholds, loo
     refused = [r for r in both if r.refuses]
     usable = [r for r in both if not r.reason]
     if refused:
-        facts.update(score=refused[0].score)
+        facts.update(score=refused[0].score, transform=refused[0].transform)
         return _no(refused[0].reason, **facts)
     if not usable:
         if dist <= PLAIN_MAX_DIST:
@@ -105,7 +105,7 @@ async def same_photo(a: ImageRecord, b: ImageRecord, thresholds: Thresholds, loo
             return Evidence(same=True, stage="goldberg", **facts)
         return _no(NO_DETAILS, **facts)
     agreed = max(usable, key=lambda r: r.score)
-    facts.update(orientation=agreed.orientation, score=agreed.score)
+    facts.update(orientation=agreed.orientation, score=agreed.score, transform=agreed.transform)
     if agreed.score < thresholds.min_agreement:
         moved = 1.0 - agreed.score
         return _no(f"{moved:.0%} of the picture moved against the rest (another moment or viewpoint)", **facts)
