@@ -6,11 +6,14 @@ descriptions below are the user-facing documentation of every option.
 
 from __future__ import annotations
 
+import difflib
+import json
 import logging
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -141,6 +144,10 @@ class Settings(BaseSettings):
     broker_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL (services mode).")
     broker_prefix: str = Field("image-dedup", description="Prefix of the exchange and queue names on the broker.")
     metrics_port: int = Field(9100, ge=0, le=65535, description="Port of /metrics, /healthz and /readyz (services).")
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address /metrics, /healthz and /readyz listen on: this machine only by default; "
+        "the container image sets 0.0.0.0, for Prometheus and the Kubernetes probes to reach them.",
+    )
     concurrency: int = Field(4, ge=1, description="Messages a service works on at once (and its broker prefetch).")
     max_retries: int = Field(3, ge=0, description="Deliveries of a failing message before it is dead-lettered.")
     match_delay: float = Field(
@@ -172,6 +179,18 @@ class Settings(BaseSettings):
                 re.compile(pattern)
             except re.error as exc:
                 raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+        return value
+
+    @field_validator(
+        "source_directories", "reference_directories", "duplicates_target_directory", "store_path", "journal_directory",
+        "elasticsearch_ca_certs", mode="before",
+    )
+    @classmethod
+    def _not_blank(cls, value: Any) -> Any:
+        """An empty path would mean the current folder (a script's unset ``$PHOTOS``): refused."""
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and not item.strip():
+                raise ValueError("an empty path (an unset variable?); give a folder")
         return value
 
     @field_validator(
@@ -221,6 +240,15 @@ class Settings(BaseSettings):
             if target == root:
                 raise ValueError(f"duplicates_target_directory {target} is the root {root}; choose another folder")
         return self
+
+    def shown(self) -> str:
+        """The settings as JSON for people: secrets masked, the passwords in the broker's and
+        Elasticsearch's URLs too."""
+        data = json.loads(self.model_dump_json())
+        for key in ("broker_url", "elasticsearch_url"):
+            if data[key]:
+                data[key] = masked_url(data[key])
+        return json.dumps(data, indent=2, ensure_ascii=False)
 
     @property
     def effective_action(self) -> Literal["move", "trash", "delete", "hardlink"]:
@@ -280,7 +308,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     _yaml_file_in_use = path
     for key in sorted(os.environ):
         if key.startswith("IMAGE_DEDUP_") and key != "IMAGE_DEDUP_CONFIG" and key[12:].lower() not in Settings.model_fields:
-            log.warning("ignoring unknown environment variable %s (no option %s)", key, key[12:].lower())
+            meant = _close_option(key[12:].lower())
+            log.warning("ignoring unknown environment variable %s (%s)", key,
+                        f"did you mean IMAGE_DEDUP_{meant.upper()}?" if meant else f"no option {key[12:].lower()}")
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
@@ -296,15 +326,32 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         _yaml_file_in_use = None
 
 
+def _close_option(name: str) -> str | None:
+    """The option a mistyped ``name`` most likely meant (``dryrun``: ``dry_run``), if any."""
+    squashed = {option.replace("_", ""): option for option in Settings.model_fields}
+    return squashed.get(name.replace("_", "")) or next(iter(difflib.get_close_matches(name, Settings.model_fields, 1, 0.8)), None)
+
+
 def _describe(exc: ValidationError) -> str:
+    """One line per problem, naming the option (none for a rule between options)."""
     lines = []
     for error in exc.errors():
-        key = ".".join(str(p) for p in error["loc"]) or "config"
+        key = ".".join(str(p) for p in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = "unknown option"
-        lines.append(f"invalid config: {key}: {message}")
+            meant = _close_option(key)
+            message = "unknown option" + (f" (did you mean {meant}?)" if meant else "")
+        lines.append(f"invalid config: {key}: {message}" if key else f"invalid config: {message}")
     return "\n".join(lines)
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password, if it holds one, as ``**********`` (as SecretStr shows it)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user_info, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user_info.split(':', 1)[0]}:**********@{host}").geturl()
 
 
 def reference_yaml() -> str:
