@@ -443,7 +443,7 @@ async def serve(roles: list[str], settings: Settings, *, in_process: bool = Fals
             return False, "broker not connected"
         return True, "ready"
 
-    health = metrics.HealthServer(settings.metrics_port, ready)
+    health = metrics.HealthServer(settings.metrics_port, ready, settings.metrics_host)
     await health.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -510,7 +510,7 @@ async def serve(roles: list[str], settings: Settings, *, in_process: bool = Fals
         await store.close()
         await ledger.close()
         await health.stop()
-        log.info("%s stopped", name)
+        log.info("%s stopped: %s", name, metrics.done(roles))
     return 1 if ctx is not None and ctx.failed else 0
 
 
@@ -570,13 +570,15 @@ class _ObservedInProcessBus(InProcessBus):
             seen = len(self.dead)
 
 
-async def publish_rescan(settings: Settings, path: str | None) -> None:
+async def publish_rescan(settings: Settings, path: str | None) -> int:
+    """Publish the command; returns how many watchers were consuming rescans just before."""
     from shared.bus.rabbitmq import RabbitBus
 
     bus = RabbitBus(settings.broker_url, settings.broker_prefix, service="cli")
     await bus.connect(timeout=10)
     try:
         await bus.publish(Rescan(path=None if path is None else os.path.abspath(path)))
+        return bus.consumers(Rescan().kind)
     finally:
         await bus.close()
 
@@ -608,7 +610,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         try:
             for name, level in quiet.items():
                 logging.getLogger(name).setLevel(level)
-            asyncio.run(publish_rescan(settings, args.path))
+            listening = asyncio.run(publish_rescan(settings, args.path))
         except Exception as exc:  # the broker's client raises many kinds; the user needs one line
             print(f"image-dedup: cannot publish the rescan to {_without_password(settings.broker_url)}: "
                   f"{_first_line(exc)}", file=sys.stderr)
@@ -616,6 +618,10 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             for name, level in before.items():
                 logging.getLogger(name).setLevel(level)
+        if not listening:
+            print(f"rescan of {args.path or 'all roots'} queued on {settings.broker_prefix}, but no watcher is "
+                  "listening: it runs when one starts (image-dedup service watcher)")
+            return 0
         print(f"rescan of {args.path or 'all roots'} published to {settings.broker_prefix}")
         return 0
     roles = [args.role] if args.command == "service" else list(ROLES)

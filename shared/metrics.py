@@ -101,6 +101,29 @@ FOR_ROLE: dict[str, Callable[[], ServiceMetrics]] = {
 }
 
 
+def _total(family: Counter, **labels: str) -> int:
+    """A counter's count, summed over the label values not given."""
+    return int(sum(s.value for metric in family.collect() for s in metric.samples
+                   if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in labels.items())))
+
+
+def done(roles: list[str]) -> str:
+    """What the services of this process did, in words: the line a service logs as it stops."""
+    parts = []
+    if "watcher" in roles:
+        parts.append(f"{_total(watcher().file_events)} file events published")
+    if "hasher" in roles:
+        parts.append(f"{_total(hasher().signed)} images analysed")
+    if "matcher" in roles:
+        groups = _total(matcher().groups)
+        parts.append(f"{groups} duplicate group{'s' if groups != 1 else ''}")
+    if "actuator" in roles:
+        actions = actuator().actions
+        parts.append(f"{_total(actions, status='done')} duplicates acted on, {_total(actions, status='dry_run')} in a "
+                     f"dry run, {_total(actions, status='skipped')} skipped, {_total(actions, status='error')} errors")
+    return ", ".join(parts)
+
+
 def observe_messages(roles: list[str]) -> Callable[[str, str, float], None]:
     """A RabbitBus/daemon observer: outcome and duration of each message, under the service
     that consumes its kind."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.connection import Connection
@@ -36,7 +37,9 @@ def _die_with_service(lifeline: Connection) -> None:
     """Worker initializer: exit as soon as the service is gone. Only the service holds the
     pipe's write end, so the read returns EOF when it dies in any way (kill -9 included);
     the workers are children of the forkserver, so neither their parent pid nor a parent-death
-    signal would tell."""
+    signal would tell. Ctrl-C is the service's to handle: a worker that got it too would print
+    a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         try:

@@ -153,6 +153,11 @@ class RabbitBus:
             log.warning("reconnected to the broker after %.0f s", time.monotonic() - self._lost_at)
             self._lost_at = None
 
+    def consumers(self, kind: str) -> int:
+        """How many consumers the queue of ``kind`` had when this bus declared it (connect)."""
+        assert self._topology is not None, "connect first"
+        return self._topology.queues[kind].declaration_result.consumer_count
+
     @property
     def ready(self) -> bool:
         """Connected, with every channel and consumer restored after a loss."""
