@@ -10,7 +10,9 @@ store's records; every action is journaled.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import os
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -36,8 +38,10 @@ def check_roots(report: dict, roots: list[Path]) -> None:
     if not isinstance(report, dict) or report.get("version") != REPORT_VERSION or not isinstance(report.get("groups"), list):
         raise ReportError(f"not an image-dedup report of version {REPORT_VERSION} (no 'version' and 'groups')")
     reported = report.get("roots")
-    if not isinstance(reported, list) or not reported or not all(isinstance(r, str) for r in reported):
-        raise ReportError("the report names no roots")
+    if not isinstance(reported, list) or not reported:
+        raise ReportError("the report names no roots (a list of folders)")
+    if not all(isinstance(r, str) and os.path.isabs(r) for r in reported):
+        raise ReportError("the report's roots must be absolute folder names")
     for root in reported:
         if root_of(root, roots) is None:
             raise ReportError(f"the report's root {root} is not a configured root; give it on the command line to allow it")
@@ -99,14 +103,17 @@ def _facts(entry: object) -> dict:
     return {k: v for k, v in entry.items() if k in FileRef.model_fields and k != "path"}
 
 
-async def apply_report(report: dict, settings: Settings, console: Console | None = None, quiet: bool = True) -> Summary:
+async def apply_report(
+    report: dict, settings: Settings, console: Console | None = None, quiet: bool = True,
+    stop: asyncio.Event | None = None, summary: Summary | None = None,
+) -> Summary:
     """Carry out ``report`` with ``settings`` (dry run, action, target, roots, store): phases 5
     and 6 of a run over exactly the report's groups. Raises ReportError for a report that
     cannot be applied at all; a file that cannot be acted on is a skipped outcome with its
-    reason."""
+    reason. ``stop`` and ``summary`` as for ``services.local.deduplicate``."""
     check_roots(report, settings.source_directories)
     groups, refused = read_groups(report, settings.source_directories)
-    summary = Summary()
+    summary = summary if summary is not None else Summary()
     store, ledger = await open_stores(settings)
     bus = InProcessBus()
     phases = Phases(console or Console(stderr=True), quiet)
@@ -118,7 +125,8 @@ async def apply_report(report: dict, settings: Settings, console: Console | None
                     keep=keep, rule=rule,
                     remove=[_with_distance(r, records.get(keep.path), records.get(r.path)) for r in removals],
                 ))
-            await act(summary, settings, store, ledger, bus, phases)
+            await act(summary, settings, store, ledger, bus, phases, stop)
+            summary.interrupted = stop is not None and stop.is_set()
     finally:
         await bus.close()
         await store.close()

@@ -16,8 +16,10 @@ import asyncio
 import collections
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from shared.config import Settings
+if TYPE_CHECKING:  # the command's parser is built without loading the settings' libraries
+    from shared.config import Settings
 
 
 @dataclass(frozen=True)

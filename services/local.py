@@ -7,10 +7,11 @@ import asyncio
 import hashlib
 import json
 from importlib import metadata
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -32,6 +33,7 @@ from shared.store.open import open_stores
 
 
 REPORT_VERSION = 2
+T = TypeVar("T")
 
 
 @dataclass
@@ -46,6 +48,10 @@ class Summary:
     outcomes: list[ActionOutcome] = field(default_factory=list)
     removed_folders: list[Path] = field(default_factory=list)
     journal: Path | None = None
+    #: pairs of files in different roots that the indexes proposed but that were not compared
+    #: because across_dirs is off: the summary says so, and which option compares them
+    across_roots_left_out: int = 0
+    interrupted: bool = False  # stopped by the user (Ctrl-C): the summary is of what was done
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -113,11 +119,16 @@ class Phases:
 
 
 async def deduplicate(
-    settings: Settings, console: Console | None = None, quiet: bool = False, sign: Sign | None = None
+    settings: Settings, console: Console | None = None, quiet: bool = False, sign: Sign | None = None,
+    stop: asyncio.Event | None = None, summary: Summary | None = None,
 ) -> Summary:
-    """Run the six phases; ``sign`` defaults to a process pool of ``settings.threads``."""
+    """Run the six phases; ``sign`` defaults to a process pool of ``settings.threads``. Once
+    ``stop`` is set (Ctrl-C), no further file is analysed and no further group acted on: the
+    run ends after what is in hand, with ``summary.interrupted`` (filled in as the run goes,
+    so a caller that cancels the run at once still has what was done)."""
     console = console or Console(stderr=True)
-    summary = Summary()
+    summary = summary if summary is not None else Summary()
+    stop = stop or asyncio.Event()
     store, ledger = await open_stores(settings)
     bus = InProcessBus()
     phases = Phases(console, quiet)
@@ -139,12 +150,18 @@ async def deduplicate(
                 for f in walk(settings, on_error=lambda p, r: summary.problems.append((p, r))):
                     found.append(f)
                     advance()
+                    if len(found) % 500 == 0:
+                        await asyncio.sleep(0)  # a long walk still hears Ctrl-C
+                    if stop.is_set():
+                        break
             summary.files = len(found)
 
             # 3. analyse (incremental: the hasher skips files whose size and mtime are unchanged)
             with phases.phase("analyse", len(found)) as advance:
                 async def hash_one(message: Message) -> None:
                     try:
+                        if stop.is_set():
+                            return
                         outcome: HashOutcome = await handle_file_event(
                             message, store=store, settings=settings, sign=sign, publish=_unheard
                         )
@@ -159,6 +176,8 @@ async def deduplicate(
 
                 await bus.subscribe("file.event", hash_one, concurrency=settings.threads * 2)
                 for f in found:
+                    if stop.is_set():
+                        break
                     await bus.publish(FileEvent(path=f.path))
                 await bus.join("file.event")
             if summary.upgraded:
@@ -168,13 +187,18 @@ async def deduplicate(
             bus.dead.clear()
 
             # 4. match every file of the library, not only the ones signed in this run
-            with phases.phase("match", len(found)) as advance:
-                summary.decisions = await match_library(
-                    [f.path for f in found], store, ledger, settings,
-                    signer.look if signer is not None else look_in_thread, advance)
+            if not stop.is_set():
+                with phases.phase("match", len(found)) as advance:
+                    matched = await _unless_stopped(stop, match_library(
+                        [f.path for f in found], store, ledger, settings,
+                        signer.look if signer is not None else look_in_thread, advance))
+                if matched is not None:
+                    summary.decisions, summary.across_roots_left_out = matched
 
             # 5. and 6.
-            await act(summary, settings, store, ledger, bus, phases)
+            if not stop.is_set():
+                await act(summary, settings, store, ledger, bus, phases, stop)
+            summary.interrupted = stop.is_set()
     finally:
         await bus.close()
         if signer is not None:
@@ -188,7 +212,24 @@ async def _unheard(message: Message) -> None:
     """Local mode plans the whole library after the analysis: an ``image.signed`` needs no listener."""
 
 
+async def _unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
+    """``work``'s result, or None when ``stop`` is set first (``work`` is then cancelled: only
+    what changes nothing on disk is run this way)."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return None
+
+
 FACTS_BATCH = 5000  # records read at a time to tell whether anything changed since the last plan
+
 #: What the plan reads of the settings; a change of any of them plans the library again.
 PLAN_SETTINGS = {"source_directories", "reference_directories", "max_dist", "min_similarity", "min_agreement", "match_orientations",
                  "across_dirs", "max_file_modification_time_diff", "prioritization_rules", "use_exif_data"}
@@ -196,8 +237,9 @@ PLAN_SETTINGS = {"source_directories", "reference_directories", "max_dist", "min
 
 async def match_library(
     paths: list[str], store: Store, ledger: Ledger, settings: Settings, look: Look, advance: Callable[[int], None]
-) -> list[Decision]:
-    """Phase 4. The plan depends only on the files (their versions and contents), the settings
+) -> tuple[list[Decision], int]:
+    """Phase 4: the decisions, and how many pairs across roots were left out (across_dirs
+    off). The plan depends only on the files (their versions and contents), the settings
     it reads, the pairs marked distinct and the code: when none of them changed since the last
     run over these roots, that run's plan is the plan, and no index is queried again. The
     actuator checks every removal against the disk and the verdict all the same. The records
@@ -222,25 +264,30 @@ async def match_library(
     last = (await ledger.recall([key])).get(key)
     if last is not None and last["fingerprint"] == fingerprint:
         advance(len(paths))
-        return [Decision.model_validate(d) for d in last["decisions"]]
+        return [Decision.model_validate(d) for d in last["decisions"]], last.get("across_roots_left_out", 0)
+    left_out: set[frozenset[str]] = set()
     decisions = [to_decision(g) for g in await plan(paths, store=store, settings=settings, ledger=ledger,
-                                                    look=look, on_progress=advance)]
-    await ledger.remember({key: {"fingerprint": fingerprint,
+                                                    look=look, on_progress=advance,
+                                                    across_roots_left_out=left_out)]
+    await ledger.remember({key: {"fingerprint": fingerprint, "across_roots_left_out": len(left_out),
                                  "decisions": [d.model_dump(mode="json") for d in decisions]}})
-    return decisions
+    return decisions, len(left_out)
 
 
 async def act(
-    summary: Summary, settings: Settings, store: Store, ledger: Ledger, bus: InProcessBus, phases: Phases
+    summary: Summary, settings: Settings, store: Store, ledger: Ledger, bus: InProcessBus, phases: Phases,
+    stop: asyncio.Event | None = None,
 ) -> None:
     """Phases 5 and 6 for ``summary.decisions``, shared by ``deduplicate`` and ``apply``: each
     decision goes through the actuator (every safety check, journaled), then the folders this
-    run emptied are removed."""
+    run emptied are removed. Once ``stop`` is set, the groups not begun are left alone."""
     journal = Journal.new(settings.journal_directory)
     try:
         # 5. act (or, in a dry run, check and say what would be done)
         with phases.phase("act", sum(len(d.remove) for d in summary.decisions)) as advance:
             async def on_decision(decision: Message) -> None:
+                if stop is not None and stop.is_set():
+                    return
                 outcomes = await handle_decision(
                     decision, store=store, ledger=ledger, settings=settings, journal=journal, publish=bus.publish
                 )

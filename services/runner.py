@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services import ROLES
 from services.actuator.handler import ActionOutcome, PairBusy, handle_decision
 from services.hasher.handler import ProcessSigner, handle_file_event
 from services.matcher.handler import handle_signed, plan_mark
@@ -51,9 +52,6 @@ from shared.store import Ledger, Store, StoreRefused, StoreUnavailable
 from shared.store.open import open_stores
 
 log = logging.getLogger("image_dedup.services")
-
-ROLES = ("watcher", "hasher", "matcher", "actuator")
-SERVICE_COMMANDS = ("service", "daemon", "rescan")
 
 
 # -- shared context ---------------------------------------------------------------------------
@@ -583,17 +581,7 @@ async def publish_rescan(settings: Settings, path: str | None) -> int:
         await bus.close()
 
 
-# -- command line -----------------------------------------------------------------------------
-def add_service_commands(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
-    service = sub.add_parser("service", parents=parents, help="run one service of services mode (RabbitMQ)")
-    service.add_argument("role", choices=ROLES)
-    service.add_argument("--log-level", default="INFO")
-    daemon = sub.add_parser("daemon", parents=parents, help="all four services in one long-running process, no broker needed")
-    daemon.add_argument("--log-level", default="INFO")
-    rescan = sub.add_parser("rescan", parents=parents, help="ask the watcher service to rescan (all roots or PATH)")
-    rescan.add_argument("path", nargs="?", help="a folder below a root (default: all roots)")
-
-
+# -- command line (the parsers are in services/cli.py) -----------------------------------------
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
     logging.getLogger().setLevel(getattr(args, "log_level", "INFO").upper())
     if args.command == "rescan":

@@ -65,14 +65,16 @@ def plan_mark(settings: Settings) -> str:
                                 settings.model_dump_json(include=RETRIEVAL_SETTINGS))
 
 
-def _admissible(record: ImageRecord, r: ImageRecord, settings: Settings) -> bool:
-    """May ``r`` be proposed as a duplicate of ``record`` at all?"""
+def _admissible(record: ImageRecord, r: ImageRecord, settings: Settings, across_dirs: bool | None = None) -> bool:
+    """May ``r`` be proposed as a duplicate of ``record`` at all (with ``across_dirs`` instead
+    of the configured one, if given)?"""
+    across = settings.across_dirs if across_dirs is None else across_dirs
     return (
         r.error is None and r.signature is not None and r.path != record.path
         # the store keeps the analyses of roots not scanned now: match across current roots only
         and (r.root == record.root or root_of(r.path, settings.source_directories) is not None)
         # a copy of a photo in a reference folder is one wherever it lies
-        and pair_allowed(record, r, settings.across_dirs or settings.is_reference(record.path)
+        and pair_allowed(record, r, across or settings.is_reference(record.path)
                          or settings.is_reference(r.path), settings.max_file_modification_time_diff)
         and not _same_file(record.path, r.path)
     )
@@ -95,9 +97,15 @@ def _near(record: ImageRecord, r: ImageRecord, settings: Settings) -> bool:
     return bool(norms) and float(a @ b) / norms >= settings.min_similarity
 
 
-async def _candidates(records: Sequence[ImageRecord], store: Store, settings: Settings) -> list[list[ImageRecord]]:
+async def _candidates(
+    records: Sequence[ImageRecord], store: Store, settings: Settings,
+    across_roots_left_out: set[frozenset[str]] | None = None,
+) -> list[list[ImageRecord]]:
     """Stage 1 for many records at once: what the indexes propose for each (never all pairs):
-    the same digest, a signature near any orientation of it, an embedding near it."""
+    the same digest, a signature near any orientation of it, an embedding near it. A pair that
+    only across_dirs keeps apart is added to ``across_roots_left_out`` when the same content or
+    a near signature proposed it (the embedding alone also proposes mere look-alikes of a series:
+    not counted)."""
     # all at once: a store on a server (Elasticsearch) answers them side by side
     same, *near = await asyncio.gather(
         store.same_digest_many(records),
@@ -111,6 +119,11 @@ async def _candidates(records: Sequence[ImageRecord], store: Store, settings: Se
             for c in hits[k]:
                 found.setdefault(c.record.path, c.record)
         out.append([r for r in found.values() if _admissible(record, r, settings)])
+        if across_roots_left_out is not None and not settings.across_dirs:
+            across_roots_left_out.update(
+                frozenset((record.path, r.path)) for r in (*same[k], *(c.record for c in near[0][k]))
+                if r.root != record.root and not _admissible(record, r, settings)
+                and _admissible(record, r, settings, across_dirs=True))
     return out
 
 
@@ -189,13 +202,16 @@ class Retrieved:
 async def retrieve(
     paths: Iterable[str], *, store: Store, settings: Settings, seeds: Mapping[str, ImageRecord] | None = None,
     claim: Claim | None = None, on_progress: Callable[[int], None] = lambda n: None,
+    across_roots_left_out: set[frozenset[str]] | None = None,
 ) -> Retrieved:
     """Stage 1 for ``paths`` and everything connected to them, ``BATCH`` records at a time
     (what a batch finds that was not asked is asked next), so a whole library costs a few index
     passes per batch, not a query per record. A record without the current plan mark is looked
     up in the indexes; a planned one has its stored neighbours read back (those still near).
     With ``claim`` (several matchers), every record is claimed before it is read; a path
-    refused is ``blocked``, and an asked path found planned meanwhile is left out (done)."""
+    refused is ``blocked``, and an asked path found planned meanwhile is left out (done).
+    ``across_roots_left_out`` collects the pairs across roots that the records looked up in the
+    indexes would have had with across_dirs on (a planned record's are not looked up again)."""
     mark = plan_mark(settings)
     asked = sorted(dict.fromkeys(paths))
     seen, first = set(asked), set(asked)
@@ -227,7 +243,7 @@ async def retrieve(
         if claim is not None:
             found.read.update((r.path, r) for r in records)
         looked_up = [r for r in records if r.planned != mark]
-        for record, hits in zip(looked_up, await _candidates(looked_up, store, settings)):
+        for record, hits in zip(looked_up, await _candidates(looked_up, store, settings, across_roots_left_out)):
             for c in hits:
                 link(record, c)
         read_back = [r for r in records if r.planned == mark]
@@ -321,17 +337,19 @@ class Judge:
 async def plan(
     paths: Iterable[str], *, store: Store, settings: Settings, ledger: Ledger | None = None,
     look: Look = look_in_thread, on_progress: Callable[[int], None] = lambda n: None,
-    seeds: Mapping[str, ImageRecord] | None = None,
+    seeds: Mapping[str, ImageRecord] | None = None, across_roots_left_out: set[frozenset[str]] | None = None,
 ) -> list[Group]:
     """Plan the components that contain ``paths``: stage 1 (the indexes) links candidates into
     components, and each component is planned with the verdict (stage 2) as its judge. With a
     ledger, pixel comparisons made before are recalled from it, and the new ones kept there.
-    ``seeds``: the stored records of ``paths``, when the caller has read them already.
+    ``seeds``: the stored records of ``paths``, when the caller has read them already;
+    ``across_roots_left_out``: as for ``retrieve``.
 
     Only the records that have candidates are held, as components, and only one component's
     records at a time are read whole to be judged."""
     await store.refresh()  # every record written before this call is found
-    found = await retrieve(paths, store=store, settings=settings, seeds=seeds, on_progress=on_progress)
+    found = await retrieve(paths, store=store, settings=settings, seeds=seeds, on_progress=on_progress,
+                           across_roots_left_out=across_roots_left_out)
     judge = Judge(settings, ledger, look)
     groups: list[Group] = []
     done: set[str] = set()  # the files of the units planned already
