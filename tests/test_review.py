@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
 from services.apply import apply_report
-from services.review.server import COOKIE, make_app
+from services.review.server import cookie_name, make_app
 from services.review.source import report_from_store, reviewed_path
 from services.review.state import REVIEWER_RULE, Filters, Review, ReviewError
 from services.review.thumbs import Thumbnailer
@@ -29,6 +29,7 @@ from shared.store.sqlite import SQLiteStore
 from .conftest import FIXTURE_MAX_DIST, make_photo, save_photo
 
 TOKEN = "test-token-0123456789"
+COOKIE = cookie_name(TOKEN)
 
 
 def _group(keep: str, remove: list[str], *, stage: str = "goldberg", score: float | None = None,
@@ -102,11 +103,13 @@ def test_not_duplicates_drops_the_group_and_lists_its_pairs():
 
 def test_totals_count_the_files_and_bytes_of_accepted_groups_only():
     review = Review(copy.deepcopy(REPORT))
-    assert review.totals() == {"groups": 3, "pending": 3, "accepted": 0, "distinct": 0, "files": 0, "bytes": 0}
+    assert review.totals() == {"groups": 3, "pending": 3, "accepted": 0, "distinct": 0, "applied": 0, "files": 0,
+                               "bytes": 0}
     review.decide(0, "accept")
     review.decide(1, "distinct")
     review.decide(2, "keep", 1)
-    assert review.totals() == {"groups": 3, "pending": 0, "accepted": 2, "distinct": 1, "files": 3, "bytes": 2300}
+    assert review.totals() == {"groups": 3, "pending": 0, "accepted": 2, "distinct": 1, "applied": 0, "files": 3,
+                               "bytes": 2300}
 
 
 def test_filters_by_folder_stage_distance_score_and_status():
@@ -150,8 +153,9 @@ def test_bad_reports_and_requests_are_refused():
         Review({"groups": []})  # no version
     twice = copy.deepcopy(REPORT)
     twice["groups"][0]["remove"].append("/p/2020/a.jpg")
-    with pytest.raises(ReviewError):
-        Review(twice)
+    review = Review(twice)
+    assert [g.files[0] for g in review.groups] == ["/p/pets/cat.jpg", "/p/burst/1.jpg"], "the bad group is left out"
+    assert review.problems == ["group 1 of the report left out: lists a file twice"]
     review = Review(copy.deepcopy(REPORT))
     with pytest.raises(ReviewError):
         review.decide(0, "delete-everything")
@@ -218,10 +222,12 @@ async def test_every_request_needs_the_token(client):
 
 
 async def test_the_token_in_the_url_sets_a_cookie_that_then_suffices_for_reading(client):
-    r = await client.get("/", params={"token": TOKEN})
+    r = await client.get("/", params={"token": TOKEN}, allow_redirects=False)
+    assert r.status == 303 and r.headers["Location"] == "/", "the token leaves the address bar"
+    assert r.cookies[COOKIE].value == TOKEN and r.cookies[COOKIE]["httponly"]
+    r = await client.get("/")
     assert r.status == 200
     assert f'content="{TOKEN}"' in await r.text(), "the page gets the token for its POST header"
-    assert r.cookies[COOKIE].value == TOKEN and r.cookies[COOKIE]["httponly"]
     assert (await client.get("/static/app.js")).status == 200, "the cookie from the first visit"
     page = await (await client.get("/api/groups")).json()
     assert page["total"] == 2
@@ -353,7 +359,7 @@ def test_review_takes_config_after_the_command_and_applies_with_trash(reported, 
     config = tmp_path / "config.yaml"
     config.write_text(f"store_path: {tmp_path / 'store.sqlite'}\nmax_dist: {FIXTURE_MAX_DIST}\n", encoding="utf-8")
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "review", "--config", str(config), "--action", "trash",
-                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--no-dry-run", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = [proc.stdout.readline(), proc.stdout.readline()]
         assert lines[0].startswith("2 groups from "), (lines, proc.stderr.read() if proc.poll() is not None else "")

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-Status = Literal["pending", "accepted", "distinct"]
+Status = Literal["pending", "accepted", "distinct", "applied"]
 REVIEWER_RULE = "reviewer"  # the rule of a group whose kept copy a person picked
 MAX_PAGE = 200
 
@@ -40,6 +40,7 @@ class GroupState:
     status: Status = "pending"
     keep: int = 0
     distances: dict[str, float] = field(default_factory=dict)  # to a kept copy the person picked
+    outcomes: dict[str, dict] = field(default_factory=dict)  # what Apply did to each removal
 
     def removals(self) -> list[str]:
         return [p for i, p in enumerate(self.files) if i != self.keep]
@@ -48,17 +49,45 @@ class GroupState:
         return max(self.group.get("distances", {}).values(), default=0.0)
 
 
+def group_problem(group: object) -> str | None:
+    """Why a report's group cannot be reviewed, or None: it must name a kept file and its
+    removals, each once, each with its facts (size, mtime)."""
+    if not isinstance(group, dict) or not isinstance(group.get("keep"), str) or not isinstance(group.get("remove"), list) \
+            or not group["remove"] or not all(isinstance(p, str) for p in group["remove"]):
+        return "not a group of 'keep' and 'remove' paths"
+    files = [group["keep"], *group["remove"]]
+    if len(set(files)) != len(files):
+        return "lists a file twice"
+    facts = group.get("files")
+    if not isinstance(facts, dict) or not all(isinstance(facts.get(p), dict) and isinstance(facts[p].get("size"), int)
+                                              and isinstance(facts[p].get("mtime_ns"), int) for p in files):
+        return "holds no size and mtime of some file"
+    distances, evidence = group.get("distances", {}), group.get("evidence", {})
+    if not isinstance(distances, dict) or not all(isinstance(v, (int, float)) for v in distances.values()):
+        return "its distances are not numbers"
+    if not isinstance(evidence, dict) or not all(isinstance(v, dict) for v in evidence.values()):
+        return "its evidence is not a mapping of files"
+    metadata = group.get("metadata") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, dict) for v in metadata.values()):
+        return "its metadata is not a mapping of files"
+    return None
+
+
 class Review:
+    """``problems``: one line per group of the report that was left out (malformed)."""
+
     def __init__(self, report: dict):
         if not isinstance(report, dict) or report.get("version") != 2 or not isinstance(report.get("groups"), list):
             raise ReviewError("not an image-dedup report of version 2 (write one with: image-dedup deduplicate --report)")
         self.report = report
         self.groups: list[GroupState] = []
+        self.problems: list[str] = []
         for i, g in enumerate(report["groups"]):
-            files = [g["keep"], *g["remove"]]
-            if len(set(files)) != len(files) or not set(files) <= set(g.get("files", {})):
-                raise ReviewError(f"group {i} of the report lists a file twice or without its facts")
-            self.groups.append(GroupState(i, g, files))
+            problem = group_problem(g)
+            if problem:
+                self.problems.append(f"group {i + 1} of the report left out: {problem}")
+                continue
+            self.groups.append(GroupState(len(self.groups), g, [g["keep"], *g["remove"]]))
 
     # -- lookups ------------------------------------------------------------------------------
 
@@ -79,8 +108,10 @@ class Review:
     def decide(self, gid: int, action: str, keep: int | None = None, distances: dict[str, float] | None = None) -> GroupState:
         """``accept`` the group (as it is, or with the kept copy picked before), ``keep`` another
         copy (``distances`` from it to the others, if known), ``distinct`` (not duplicates), or
-        ``reset`` to pending."""
+        ``reset`` to pending. A group already applied is done with."""
         g = self.group(gid)
+        if g.status == "applied":
+            raise ReviewError(f"group {gid + 1} was applied already")
         if action == "accept":
             g.status = "accepted"
         elif action == "keep":
@@ -95,6 +126,18 @@ class Review:
         else:
             raise ReviewError(f"unknown action {action!r}")
         return g
+
+    def applied(self, outcomes: list[dict]) -> None:
+        """What Apply did: each accepted group with an outcome for every removal is applied
+        (a dry run's checks leave it accepted), and each file's outcome is kept for the page."""
+        by_path = {o["path"]: o for o in outcomes}
+        for g in self.groups:
+            if g.status != "accepted":
+                continue
+            g.outcomes = {p: {"status": by_path[p]["status"], "reason": by_path[p]["reason"]}
+                          for p in g.removals() if p in by_path}
+            if len(g.outcomes) == len(g.removals()) and all(o["status"] != "dry_run" for o in g.outcomes.values()):
+                g.status = "applied"
 
     def distinct_pairs(self, g: GroupState) -> list[tuple[str, str]]:
         """A group marked "not duplicates": its proposed kept copy with each removal, the pairs
@@ -164,8 +207,10 @@ class Review:
                     "distance": group.get("distances", {}).get(p),
                     "evidence": group.get("evidence", {}).get(p),
                     # the other files of its unit (RAW, sidecars, video), and what only it holds
-                    "members": [os.path.basename(m["path"]) for m in facts[p].get("members") or []],
+                    "members": [os.path.basename(m["path"]) for m in facts[p].get("members") or []
+                                if isinstance(m, dict) and isinstance(m.get("path"), str)],
                     "metadata": (group.get("metadata") or {}).get(p) or {},
+                    "outcome": g.outcomes.get(p),
                 }
                 for i, p in enumerate(g.files)
             ],
@@ -180,6 +225,7 @@ class Review:
             "pending": sum(g.status == "pending" for g in self.groups),
             "accepted": len(accepted),
             "distinct": sum(g.status == "distinct" for g in self.groups),
+            "applied": sum(g.status == "applied" for g in self.groups),
             "files": len(removed),
             "bytes": sum(g.group["files"][p]["size"] for g, p in removed),
         }
@@ -187,8 +233,9 @@ class Review:
     # -- the reviewed report ------------------------------------------------------------------
 
     def reviewed_report(self) -> dict:
-        """The input report with only the accepted groups, each with the kept copy the person
-        chose; the groups marked "not duplicates" are listed under ``reviewed.distinct``."""
+        """The input report with only the accepted groups not applied yet, each with the kept
+        copy the person chose; the groups marked "not duplicates" are listed under
+        ``reviewed.distinct``."""
         groups = []
         for g in self.groups:
             if g.status != "accepted":
@@ -217,6 +264,7 @@ class Review:
             "reviewed": {
                 "groups": len(self.groups),
                 "pending": sum(g.status == "pending" for g in self.groups),
+                "applied": sum(g.status == "applied" for g in self.groups),
                 "distinct": distinct,
             },
         }

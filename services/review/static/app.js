@@ -24,12 +24,41 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-async function post(url, body) {
-  const r = await fetch(url, {
+// -- talking to the server: a server that stopped, or refused, is said so at once ------------
+
+function banner(text) {
+  $("#banner").textContent = text;
+  $("#banner").hidden = !text;
+}
+
+const OFFLINE = "The review server is not answering: it was stopped, or this machine went to sleep. " +
+  "Start image-dedup review again (your decisions so far are saved) and open the address it prints.";
+
+async function call(url, options = {}) {
+  let r;
+  try {
+    r = await fetch(url, options);
+  } catch (e) {
+    banner(OFFLINE);
+    throw new Error("the review server is not answering");
+  }
+  if (!r.ok) {
+    const text = await r.text();
+    banner(r.status === 403 ? `Refused: ${text}` : `${r.status}: ${text}`);
+    throw new Error(`${r.status}: ${text}`);
+  }
+  banner("");
+  return r.json();
+}
+
+function post(url, body) {
+  return call(url, {
     method: "POST", headers: { "Content-Type": "application/json", "X-Token": TOKEN }, body: JSON.stringify(body),
   });
-  if (!r.ok) throw new Error(`${r.status}: ${await r.text()}`);
-  return r.json();
+}
+
+async function heartbeat() {
+  try { await call("/api/info"); } catch (e) { /* the banner says it */ }
 }
 
 function filterQuery() {
@@ -43,9 +72,7 @@ async function load(offset, focus = 0) {
   const q = filterQuery();
   q.set("offset", Math.max(0, offset));
   q.set("limit", PAGE);
-  const r = await fetch(`/api/groups?${q}`);
-  if (!r.ok) { $("#groups").textContent = await r.text(); return; }
-  const page = await r.json();
+  const page = await call(`/api/groups?${q}`);
   Object.assign(state, { offset: page.offset, total: page.total, groups: page.groups, totals: page.totals });
   state.focus = Math.max(0, Math.min(focus === -1 ? page.groups.length - 1 : focus, page.groups.length - 1));
   render();
@@ -54,35 +81,52 @@ async function load(offset, focus = 0) {
 function showTotals() {
   const t = state.totals;
   $("#totals").textContent = `to free: ${t.files} files, ${bytes(t.bytes)} · accepted ${t.accepted} · ` +
-    `not duplicates ${t.distinct} · pending ${t.pending} of ${t.groups} groups`;
+    `not duplicates ${t.distinct} · pending ${t.pending} of ${t.groups} groups` +
+    (t.applied ? ` · applied ${t.applied}` : "");
   $("#apply").disabled = !t.accepted;
 }
 
 // shared/image/metadata.py FIELD_WORDS
 const FIELD_WORDS = { gps: "location", date: "capture date", keywords: "keywords", rating: "rating",
   title: "title", description: "description" };
+const number = (x) => typeof x === "number";
 
 function evidenceText(f) {
-  if (f.distance === null || f.distance === undefined) return "";
+  if (!number(f.distance)) return "";
   const parts = [`distance ${f.distance.toFixed(3)}`];
   const e = f.evidence;
   if (e) {
-    parts.push(`stage ${e.stage}`);
-    if (e.score !== null) parts.push(`score ${e.score.toFixed(2)}`);
-    if (e.similarity !== null) parts.push(`similarity ${e.similarity.toFixed(2)}`);
+    if (e.stage) parts.push(`stage ${e.stage}`);
+    if (number(e.score)) parts.push(`score ${e.score.toFixed(2)}`);
+    if (number(e.similarity)) parts.push(`similarity ${e.similarity.toFixed(2)}`);
     if (e.orientation) parts.push(`orientation ${e.orientation}`);
     if (e.reason) parts.push(e.reason);
   }
   return parts.join(" · ");
 }
 
+const DONE = { move: "moved", trash: "moved to the trash", delete: "deleted", hardlink: "replaced by a hard link" };
+
+function outcomeText(o) {
+  if (o.status === "done") return DONE[state.info.action] || "done";
+  if (o.status === "dry_run") return "checked (dry run): would be " + (DONE[state.info.action] || "removed");
+  return `${o.status}: ${o.reason}`;
+}
+
 function fileCard(g, f) {
   const keep = f.id === g.keep;
   const date = new Date(f.mtime_ns / 1e6).toLocaleString();
-  const thumb = el("img", { src: `/api/thumb/${g.index}/${f.id}`, alt: f.name, loading: "lazy" });
-  thumb.addEventListener("error", () => { thumb.replaceWith(el("span", {}, "cannot show this file")); });
-  return el("div", { class: `file${keep ? " keep" : ""}`, "data-file": f.id },
-    el("div", { class: "thumb", title: "full size", onclick: () => view(g, f) }, thumb),
+  const gone = f.outcome && f.outcome.status === "done";
+  let thumb;
+  if (gone) {
+    thumb = el("span", { class: "gone" }, outcomeText(f.outcome));
+  } else {
+    thumb = el("img", { src: `/api/thumb/${g.index}/${f.id}`, alt: f.name, loading: "lazy" });
+    thumb.addEventListener("error", () => { thumb.replaceWith(el("span", {}, "cannot show this file")); });
+  }
+  const open = g.status !== "applied";
+  return el("div", { class: `file${keep ? " keep" : ""}${gone ? " gone" : ""}`, "data-file": f.id },
+    el("div", { class: "thumb", title: gone ? "" : "full size", onclick: () => { if (!gone) view(g, f); } }, thumb),
     el("span", { class: "num" }, String(f.id + 1)),
     keep ? el("span", { class: "badge" }, `keep · ${g.rule || "ranking"}`) : "",
     el("div", { class: "name" }, f.name),
@@ -95,11 +139,14 @@ function fileCard(g, f) {
         Object.entries(f.metadata).map(([k, v]) => `${FIELD_WORDS[k] || k} ${v}`).join(" · "))
       : "",
     keep ? "" : el("button", { class: "pick", onclick: () => decide(g, "keep", f.id) }, `keep this (${f.id + 1})`),
+    f.outcome ? el("div", { class: `outcome ${f.outcome.status}` }, outcomeText(f.outcome)) : "",
+    keep || !open ? "" : el("button", { class: "pick", onclick: () => decide(g, "keep", f.id) }, `keep this (${f.id + 1})`),
   );
 }
 
 function groupCard(g, i) {
-  const status = { pending: "pending", accepted: "accepted", distinct: "not duplicates" }[g.status];
+  const status = { pending: "pending", accepted: "accepted", distinct: "not duplicates", applied: "applied" }[g.status];
+  const open = g.status !== "applied";
   return el("section", {
     class: `group ${g.status}${i === state.focus ? " focus" : ""}`, "data-group": g.index,
     onmousedown: () => focusGroup(state.groups.findIndex((x) => x.index === g.index), false),
@@ -108,10 +155,10 @@ function groupCard(g, i) {
       `Group ${g.index + 1}`,
       el("span", { class: "status" }, status),
       el("span", {}, g.keep === g.proposed_keep ? `kept: ${g.why || g.rule || "the ranking rules"}` : "kept copy picked by you"),
-      el("button", { class: "accept", onclick: () => decide(g, "accept") }, "accept (a)"),
-      el("button", { class: "distinct", onclick: () => decide(g, "distinct") }, "not duplicates (n)"),
-      el("button", { class: "compare", onclick: () => compare(g) }, "compare (c)"),
-      g.status === "pending" ? "" : el("button", { class: "reset", onclick: () => decide(g, "reset") }, "undo (u)"),
+      open ? el("button", { class: "accept", onclick: () => decide(g, "accept") }, "accept (a)") : "",
+      open ? el("button", { class: "distinct", onclick: () => decide(g, "distinct") }, "not duplicates (n)") : "",
+      open ? el("button", { class: "compare", onclick: () => compare(g) }, "compare (c)") : "",
+      open && g.status !== "pending" ? el("button", { class: "reset", onclick: () => decide(g, "reset") }, "undo (u)") : "",
     ),
     el("div", { class: "files" }, ...g.files.map((f) => fileCard(g, f))),
   );
@@ -135,6 +182,7 @@ function focusGroup(i, scroll = true) {
 }
 
 async function decide(g, action, keep = null) {
+  if (g.status === "applied") return;
   const r = await post("/api/decide", { group: g.index, action, keep });
   const i = state.groups.findIndex((x) => x.index === g.index);
   state.groups[i] = r.group;
@@ -170,20 +218,53 @@ function compare(g) {
     $(sel).replaceChildren(...g.files.map((f) => el("option", { value: f.id }, `${f.id + 1}: ${f.name}`)));
     $(sel).value = chosen;
   }
+  showOverlay("compare");
   showCompare();
   setSplit(50);
-  showOverlay("compare");
   $("#cmp-stage").focus();
 }
 
 function showCompare() {
   $("#cmp-img-a").src = `/api/full/${cmp.g.index}/${$("#cmp-a").value}`;
   $("#cmp-img-b").src = `/api/full/${cmp.g.index}/${$("#cmp-b").value}`;
+  layout();
+}
+
+const IDENTITY = [1, 0, 0, 0, 1, 0];
+
+// How a file's picture lies on the proposed kept copy's (file 0), both spanning 0..1 across
+// (a 2x3 matrix, row by row), as the verdict lined them up; null when not known.
+function ontoKept(f) {
+  if (f.id === 0) return IDENTITY;
+  const e = f.evidence;
+  if (e && e.stage === "exact") return IDENTITY;
+  return e && Array.isArray(e.transform) && e.transform.length === 6 && e.transform.every(number) ? e.transform : null;
+}
+
+// Both pictures are laid over the kept copy's frame, each turned, scaled and cropped as the
+// verdict aligned it with the kept copy, so that the slider shows what differs, not how.
+function layout() {
+  const g = cmp.g, frame = g.files[0];
+  const a = g.files[Number($("#cmp-a").value)], b = g.files[Number($("#cmp-b").value)];
+  const ta = ontoKept(a), tb = ontoKept(b);
+  const aligned = Boolean(ta && tb && frame.width > 0 && frame.height > 0);
+  $("#cmp-stage").classList.toggle("aligned", aligned);
+  $("#cmp-note").textContent = aligned ? "lined up as the verdict lined them up" : "not lined up: no alignment is known for this pair";
+  const stage = $("#cmp-stage").getBoundingClientRect();
+  const k = Math.min(stage.width / frame.width, stage.height / frame.height);
+  const w = frame.width * k, h = frame.height * k;
+  for (const [sel, t] of [["#cmp-img-a", ta], ["#cmp-img-b", tb]]) {
+    const img = $(sel).style;
+    if (!aligned) { img.left = img.top = img.width = img.height = img.transform = ""; continue; }
+    Object.assign(img, { left: `${(stage.width - w) / 2}px`, top: `${(stage.height - h) / 2}px`, width: `${w}px`, height: `${h}px` });
+    const [p, q, x, r, s, y] = t;  // in 0..1 across; in pixels of the w x h frame:
+    img.transform = `matrix(${p}, ${r * h / w}, ${q * w / h}, ${s}, ${x * w}, ${y * h})`;
+  }
 }
 
 function setSplit(pct) {
   cmp.split = Math.max(0, Math.min(100, pct));
-  $("#cmp-img-a").style.clipPath = `inset(0 ${100 - cmp.split}% 0 0)`;
+  $("#cmp-layer-a").style.clipPath = `inset(0 ${100 - cmp.split}% 0 0)`;
   $("#cmp-divider").style.left = `${cmp.split}%`;
 }
 
@@ -191,7 +272,7 @@ function stopFlicker() {
   clearInterval(cmp.timer);
   cmp.timer = null;
   $("#cmp-stage").classList.remove("flicker");
-  $("#cmp-img-a").style.visibility = "";
+  $("#cmp-layer-a").style.visibility = "";
   $("#cmp-mode").textContent = "flicker";
   setSplit(cmp.split);
 }
@@ -199,10 +280,10 @@ function stopFlicker() {
 function toggleFlicker() {
   if (cmp.timer) { stopFlicker(); return; }
   $("#cmp-stage").classList.add("flicker");
-  $("#cmp-img-a").style.clipPath = "none";
+  $("#cmp-layer-a").style.clipPath = "none";
   $("#cmp-mode").textContent = "slider";
   cmp.timer = setInterval(() => {
-    const a = $("#cmp-img-a");
+    const a = $("#cmp-layer-a");
     a.style.visibility = a.style.visibility === "hidden" ? "" : "hidden";
   }, 600);
 }
@@ -214,13 +295,22 @@ function dragTo(ev) {
 
 // -- apply -----------------------------------------------------------------------------------
 
+function applyText(t, i) {
+  const files = `${t.files} file${t.files === 1 ? "" : "s"} (${bytes(t.bytes)})`;
+  const what = {
+    move: `move ${files} to ${i.target}`,
+    trash: `move ${files} to the trash (undo brings them back)`,
+    delete: `delete ${files} for good (they cannot be brought back)`,
+    hardlink: `replace ${files} by hard links to their kept copies`,
+  }[i.action];
+  const from = `from ${t.accepted} accepted group${t.accepted === 1 ? "" : "s"}, as written to ${i.out}. ` +
+    "Pending groups are left alone. Every file is checked again first.";
+  return i.dry_run ? `Dry run: check, but change nothing; a real Apply would ${what}, ${from}` : `${what[0].toUpperCase()}${what.slice(1)}, ${from}`;
+}
+
 function askApply() {
-  const t = state.totals, i = state.info;
-  const what = i.action === "move" ? `move ${t.files} files (${bytes(t.bytes)}) to ${i.target}`
-    : i.action === "hardlink" ? `replace ${t.files} files by hard links to their kept copies`
-      : `delete ${t.files} files (${bytes(t.bytes)}) for good`;
-  $("#confirm-text").textContent = `${i.dry_run ? "Dry run: check, but not " : ""}${what}, from ${t.accepted} ` +
-    `accepted groups, as written to ${i.out}. Pending groups are left alone. Every file is checked again first.`;
+  $("#confirm-text").textContent = applyText(state.totals, state.info);
+  $("#confirm-ok").textContent = state.info.dry_run ? "Check" : "Apply";
   showOverlay("confirm");
   $("#confirm-ok").focus();
 }
@@ -232,9 +322,10 @@ async function doApply() {
     const counts = {};
     for (const o of r.outcomes) counts[o.status] = (counts[o.status] || 0) + 1;
     $("#result-text").textContent = Object.entries(counts).map(([k, v]) => `${k}: ${v}`).join(" · ") +
-      (r.journal ? ` · journal ${r.journal}` : "");
+      (r.journal ? ` · journal ${r.journal} (image-dedup undo puts them back)` : "");
     $("#result-list").replaceChildren(...r.outcomes.filter((o) => o.status === "skipped" || o.status === "error")
       .map((o) => el("li", {}, `${o.status}: ${o.path}: ${o.reason}`)));
+    await load(state.offset, state.focus);  // what was applied shows as applied, the totals as they are now
   } catch (e) {
     $("#result-text").textContent = `Apply failed: ${e.message}`;
   } finally {
@@ -284,6 +375,7 @@ $("#next-page").addEventListener("click", () => { if (state.offset + PAGE < stat
 $("#cmp-a").addEventListener("change", showCompare);
 $("#cmp-b").addEventListener("change", showCompare);
 $("#cmp-mode").addEventListener("click", toggleFlicker);
+window.addEventListener("resize", () => { if (!$("#compare").hidden) layout(); });
 const stage = $("#cmp-stage");
 stage.addEventListener("pointerdown", (ev) => { stage.setPointerCapture(ev.pointerId); dragTo(ev); });
 stage.addEventListener("pointermove", (ev) => { if (stage.hasPointerCapture(ev.pointerId)) dragTo(ev); });
@@ -292,9 +384,11 @@ $("#filters").addEventListener("input", () => { clearTimeout(typing); typing = s
 $("#filters").addEventListener("submit", (ev) => { ev.preventDefault(); load(0); });
 
 (async () => {
-  state.info = await (await fetch("/api/info")).json();
+  state.info = await call("/api/info");
   $("#source").textContent = `${state.info.source} → decisions written to ${state.info.out} · Apply will ` +
     `${state.info.dry_run ? "only check (dry run)" : state.info.action}` +
-    (state.info.action === "move" ? ` to ${state.info.target}` : "");
+    (state.info.action === "move" && !state.info.dry_run ? ` to ${state.info.target}` : "");
+  $("#apply").textContent = state.info.dry_run ? "Check (dry run)…" : "Apply…";
   await load(0);
+  setInterval(heartbeat, 5000);
 })();
