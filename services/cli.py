@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from services import ROLES
@@ -274,9 +275,11 @@ def _list_groups(line, decisions, report: Path | None) -> None:
         line("--report FILE writes them (for image-dedup review and apply)")
 
 
-def _interruptible(run):
-    """Run ``run(stop)`` (a coroutine function) until it returns. The first Ctrl-C sets ``stop``:
-    the command finishes what is in hand and returns its summary; a second one stops it at once."""
+def _interruptible(run, summary, then: Callable[[], None]) -> int:
+    """Run ``run(stop)`` (a coroutine function filling ``summary``), then ``then()`` (the report
+    and the summary). The first Ctrl-C sets ``stop``: the command finishes what is in hand; a
+    second one stops it at once; a later one is ignored: what was done is said, and the command
+    exits with its own status."""
     import asyncio
     import signal
 
@@ -293,14 +296,22 @@ def _interruptible(run):
                   file=sys.stderr, flush=True)
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupted)
-        return await run(stop)
+        await run(stop)
 
-    return asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        summary.interrupted = True
+    finally:  # for the rest of the command: its last words must not be cut, nor its exit status
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    then()
+    if not summary.interrupted:
+        return 0
+    print("image-dedup: interrupted: the summary above is what was done; run again to go on", file=sys.stderr)
+    return INTERRUPTED
 
 
 def _deduplicate(args, settings, console) -> int:
-    import asyncio
-
     _check_roots(settings)
     _check_outputs(settings, args.report)
     if not args.quiet and sys.stderr.isatty():  # with the progress bars, to a person watching
@@ -310,19 +321,17 @@ def _deduplicate(args, settings, console) -> int:
     from services.local import Summary, deduplicate, write_report
 
     summary = Summary()
-    try:
-        _interruptible(lambda stop: deduplicate(settings, Console(stderr=True), args.quiet, stop=stop, summary=summary))
-    except asyncio.CancelledError:
-        summary.interrupted = True
-    if args.report:
-        write_report(summary, settings, args.report)
-    _print_summary(console, summary, settings, report=args.report)
-    return _stopped(summary)
+
+    def then() -> None:
+        if args.report:
+            write_report(summary, settings, args.report)
+        _print_summary(console, summary, settings, report=args.report)
+
+    return _interruptible(lambda stop: deduplicate(settings, Console(stderr=True), args.quiet, stop=stop,
+                                                   summary=summary), summary, then)
 
 
 def _apply(args, settings, console) -> int:
-    import asyncio
-
     from rich.console import Console
 
     from services.apply import ReportError, apply_report
@@ -337,19 +346,8 @@ def _apply(args, settings, console) -> int:
     _check_roots(settings)
     _check_outputs(settings, None)
     summary = Summary()
-    try:
-        _interruptible(lambda stop: apply_report(report, settings, Console(stderr=True), args.quiet, stop, summary))
-    except asyncio.CancelledError:
-        summary.interrupted = True
-    _print_summary(console, summary, settings, scanned=False)
-    return _stopped(summary)
-
-
-def _stopped(summary) -> int:
-    if not summary.interrupted:
-        return 0
-    print("image-dedup: interrupted: the summary above is what was done; run again to go on", file=sys.stderr)
-    return INTERRUPTED
+    return _interruptible(lambda stop: apply_report(report, settings, Console(stderr=True), args.quiet, stop, summary),
+                          summary, lambda: _print_summary(console, summary, settings, scanned=False))
 
 
 def _undo(args) -> int:

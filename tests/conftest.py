@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 import struct
 import zlib
 from dataclasses import dataclass
@@ -201,7 +202,11 @@ def run_cli(isolated_env, capsys, tmp_path):
             elif "--report" in argv:
                 report_path = Path(argv[argv.index("--report") + 1])
         capsys.readouterr()
-        code = cli.main(argv)
+        ctrl_c = signal.getsignal(signal.SIGINT)
+        try:
+            code = cli.main(argv)
+        finally:  # a run leaves Ctrl-C to its end (services/cli.py: _interruptible); the tests go on
+            signal.signal(signal.SIGINT, ctrl_c)
         captured = capsys.readouterr()
         data = None
         if report_path is not None and report_path.exists():

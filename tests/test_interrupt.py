@@ -63,20 +63,29 @@ def _ctrl_c(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGINT)
 
 
-def test_ctrl_c_during_a_run_stops_after_the_files_in_hand_with_the_summary(tmp_path):
-    lib = _library(tmp_path / "lib", 60)
+def _interrupted_run(tmp_path: Path, lib: Path, presses: int) -> tuple[str, str]:
+    """A run's output after Ctrl-C was pressed ``presses`` times once it analysed a file."""
     proc = _deduplicate(tmp_path, lib)
     try:
         wait_for(lambda: _analysed(tmp_path / "s.sqlite") > 0 or proc.poll() is not None, 120, "no file analysed")
-        _ctrl_c(proc)
+        for _ in range(presses):
+            _ctrl_c(proc)
+            time.sleep(0.05)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err and "Traceback" not in out, err
+    assert "(interrupted)" in out and err.splitlines()[-1] == \
+        "image-dedup: interrupted: the summary above is what was done; run again to go on"
+    return out, err
+
+
+def test_ctrl_c_during_a_run_stops_after_the_files_in_hand_with_the_summary(tmp_path):
+    lib = _library(tmp_path / "lib", 60)
+    out, err = _interrupted_run(tmp_path, lib, 1)
     assert err.splitlines()[0] == "image-dedup: stopping after the files in hand (Ctrl-C again to stop at once)"
-    assert err.splitlines()[-1] == "image-dedup: interrupted: the summary above is what was done; run again to go on"
     assert "image-dedup summary (dry run: nothing was changed) (interrupted)" in " ".join(out.split())
     analysed = int(next(line for line in out.splitlines() if "analysed now" in line).split("│")[2])
     assert 0 < analysed < 61 and _analysed(tmp_path / "s.sqlite") == analysed, "stopped after what was in hand"
@@ -88,19 +97,7 @@ def test_ctrl_c_during_a_run_stops_after_the_files_in_hand_with_the_summary(tmp_
 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path):
-    lib = _library(tmp_path / "lib", 60)
-    proc = _deduplicate(tmp_path, lib)
-    try:
-        wait_for(lambda: _analysed(tmp_path / "s.sqlite") > 0 or proc.poll() is not None, 120, "no file analysed")
-        _ctrl_c(proc)
-        time.sleep(0.05)
-        _ctrl_c(proc)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130 and "Traceback" not in err + out, err
-    assert "(interrupted)" in out and err.splitlines()[-1].startswith("image-dedup: interrupted")
+    _interrupted_run(tmp_path, _library(tmp_path / "lib", 60), 2)
 
 
 def test_ctrl_c_on_the_daemon_stops_it_with_one_line_of_what_it_did(tmp_path):
