@@ -7,6 +7,9 @@ import json
 
 import pytest
 
+from services.watcher.handler import companion, wanted
+from shared.config import load_settings
+
 from .conftest import save_photo, summary_rows, tree_state
 
 pytestmark = pytest.mark.usefixtures("isolated_env")
@@ -83,3 +86,11 @@ def test_a_file_in_a_trash_is_never_kept_even_when_a_report_says_so(run_cli, tmp
     assert tree_state(lib) == before
     [line] = [line for line in applied.out.splitlines() if line.startswith("skipped")]
     assert "sea_small.jpg: kept file refused:" in line and "is in a trash folder" in line
+
+
+def test_the_live_watch_wants_nothing_in_a_trash_not_even_a_sidecar(tmp_path):
+    settings = load_settings(source_directories=[tmp_path], duplicates_target_directory=tmp_path / "dups")
+    for folder in (".Trash-1000/files", "@eaDir/x", "dups/lib"):
+        assert not wanted(str(tmp_path / folder / "IMG_1.jpg"), settings), folder
+        assert not companion(str(tmp_path / folder / "IMG_1.xmp"), settings), folder
+    assert wanted(str(tmp_path / "2020" / "IMG_1.jpg"), settings) and companion(str(tmp_path / "IMG_1.xmp"), settings)

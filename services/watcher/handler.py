@@ -71,8 +71,11 @@ def companion(path: str, settings: Settings) -> bool:
     """Could this file below a root be a sidecar or a Live Photo video (not an image asked
     for)? The live watch tells the hasher of it, so a unit is decided whole whatever order its
     files arrive in."""
-    return (root_of(path, settings.source_directories) is not None and bundles.is_companion_name(os.path.basename(path))
-            and os.path.splitext(path)[1].lower() not in settings.file_extensions and not settings.is_excluded(path))
+    root = root_of(path, settings.source_directories)
+    return (root is not None and bundles.is_companion_name(os.path.basename(path))
+            and os.path.splitext(path)[1].lower() not in settings.file_extensions and not settings.is_excluded(path)
+            and not _in_skipped_folder(os.path.dirname(os.path.normpath(os.path.abspath(path))), root,
+                                       skipped_folders(settings)))
 
 
 def walk(
