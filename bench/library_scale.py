@@ -118,12 +118,12 @@ async def run(args: argparse.Namespace, work: Path) -> dict:
         out["insert_per_s"] = args.records / insert_s
         group = np.concatenate(groups)
         cpu0, t0 = time.process_time(), time.perf_counter()
-        decisions = await match_library(paths, store, ledger, settings, _agrees, lambda n: None)
+        decisions, _ = await match_library(paths, store, ledger, settings, _agrees, lambda n: None)
         out["plan_s"] = time.perf_counter() - t0
         out["plan_cpu_s"] = time.process_time() - cpu0
         out.update(score(decisions, group))
         t0 = time.perf_counter()
-        again = await match_library(paths, store, ledger, settings, _agrees, lambda n: None)
+        again, _ = await match_library(paths, store, ledger, settings, _agrees, lambda n: None)
         out["rerun_s"] = time.perf_counter() - t0
         out["rerun_same"] = again == decisions
     finally:
