@@ -24,7 +24,7 @@ def _yaml(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
 def test_defaults(isolated_env):
     s = load_settings()
     assert s.dry_run is True
-    assert (s.max_dist, s.min_similarity, s.min_agreement) == (0.40, 0.55, 0.85)
+    assert (s.max_dist, s.min_similarity, s.min_agreement) == (0.40, 0.35, 0.85)
     assert s.match_orientations is True
     assert s.source_directories == []
     assert s.prioritization_rules == DEFAULT_RULES

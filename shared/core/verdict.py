@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..image.compare import NO_DETAILS, BothWays
+from ..image.compare import NO_DETAILS, Agreement, BothWays
 from ..image.embedding import cosine
 from ..image.pixels import FileVersion
 from ..image.signature import distances, orientations
@@ -64,6 +64,19 @@ def goldberg(a: ImageRecord, b: ImageRecord, turns: bool) -> tuple[float, int]:
     return float(found[best]), best
 
 
+def looked(both: BothWays) -> Agreement:
+    """What the pixels say of b against a, from one look or both ways (``shared.image.compare.
+    both_ways``): a refusal from either look stands, otherwise the better fit of the two
+    decides; when neither could line the pictures up, the first look says so."""
+    forth, back = both
+    looks = [forth] if back is None else [forth, back.turned_round()]
+    refused = [r for r in looks if r.refuses]
+    if refused:
+        return refused[0]
+    usable = [r for r in looks if not r.reason]
+    return max(usable, key=lambda r: r.score) if usable else forth
+
+
 def _no(reason: str, **facts) -> Evidence:
     return Evidence(same=False, stage="none", reason=reason, **facts)
 
@@ -89,24 +102,18 @@ async def same_photo(a: ImageRecord, b: ImageRecord, thresholds: Thresholds, loo
         stage = "embedding"
     else:
         return _no("neither the signature nor the embedding is close", **facts)
-    # looked at both ways unless the first look settles it (shared.image.compare.both_ways): a
-    # refusal from either look stands, otherwise the better fit of the two decides
-    forth, back = await look(version(a), version(b), thresholds.match_orientations)
-    both = [forth] if back is None else [forth, back.turned_round()]
-    refused = [r for r in both if r.refuses]
-    usable = [r for r in both if not r.reason]
-    if refused:
-        facts.update(score=refused[0].score, transform=refused[0].transform)
-        return _no(refused[0].reason, **facts)
-    if not usable:
+    found = looked(await look(version(a), version(b), thresholds.match_orientations))
+    if found.refuses:
+        facts.update(score=found.score, transform=found.transform)
+        return _no(found.reason, **facts)
+    if found.reason:
         if dist <= PLAIN_MAX_DIST:
             # pictures too plain for keypoints (graphics, soft shapes) are judged by the
             # signature alone, at the strict distance that kept every look-alike apart
             return Evidence(same=True, stage="goldberg", **facts)
         return _no(NO_DETAILS, **facts)
-    agreed = max(usable, key=lambda r: r.score)
-    facts.update(orientation=agreed.orientation, score=agreed.score, transform=agreed.transform)
-    if agreed.score < thresholds.min_agreement:
-        moved = 1.0 - agreed.score
+    facts.update(orientation=found.orientation, score=found.score, transform=found.transform)
+    if found.score < thresholds.min_agreement:
+        moved = 1.0 - found.score
         return _no(f"{moved:.0%} of the picture moved against the rest (another moment or viewpoint)", **facts)
     return Evidence(same=True, stage=stage, **facts)

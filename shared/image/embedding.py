@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-#: Measured on the kit's four libraries: 224, 192 and 160 px find the same copies (the least
+#: Measured on the kit's four fixed libraries: 224, 192 and 160 px find the same copies (the least
 #: cosine of a copy found by the embedding alone is 0.76, 0.74 and 0.72 against the threshold
-#: 0.55), and the model costs 3.9, 2.9 and 2.1 ms per image on one core; 192 keeps the margin.
+#: 0.55 then), and the model costs 3.9, 2.9 and 2.1 ms per image on one core; 192 keeps the margin.
 #: A change of size is a change of ANALYSIS_VERSION (shared.image.signature).
 INPUT_SIZE = 192
 DIMENSIONS = 512

@@ -8,11 +8,12 @@ process decodes the two files."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections import OrderedDict
 
 from .compare import MAX_SIDE, Agreement, BothWays, Features, both_ways
-from .signature import Analysis, ImageError, analyze_for_comparison, load_grey
+from .signature import Analysis, ImageError, analyze_for_comparison, load_colour, load_grey
 
 FileVersion = tuple[str, int, int]  # path, size, mtime_ns: a cache key that changes with the file
 
@@ -55,7 +56,7 @@ Sent = tuple[Features | None, Features | None]  # the pictures of a pair, when t
 def _features(version: FileVersion, sent: Features | None) -> Features:
     found = _pictures.get(version)
     if found is None:
-        found = sent if sent is not None else Features(load_grey(version[0], MAX_SIDE))
+        found = sent if sent is not None else Features(load_grey(version[0], MAX_SIDE), _colour(version[0]))
         _pictures.keep(version, found)
     return found
 
@@ -64,7 +65,12 @@ def analyze_with_picture(path: str) -> tuple[Analysis, FileVersion, Features]:
     """``signature.analyze``, and the comparison's picture of the file from the same decode,
     with the file's version, for a caller that sends it with the comparisons (ProcessSigner)."""
     analysis, version, grey = analyze_for_comparison(path, MAX_SIDE)
-    return analysis, version, Features(grey)
+    return analysis, version, Features(grey, _colour(path))
+
+
+def _colour(path: str):
+    """What decodes the file's picture in colour, when the comparison asks (picklable)."""
+    return functools.partial(load_colour, path, MAX_SIDE)
 
 
 def compare_files(a: FileVersion, b: FileVersion, turns: bool, sent: Sent = (None, None)) -> BothWays:
@@ -79,3 +85,4 @@ def compare_files(a: FileVersion, b: FileVersion, turns: bool, sent: Sent = (Non
 async def look_in_thread(a: FileVersion, b: FileVersion, turns: bool) -> BothWays:
     """The comparison off the event loop (OpenCV and numpy release the GIL)."""
     return await asyncio.to_thread(compare_files, a, b, turns)
+

@@ -469,6 +469,7 @@ class _Decoded:
     frames: int
     rgb: Image.Image | None  # small RGB image for the embedding, when asked for
     version: tuple[str, int, int]  # path, size, mtime_ns of the file as it was read
+    colour: np.ndarray | None = None  # luma and chroma (Y, Cb, Cr) at the grey's size, when asked for
 
 
 def _rgb(img: Image.Image) -> Image.Image:
@@ -484,7 +485,7 @@ def _rgb(img: Image.Image) -> Image.Image:
 MAX_FILE_BYTES = 1 << 30
 
 
-def _decode(path: str, target: int, rgb_target: int = 0, digest: bool = True) -> _Decoded:
+def _decode(path: str, target: int, rgb_target: int = 0, digest: bool = True, colour: bool = False) -> _Decoded:
     with open(path, "rb") as fh:
         st = os.fstat(fh.fileno())
         size = st.st_size
@@ -511,9 +512,10 @@ def _decode(path: str, target: int, rgb_target: int = 0, digest: bool = True) ->
             # DCT-scaled, and the decoder's own colour space: its luma is the grey levels, and
             # the colour for the embedding comes from the same decode (it is entropy decoding,
             # not the scale, that costs)
-            img.draft("YCbCr" if rgb_target else "L", (target, target))
+            img.draft("YCbCr" if rgb_target or colour else "L", (target, target))
         img.load()
         tags, date, orientation = _exif_info(img) if raw is None else (*raw_exif(path), raw.orientation)
+        ycc = img if colour and img.mode == "YCbCr" else None
         if img.mode == "YCbCr":
             if rgb_target:
                 rgb = img.reduce(_reduce_factor(*img.size, rgb_target)).convert("RGB")
@@ -529,15 +531,20 @@ def _decode(path: str, target: int, rgb_target: int = 0, digest: bool = True) ->
                     pass
         if rgb_target and rgb is None:
             rgb = _rgb(img)
+        if colour and ycc is None:
+            ycc = _rgb(img).convert("YCbCr")
+        planes = None if ycc is None else np.asarray(ycc)
         grey = _grey_array(img)
     transform = _ORIENTATION_TRANSFORMS.get(orientation)
     if transform is not None:
         grey = np.ascontiguousarray(transform(grey))
+        if planes is not None:
+            planes = np.ascontiguousarray(transform(planes))
         if rgb is not None:
             rgb = Image.fromarray(np.ascontiguousarray(transform(np.asarray(rgb))))
         if orientation >= 5:  # 5-8 swap the axes
             width, height = height, width
-    return _Decoded(fmt, width, height, tags, date, grey, content, frames, rgb, (path, size, st.st_mtime_ns))
+    return _Decoded(fmt, width, height, tags, date, grey, content, frames, rgb, (path, size, st.st_mtime_ns), planes)
 
 
 def _image_errors(fn):
@@ -612,6 +619,22 @@ def comparison_grey(grey: np.ndarray, max_side: int) -> np.ndarray:
         img = Image.fromarray(grey).resize((max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.BOX)
         grey = np.asarray(img)
     return np.ascontiguousarray(grey)
+
+
+@_image_errors
+def load_colour(path: str, max_side: int) -> np.ndarray:
+    """The file's picture as ``load_grey`` makes it, in luma and chroma: (h, w, 3) uint8 planes
+    Y, Cb, Cr. The comparison asks for it only where grey levels alone cannot tell a colour
+    edit from other content."""
+    planes = _decode(os.fspath(path), DRAFT_TARGET, digest=False, colour=True).colour
+    assert planes is not None
+    h, w = planes.shape[:2]
+    k = max_side / max(h, w)
+    if k < 1:
+        size = (max(1, round(w * k)), max(1, round(h * k)))
+        planes = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(planes[:, :, i])).resize(size, Image.Resampling.BOX))
+                           for i in range(3)], axis=2)
+    return np.ascontiguousarray(planes)
 
 
 @_image_errors

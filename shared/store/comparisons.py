@@ -18,7 +18,7 @@ from ..image.compare import Agreement, BothWays
 from ..image.pixels import FileVersion
 from . import Ledger
 
-COMPARE_VERSION = 10
+COMPARE_VERSION = 11
 
 
 def ledger_key(*parts: object) -> str:

@@ -1,0 +1,145 @@
+"""Bands added around a photo: borders, frames, letterbox bars, square padding (a uniform colour
+or a blurred fill) and caption bars. Pure computation on a grey picture.
+
+A copy made by adding them shows the whole photo plus area that was never part of it; the
+comparison leaves that area out (a caption is not "other content") and provenance reads it as
+the sign of a copy ("padded to a square"). A band is found by its seam: the photo begins at a
+straight line running the whole width (or height) of the picture, where a plain colour or a
+blurred fill stops. A plain part of the photo itself (a fog, a wall) has no such line, or not
+one matched on the opposite side, and the comparison checks every band against the other
+picture: a band that shows what the other shows there is put back (``shared.image.compare``).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+Bands = tuple[int, int, int, int]  # lines added at the top, bottom, left and right
+NONE: Bands = (0, 0, 0, 0)
+
+#: A bar's colour: grey levels within this of the colour of its outermost two lines (a JPEG's
+#: noise on a plain area stays within 2-3 levels at quality 40 and up)
+BAR_TOLERANCE = 6
+#: Lines whose share of pixels in the bar's colour is at least this are the bar's own: a
+#: caption's one line of text (font at about half the bar's height) covers under half a line
+CLEAN = 0.85
+#: ... and the photo, in the SEAM_LINES lines just past the seam (past a line of resampling or
+#: JPEG blur), has at most this share in that colour: a caption's text lines have more
+PHOTO = 0.3
+SEAM_LINES = 6
+BAR_MEAN = 0.6  # the bar as a whole, text included, is mostly its colour
+MAX_BAND = 0.45  # of a side: a copy pads a photo to a square or 9:16, it does not hide it
+#: A blurred fill (Instagram's square padding) has almost no fine detail; where it meets the
+#: photo the fine detail jumps (a sharp edge against a blurred one, often a dimmed one): the
+#: seam's line has this many times the fill's detail, and at least this share of the photo's.
+#: Fills are added on two opposite sides, the photo centred between them.
+SEAM_OVER_FILL = 6.0
+SEAM_OVER_PHOTO = 0.4
+FILL_UNDER_PHOTO = 0.8
+CENTRED_PX = 3  # the two fills differ by at most this (plus 1% of the side): the photo is centred
+
+
+def _lines(x: np.ndarray, side: int) -> np.ndarray:
+    """``x`` seen from one side: its lines from the top, bottom, left or right edge inwards."""
+    return (x, x[::-1], x.T, x.T[::-1])[side]
+
+
+def _bar(grey: np.ndarray, detail: np.ndarray, side: int) -> int:
+    """Lines of a plain bar along one side (a border, a letterbox bar, a caption), or 0."""
+    lines = _lines(grey, side).astype(np.int16)
+    n = lines.shape[0]
+    colour = int(np.median(lines[:2]))
+    share = (np.abs(lines - colour) <= BAR_TOLERANCE).mean(axis=1)
+    if share[0] < CLEAN:
+        return 0
+    fine = _lines(detail, side).mean(axis=1)
+    seams = []
+    for k in range(2, int(MAX_BAND * n)):
+        if share[k] >= CLEAN or share[max(0, k - 3):k].min() < CLEAN or share[:k].mean() < BAR_MEAN:
+            continue
+        past = slice(k + 2, k + 2 + SEAM_LINES)
+        # the photo begins: other colours, or (a photo holding the bar's colour) detail the bar has not
+        if share[past].mean() <= PHOTO or fine[past].mean() >= max(SEAM_OVER_FILL * float(np.median(fine[:k])), 1.0):
+            seams.append(k)
+    # a caption's line of text looks like the photo beginning, but the bar's colour comes back
+    # after it, and the bar then ends at another such line: the last of a run of seams, each
+    # within a text line's height (3 times the margin above it) of the one before
+    found = seams[:1]
+    for k in seams[1:]:
+        if k - found[-1] > 8 + 4 * found[0]:
+            break
+        found.append(k)
+    return found[-1] if found else 0
+
+
+def _fill(detail: np.ndarray, side: int) -> int:
+    """Lines of a blurred fill along one side, ending at a seam, or 0."""
+    profile = _lines(detail, side).mean(axis=1)
+    n = len(profile)
+    for k in range(4, int(MAX_BAND * n)):
+        seam = profile[k]
+        if seam < profile[k - 3:k + 4].max():
+            continue
+        fill = profile[:k - 2]
+        photo = float(np.median(profile[k + 3:k + 3 + max(8, n // 4)]))
+        if seam >= SEAM_OVER_FILL * float(np.median(fill)) and seam >= SEAM_OVER_PHOTO * photo \
+                and float(fill.mean()) <= FILL_UNDER_PHOTO * photo:
+            return k
+    return 0
+
+
+def fine_detail(grey: np.ndarray) -> np.ndarray:
+    """How far each pixel stands out from its neighbourhood (grey levels): none on a plain bar
+    or a blurred fill, some on a photo."""
+    g = grey.astype(np.float32)
+    return np.abs(g - cv2.GaussianBlur(g, (0, 0), 3.0))
+
+
+def find(grey: np.ndarray) -> Bands:
+    """The bands added around the photo in ``grey`` (uint8), in lines from each edge."""
+    detail = fine_detail(grey)
+    found = [_bar(grey, detail, side) for side in range(4)]
+    for first, second in ((0, 1), (2, 3)):
+        n = grey.shape[0] if first == 0 else grey.shape[1]
+        for one, two in ((first, second), (second, first)):  # padding is centred: a bar's twin
+            if found[one] and not found[two] and _plain_as(grey, two, found[one], grey_of(grey, one, found[one])):
+                found[two] = found[one]
+        fills = [_fill(detail, first), _fill(detail, second)]
+        for i, (one, two) in enumerate(((first, second), (second, first))):  # a fill's seam may not show
+            if fills[i] and not fills[1 - i] and _smooth(detail, two, fills[i]):
+                fills[1 - i] = fills[i]
+        if all(fills) and abs(fills[0] - fills[1]) <= CENTRED_PX + 0.01 * n:
+            found[first], found[second] = max(found[first], fills[0]), max(found[second], fills[1])
+    return tuple(found)  # type: ignore[return-value]
+
+
+def grey_of(grey: np.ndarray, side: int, lines: int) -> int:
+    return int(np.median(_lines(grey, side)[:lines]))
+
+
+def _plain_as(grey: np.ndarray, side: int, lines: int, colour: int) -> bool:
+    """Are the first ``lines`` lines of ``side`` a bar of ``colour`` (where the photo meets it
+    in the same colour, its seam does not show)?"""
+    band = _lines(grey, side)[:lines].astype(np.int16)
+    return bool((np.abs(band - colour) <= BAR_TOLERANCE).mean(axis=1).min() >= CLEAN)
+
+
+def _smooth(detail: np.ndarray, side: int, lines: int) -> bool:
+    """Have the first ``lines`` lines of ``side`` as little fine detail as a fill?"""
+    profile = _lines(detail, side).mean(axis=1)
+    return float(profile[:lines].mean()) <= FILL_UNDER_PHOTO * float(np.median(profile[lines:lines + max(8, len(profile) // 4)])) \
+        and float(profile[:lines].max()) * SEAM_OVER_FILL <= float(profile[lines:lines + max(8, len(profile) // 4)].max())
+
+
+def mirrored(bands: Bands) -> Bands:
+    top, bottom, left, right = bands
+    return top, bottom, right, left
+
+
+def mask(shape: tuple[int, int], bands: Bands) -> np.ndarray:
+    """True on the photo, False on the bands."""
+    top, bottom, left, right = bands
+    out = np.zeros(shape, bool)
+    out[top:shape[0] - bottom, left:shape[1] - right] = True
+    return out
