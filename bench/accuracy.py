@@ -60,7 +60,7 @@ async def plan_report(lib: Path, store_path: Path, overrides: dict, threads: int
     pool = ProcessSigner(threads)
     try:
         paths = [p async for p in store.iter_paths()]
-        groups = await plan(paths, store=store, settings=settings, look=pool.look)
+        groups = await plan(paths, store=store, settings=settings, look=pool.look, measure=pool.measure)
     finally:
         pool.close()
         await store.close()

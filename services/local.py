@@ -25,7 +25,8 @@ from shared.actions import Journal, recover, remove_empty_folders
 from shared.bus import InProcessBus
 from shared.config import Settings
 from shared.core.verdict import Look
-from shared.image.pixels import look_in_thread
+from shared.core.provenance import Measure
+from shared.image.pixels import look_in_thread, measure_in_thread
 from shared.messages import Decision, FileEvent, Message
 from shared.store import Ledger, Store
 from shared.store.comparisons import COMPARE_VERSION, ledger_key
@@ -73,7 +74,8 @@ class Summary:
                     "keep": d.keep.path,
                     "remove": [r.path for r in d.remove],
                     "rule": d.rule,
-                    "why": d.why,
+                    "why": d.why,  # why the kept copy was kept over the runner-up, in words
+                    "kept_over": {r.path: r.why for r in d.remove if r.why},  # ... and over each removal
                     "distances": {r.path: r.distance for r in d.remove},
                     "evidence": {r.path: r.evidence.model_dump() for r in d.remove if r.evidence},
                     "files": {f.path: facts(f) for f in (d.keep, *d.remove)},
@@ -191,7 +193,8 @@ async def deduplicate(
                 with phases.phase("match", len(found)) as advance:
                     matched = await _unless_stopped(stop, match_library(
                         [f.path for f in found], store, ledger, settings,
-                        signer.look if signer is not None else look_in_thread, advance))
+                        signer.look if signer is not None else look_in_thread, advance,
+                        signer.measure if signer is not None else measure_in_thread))
                 if matched is not None:
                     summary.decisions, summary.across_roots_left_out = matched
 
@@ -236,7 +239,8 @@ PLAN_SETTINGS = {"source_directories", "reference_directories", "max_dist", "min
 
 
 async def match_library(
-    paths: list[str], store: Store, ledger: Ledger, settings: Settings, look: Look, advance: Callable[[int], None]
+    paths: list[str], store: Store, ledger: Ledger, settings: Settings, look: Look, advance: Callable[[int], None],
+    measure: Measure = measure_in_thread,
 ) -> tuple[list[Decision], int]:
     """Phase 4: the decisions, and how many pairs across roots were left out (across_dirs
     off). The plan depends only on the files (their versions and contents), the settings
@@ -268,7 +272,7 @@ async def match_library(
     left_out: set[frozenset[str]] = set()
     decisions = [to_decision(g) for g in await plan(paths, store=store, settings=settings, ledger=ledger,
                                                     look=look, on_progress=advance,
-                                                    across_roots_left_out=left_out)]
+                                                    across_roots_left_out=left_out, measure=measure)]
     await ledger.remember({key: {"fingerprint": fingerprint, "across_roots_left_out": len(left_out),
                                  "decisions": [d.model_dump(mode="json") for d in decisions]}})
     return decisions, len(left_out)

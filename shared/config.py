@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 RuleName = Literal[
+    "original",
     "with_raw",
     "with_video",
     "with_sidecar",
@@ -98,7 +99,9 @@ class Settings(BaseSettings):
     )
     prioritization_rules: list[RuleName] = Field(
         default_factory=lambda: list(DEFAULT_RULES),
-        description="How the copy to keep is chosen, first rule first; the path breaks the last tie.",
+        description="How the copy to keep is chosen, first rule first; the path breaks the last tie. original: "
+        "a file made from another one (upscaled, cropped, padded, captioned, re-saved, re-encoded, turned) is "
+        "never kept over it; leave it out for the plain order of the others.",
     )
     across_dirs: bool = Field(False, description="May a duplicate lie in another root than the copy it matches?")
     max_file_modification_time_diff: float | None = Field(

@@ -89,6 +89,7 @@ class Removal(FileRef):
     distance: float
     evidence: Evidence | None = None
     metadata: dict[str, str] = Field(default_factory=dict)  # what only this copy holds, in words per field
+    why: str = ""  # why the kept file was kept over this one, in words ("bigger file: 2.1 MB vs 1.4 MB")
 
 
 class Decision(_Message):
@@ -99,7 +100,7 @@ class Decision(_Message):
     keep: FileRef
     remove: list[Removal]
     rule: str = ""
-    why: str = ""  # the rule in words
+    why: str = ""  # why the kept file was kept over the runner-up, in words
 
 
 class FileRemoved(_Message):

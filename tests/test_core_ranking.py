@@ -10,6 +10,7 @@ import pytest
 
 from shared.config import DEFAULT_RULES
 from shared.core.bundles import Unit
+from shared.core.provenance import Lineage
 from shared.core.ranking import pair_allowed, rank_key
 from shared.core.ranking import plan_groups as _plan_groups
 
@@ -22,6 +23,7 @@ from shared.store import ImageRecord
 # For each rule: (attributes of the better file, attributes of the worse file). rank_key also
 # takes the mean distance and the score, passed as "distance" / "score" here.
 GOOD_BAD = {
+    "original": ({"made": False}, {"made": True}),
     "with_raw": ({"raw": True}, {"raw": False}),
     "with_video": ({"video": True}, {"video": False}),
     "with_sidecar": ({"sidecar": True}, {"sidecar": False}),
@@ -36,10 +38,11 @@ GOOD_BAD = {
     "higher_score": ({"score": 3}, {"score": 1}),
 }
 NEUTRAL = {"width": 350, "exif_tags": 5, "size": 4500, "mtime_ns": 1_500_000_000, "distance": 0.1,
-           "copy": False, "name_len": 10, "folder_len": 4, "score": 2, "raw": False, "video": False, "sidecar": False}
+           "copy": False, "name_len": 10, "folder_len": 4, "score": 2, "raw": False, "video": False, "sidecar": False,
+           "made": False}
 
 
-def _record(attrs: dict) -> tuple[ImageRecord, float, int, Unit]:
+def _record(attrs: dict) -> tuple[ImageRecord, float, int, Unit, Lineage | None]:
     folder = "/r/" + "f" * attrs["folder_len"]
     stem = ("copy_" if attrs["copy"] else "") + "p" * attrs["name_len"]
     stem = stem[: max(attrs["name_len"], 4)]
@@ -49,7 +52,9 @@ def _record(attrs: dict) -> tuple[ImageRecord, float, int, Unit]:
     # the files that go with it: its RAW, its Live Photo video, its sidecar
     unit = Unit((f"{stem}.jpg", *([f"{stem}.NEF"] if attrs["raw"] else [])),
                 tuple([f"{stem}.MOV"] * attrs["video"] + [f"{stem}.xmp"] * attrs["sidecar"]))
-    return rec, attrs["distance"], attrs["score"], unit
+    # how it was made from another file of its component, when it was
+    made = Lineage(path, "/r/source.jpg", "upscaled 1.6x") if attrs["made"] else None
+    return rec, attrs["distance"], attrs["score"], unit, made
 
 
 def _pair_for(rule: str, order: list[str]) -> tuple[dict, dict]:
@@ -70,7 +75,7 @@ def _best(records, rules, use_exif=True):
     return keyed[0][0]
 
 
-def test_default_rules_are_the_twelve_in_documented_order():
+def test_default_rules_are_the_thirteen_in_documented_order():
     assert DEFAULT_RULES == list(GOOD_BAD)
 
 

@@ -310,12 +310,15 @@ def test_services_on_hosts_of_their_own_move_what_local_mode_moves_and_undo_take
                  lambda: f"moved {sorted(removed() ^ expected)[:6]} apart from local mode\n{services.log_text()}")
         time.sleep(3)  # and nothing more
         assert removed() == expected
-        # a 2x upscaled copy of a kept photo arrives after the run converged: it is the better
-        # copy now, and the old keeper is moved for it, as local mode would (a newer decision
-        # supersedes the one that kept it)
+        # a copy of a kept photo with twice its pixels, and older (restored from a backup, say: so
+        # it cannot be a copy made from the kept one), arrives after the run converged: it is the
+        # better copy now, and the old keeper is moved for it, as local mode would (a newer
+        # decision supersedes the one that kept it)
         kept, bigger = photos / "album0" / "img0000.jpg", photos / "album0" / "img0000 big.jpg"
         with Image.open(kept) as img:
             img.resize((img.width * 2, img.height * 2), Image.LANCZOS).save(bigger, quality=95)
+        older = kept.stat().st_mtime - 3600
+        os.utime(bigger, (older, older))
         wait_for(lambda: not kept.exists(), 120, lambda: f"the old keeper stayed\n{services.log_text()}")
         time.sleep(3)
         assert bigger.exists() and removed() == expected | {"album0/img0000.jpg"}

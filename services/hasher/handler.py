@@ -18,7 +18,7 @@ from shared.bus import Reject
 from shared.config import Settings
 from shared.messages import FileEvent, ImageSigned
 from shared.core.safety import Unsafe, confine, root_of
-from shared.image import compare
+from shared.image import compare, lineage
 from shared.image.compare import BothWays
 from shared.image.pixels import FileVersion, Pictures, analyze_with_picture, compare_files
 from shared.image.signature import ANALYSIS_VERSION, Analysis, ImageError, analyze, words
@@ -88,6 +88,10 @@ class ProcessSigner:
         """The verdict's pixel comparison, in the same pool (shared.core.verdict.Look)."""
         sent = (None, None) if self._kept is None else (self._kept.get(a), self._kept.get(b))
         return await asyncio.get_running_loop().run_in_executor(self._pool, compare_files, a, b, turns, sent)
+
+    async def measure(self, kind: str, copy: FileVersion, source: FileVersion, turn: int) -> object:
+        """A provenance measure on the full pixels, in the same pool (shared.core.provenance.Measure)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, lineage.measure, kind, copy[0], source[0], turn)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -23,10 +23,11 @@ import numpy as np
 
 from shared.config import Settings
 from shared.core.verdict import Look, Thresholds, goldberg, same_photo, version
-from shared.image.pixels import look_in_thread
+from shared.image.pixels import look_in_thread, measure_in_thread
 from shared.messages import Decision, Evidence, FileRef, Removal
 from shared.core import bundles
-from shared.core.ranking import Group, pair_allowed, plan_groups, rule_in_words
+from shared.core.provenance import Known, Measure
+from shared.core.ranking import Group, pair_allowed, plan_groups
 from shared.core.safety import root_of
 from shared.store import ImageRecord, Ledger, Store
 from shared.store.comparisons import RememberingLook, ledger_key
@@ -296,8 +297,8 @@ class Judge:
     """Stage 2 for the components of one plan: the verdict on each pair (pixel comparisons
     recalled from the ledger and kept there), folder listings read once."""
 
-    def __init__(self, settings: Settings, ledger: Ledger | None, look: Look):
-        self.settings, self.ledger = settings, ledger
+    def __init__(self, settings: Settings, ledger: Ledger | None, look: Look, measure: Measure = measure_in_thread):
+        self.settings, self.ledger, self.measure = settings, ledger, measure
         self.thresholds = Thresholds.of(settings)
         self.remembering = RememberingLook(look, ledger)
         self.folders = Folders(bundles.unit_extensions(settings.file_extensions))
@@ -330,7 +331,8 @@ class Judge:
             return found
 
         found = await plan_groups(leads, edges, self.settings.prioritization_rules, self.settings.use_exif_data, judge,
-                                  {p: u.unit for p, u in units.items()}, self.settings.is_reference)
+                                  {p: u.unit for p, u in units.items()}, self.settings.is_reference,
+                                  Known(leads, remembering, self.thresholds.match_orientations, self.measure))
         return await asyncio.to_thread(_with_units, found, units) if found else []  # most components hold none
 
 
@@ -338,6 +340,7 @@ async def plan(
     paths: Iterable[str], *, store: Store, settings: Settings, ledger: Ledger | None = None,
     look: Look = look_in_thread, on_progress: Callable[[int], None] = lambda n: None,
     seeds: Mapping[str, ImageRecord] | None = None, across_roots_left_out: set[frozenset[str]] | None = None,
+    measure: Measure = measure_in_thread,
 ) -> list[Group]:
     """Plan the components that contain ``paths``: stage 1 (the indexes) links candidates into
     components, and each component is planned with the verdict (stage 2) as its judge. With a
@@ -350,7 +353,7 @@ async def plan(
     await store.refresh()  # every record written before this call is found
     found = await retrieve(paths, store=store, settings=settings, seeds=seeds, on_progress=on_progress,
                            across_roots_left_out=across_roots_left_out)
-    judge = Judge(settings, ledger, look)
+    judge = Judge(settings, ledger, look, measure)
     groups: list[Group] = []
     done: set[str] = set()  # the files of the units planned already
     for part, edges in found.parts():
@@ -400,9 +403,9 @@ def to_decision(group: Group) -> Decision:
         return {**_facts(record), "members": group.members.get(record.path, ())}
 
     return Decision(
-        keep=FileRef(**facts(group.keep)), rule=group.rule, why=rule_in_words(group.rule),
-        remove=[Removal(**facts(r), distance=e.distance or 0.0, evidence=e, metadata=group.metadata.get(r.path, {}))
-                for r, e in group.remove],
+        keep=FileRef(**facts(group.keep)), rule=group.rule, why=group.why,
+        remove=[Removal(**facts(r), distance=e.distance or 0.0, evidence=e, metadata=group.metadata.get(r.path, {}),
+                        why=group.kept_over.get(r.path, "")) for r, e in group.remove],
     )
 
 

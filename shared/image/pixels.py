@@ -12,6 +12,7 @@ import functools
 import threading
 from collections import OrderedDict
 
+from . import lineage
 from .compare import MAX_SIDE, Agreement, BothWays, Features, both_ways
 from .signature import Analysis, ImageError, analyze_for_comparison, load_colour, load_grey
 
@@ -86,3 +87,7 @@ async def look_in_thread(a: FileVersion, b: FileVersion, turns: bool) -> BothWay
     """The comparison off the event loop (OpenCV and numpy release the GIL)."""
     return await asyncio.to_thread(compare_files, a, b, turns)
 
+
+async def measure_in_thread(kind: str, copy: FileVersion, source: FileVersion, turn: int) -> object:
+    """A provenance measure (``shared.image.lineage``) off the event loop."""
+    return await asyncio.to_thread(lineage.measure, kind, copy[0], source[0], turn)
