@@ -93,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
 
     review_command.add_parser(sub, [common], _path)
 
+    explain = sub.add_parser("explain", parents=[common],
+                             help="show what the verdict sees of two files, and which would be kept and why")
+    explain.add_argument("first", type=_path, metavar="A")
+    explain.add_argument("second", type=_path, metavar="B")
+    explain.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
+
     service = sub.add_parser("service", parents=[common], help="run one service of services mode (RabbitMQ)")
     service.add_argument("role", choices=ROLES)
     service.add_argument("--log-level", default="INFO")
@@ -416,6 +422,10 @@ def _main(argv: list[str] | None) -> int:
             return run_command(args, settings)
         if args.command == "distinct":
             return _distinct(args, settings)
+        if args.command == "explain":
+            from services import explain
+
+            return explain.run(args, settings)
         if args.command == "dead-letters":
             from services import dead_letters
 
@@ -435,7 +445,7 @@ def _refusals() -> tuple[type[Exception], ...]:
     """The one-line refusals of the modules this command loaded (a module that was not loaded
     raised nothing): a report that cannot be applied, a store or decoders that cannot start."""
     where = {"services.apply": "ReportError", "shared.store": "StoreUnavailable",
-             "services.hasher.handler": "WorkersUnavailable"}
+             "services.hasher.handler": "WorkersUnavailable", "services.explain": "ExplainError"}
     return tuple(getattr(sys.modules[module], name) for module, name in where.items() if module in sys.modules)
 
 
