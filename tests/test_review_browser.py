@@ -125,6 +125,9 @@ def test_review_pick_a_copy_mark_a_pair_and_apply(server, library, tmp_path):
         expect(kept).to_contain_text("2021")
         expect(harbour.locator(".file", has_text="small")).to_contain_text("400×300")
         expect(harbour.locator(".file", has_text="reencoded")).to_contain_text("distance 0.")
+        # why the kept copy was kept, in words, not a rule's name
+        expect(harbour.locator("h2 .why")).to_have_text("kept: more EXIF data: 4 tags vs 0")
+        expect(harbour.locator(".file", has_text="small")).to_contain_text("the kept copy won: more pixels: 800x600 vs 400x300")
         expect(page.locator("#totals")).to_contain_text("pending 2 of 2 groups")
         page.screenshot(path=str(shots / "review-groups.png"))
 

@@ -197,7 +197,7 @@ class Review:
             "proposed_keep": 0,
             "rule": REVIEWER_RULE if g.keep else group.get("rule", ""),
             "proposed_rule": group.get("rule", ""),
-            "why": "" if g.keep else group.get("why", ""),
+            "why": "" if g.keep else group.get("why", ""),  # in words: why the proposed copy is kept
             "files": [
                 {
                     "id": i,
@@ -211,6 +211,7 @@ class Review:
                                 if isinstance(m, dict) and isinstance(m.get("path"), str)],
                     "metadata": (group.get("metadata") or {}).get(p) or {},
                     "outcome": g.outcomes.get(p),
+                    "kept_over": None if g.keep else group.get("kept_over", {}).get(p),
                 }
                 for i, p in enumerate(g.files)
             ],

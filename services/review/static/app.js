@@ -128,7 +128,7 @@ function fileCard(g, f) {
   return el("div", { class: `file${keep ? " keep" : ""}${gone ? " gone" : ""}`, "data-file": f.id },
     el("div", { class: "thumb", title: gone ? "" : "full size", onclick: () => { if (!gone) view(g, f); } }, thumb),
     el("span", { class: "num" }, String(f.id + 1)),
-    keep ? el("span", { class: "badge" }, `keep · ${g.rule || "ranking"}`) : "",
+    keep ? el("span", { class: "badge" }, g.rule === "reviewer" ? "keep · reviewer" : "keep") : "",
     el("div", { class: "name" }, f.name),
     el("div", { class: "folder" }, f.folder),
     el("div", { class: "facts" }, `${f.width}×${f.height} · ${bytes(f.size)} · ${f.format || "?"} · ${date}`),
@@ -138,6 +138,7 @@ function fileCard(g, f) {
       ? el("div", { class: "metadata" }, "only this copy holds: " +
         Object.entries(f.metadata).map(([k, v]) => `${FIELD_WORDS[k] || k} ${v}`).join(" · "))
       : "",
+    f.kept_over ? el("div", { class: "why" }, `the kept copy won: ${f.kept_over}`) : "",
     keep ? "" : el("button", { class: "pick", onclick: () => decide(g, "keep", f.id) }, `keep this (${f.id + 1})`),
     f.outcome ? el("div", { class: `outcome ${f.outcome.status}` }, outcomeText(f.outcome)) : "",
     keep || !open ? "" : el("button", { class: "pick", onclick: () => decide(g, "keep", f.id) }, `keep this (${f.id + 1})`),
@@ -154,7 +155,7 @@ function groupCard(g, i) {
     el("h2", {},
       `Group ${g.index + 1}`,
       el("span", { class: "status" }, status),
-      el("span", {}, g.keep === g.proposed_keep ? `kept: ${g.why || g.rule || "the ranking rules"}` : "kept copy picked by you"),
+      el("span", { class: "why" }, g.keep === g.proposed_keep ? `kept: ${g.why || g.rule || "the ranking rules"}` : "kept copy picked by you"),
       open ? el("button", { class: "accept", onclick: () => decide(g, "accept") }, "accept (a)") : "",
       open ? el("button", { class: "distinct", onclick: () => decide(g, "distinct") }, "not duplicates (n)") : "",
       open ? el("button", { class: "compare", onclick: () => compare(g) }, "compare (c)") : "",
