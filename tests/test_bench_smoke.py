@@ -21,7 +21,8 @@ def _run(*args: str, timeout: float = 60) -> str:
 
 
 @pytest.mark.parametrize("script", ["matcher_scale.py", "accuracy.py", "end_to_end.py", "reference_tools.py", "store_scale.py",
-                                    "raw.py", "library_plan.py", "library_scale.py", "ann_choice.py"])
+                                    "raw.py", "library_plan.py", "library_scale.py", "ann_choice.py",
+                                    "command_overhead.py"])
 def test_help(script: str) -> None:
     assert "usage" in _run(f"bench/{script}", "--help").lower()
 
@@ -117,3 +118,8 @@ def test_reference_tools_summary(tmp_path: Path) -> None:
     out = _run("bench/reference_tools.py", "--summary", str(path))
     assert "| lib-s1 | imagehash | 1 | 0.500 | 1.000 | 0.500 | n/a | 0.000 | 1.000 | 2/20 | 1/10 |" in out
     assert "a/x removed for a/y" in out
+
+
+def test_command_overhead_tiny(tmp_path) -> None:
+    out = _run("bench/command_overhead.py", "--files", "300", "--tree", str(tmp_path / "tree"))
+    assert "found: 297" in out and "wanted: 297" in out, out

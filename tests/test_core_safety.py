@@ -43,6 +43,16 @@ def test_confine_accepts_regular_files_below_a_root(tmp_path):
     assert root_of(f, [tmp_path / "other", root]) == root
 
 
+@pytest.mark.parametrize("path, roots, expected", [
+    ("/p/a.jpg", ["/p"], "/p"), ("/p", ["/p"], "/p"), ("/p/x/../a.jpg", ["/p"], "/p"),
+    ("/px/a.jpg", ["/p"], None), ("/p/../q/a.jpg", ["/p"], None), ("/q/a.jpg", ["/p", "/q"], "/q"),
+    ("/anything/a.jpg", ["/"], "/"), ("/", ["/"], "/"), ("/p/q/a.jpg", ["/p/q", "/p"], "/p/q"),
+])
+def test_root_of_is_lexical_and_exact(path, roots, expected):
+    found = root_of(path, [Path(r) for r in roots])
+    assert found == (None if expected is None else Path(expected))
+
+
 @pytest.mark.parametrize("spelling", [
     "{outside}/b.jpg",
     "{root}/../outside/b.jpg",

@@ -3,6 +3,7 @@ ones. Walking and clean-up are plain functions so local mode can run them as pha
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,19 +25,26 @@ class FoundFile:
     mtime_ns: int
 
 
-def skipped_folders(settings: Settings) -> frozenset[Path]:
+def skipped_folders(settings: Settings) -> frozenset[str]:
     """Folders never scanned, whatever the exclusions say, besides those skipped by name
     (``shared.core.safety.never_scanned``): where duplicates are moved to, the desktop trash,
     and the thumbnail caches (the review page's and the desktop's), should a root hold them."""
+    env = os.environ
+    return _skipped_folders(settings.store_path, settings.duplicates_target_directory,
+                            env.get("XDG_DATA_HOME"), env.get("XDG_CACHE_HOME"), env.get("HOME"))
+
+
+@functools.lru_cache(maxsize=16)  # asked for every path that clean-up and the live watch look at
+def _skipped_folders(store_path: Path, target: Path | None, *environment: str | None) -> frozenset[str]:
+    """(``environment``, the variables the folders depend on, is the cache's key: a daemon or
+    a test may change them)"""
     cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    folders = [settings.store_path.parent / "thumbs", home_trash(), Path(os.path.abspath(cache_home)) / "thumbnails"]
-    if settings.duplicates_target_directory is not None:
-        folders.append(settings.duplicates_target_directory)
-    return frozenset(folders)
+    folders = [store_path.parent / "thumbs", home_trash(), Path(os.path.abspath(cache_home)) / "thumbnails"]
+    return frozenset(str(f) for f in folders + ([target] if target is not None else []))
 
 
-def _skipped(folder: str, skipped: frozenset[Path]) -> bool:
-    return never_scanned(os.path.basename(folder)) or Path(folder) in skipped
+def _skipped(folder: str, skipped: frozenset[str]) -> bool:
+    return folder in skipped or never_scanned(os.path.basename(folder))
 
 
 def wanted(path: str, settings: Settings) -> bool:
@@ -49,7 +57,7 @@ def wanted(path: str, settings: Settings) -> bool:
     return not _in_skipped_folder(folder, root, skipped_folders(settings))
 
 
-def _in_skipped_folder(folder: str, root: Path, skipped: frozenset[Path]) -> bool:
+def _in_skipped_folder(folder: str, root: Path, skipped: frozenset[str]) -> bool:
     """Is ``folder`` (a root or below it), or a folder on its way up to the root, never scanned?"""
     while len(folder) > len(str(root)):
         if _skipped(folder, skipped):

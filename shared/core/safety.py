@@ -32,9 +32,12 @@ TRASH_FOLDER = re.compile(r"\.Trash(-.*)?|\.Trashes|(?i:\$RECYCLE\.BIN)|#recycle
 SYSTEM_FOLDER = re.compile(r"@eaDir|\.@__thumb|\.thumbnails|#snapshot|@Recently-Snapshot|\.snapshot|\.zfs")
 
 
+_NEVER_SCANNED = re.compile(f"(?:{TRASH_FOLDER.pattern})|(?:{SYSTEM_FOLDER.pattern})")
+
+
 def never_scanned(name: str) -> bool:
     """Is a folder of this name skipped by every scan, whatever the exclusions say?"""
-    return bool(TRASH_FOLDER.fullmatch(name) or SYSTEM_FOLDER.fullmatch(name))
+    return _NEVER_SCANNED.fullmatch(name) is not None
 
 
 def home_trash() -> Path:
@@ -52,10 +55,12 @@ def in_trash(path: str | Path) -> bool:
 
 
 def root_of(path: str | Path, roots: Iterable[Path]) -> Path | None:
-    """The root that contains ``path`` as it is spelled (lexically, after normalisation)."""
-    norm = Path(os.path.normpath(os.path.abspath(path)))
+    """The root that contains ``path`` as it is spelled (lexically, after normalisation). On
+    strings: clean-up asks it of every stored path (Path.parents cost 25 us a path)."""
+    norm = os.path.normpath(os.path.abspath(path))
     for root in roots:
-        if norm == root or root in norm.parents:
+        spelled = str(root)  # absolute and normalised (shared.config)
+        if norm == spelled or norm.startswith(spelled.rstrip(os.sep) + os.sep):
             return root
     return None
 
