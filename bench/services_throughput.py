@@ -7,18 +7,19 @@
 Every run starts from an empty store and is a dry run (the library is never changed). Local
 mode is timed around ``services.local.deduplicate``; services mode (1 watcher, ``--hashers``,
 ``--matchers``, 1 actuator) from the moment the watcher is ready (its start-up rescan begins)
-until every file is in the store, every queue is empty and nothing is in a consumer's hand
-(the matcher acks a batch after publishing its decisions, the actuator a decision after
-checking it). Each services row says whether it reached local mode's result: the same removals
+until every file is in the store, every stored image has its plan mark (a matcher marks a
+component after publishing its decisions) and the actuator has handled as many decisions as
+the matchers published. Each services row says whether it reached local mode's result: the same removals
 (the actuator's ``dry_run`` lines against local mode's decisions).
 
 ``--store`` names the store kinds to measure, each with its own local-mode row and services
 rows (default: SQLite only); every time is also given as a multiple of the first local-mode row. With ``elasticsearch`` every run gets a fresh index
 ``bench-<uuid>`` on ``--es-url``, deleted with its ledger after the run.
 
-``--backlog-matchers N ...`` also measures how fast N matcher processes drain a backlog: the
-library's records (analysed once, in this process) are written to a fresh store, one
-``image.signed`` per image is queued, then N matchers start; timed until the queue is drained.
+``--backlog-matchers N ...`` also measures (on the last ``--store``) how fast N matcher processes drain a backlog: the
+library's records (analysed once, in this process) are written to a fresh store, N matchers
+start, one ``image.signed`` per image is published (the broker shares them out); timed until
+every image has its plan mark.
 
 Needs a RabbitMQ (``$IMAGE_DEDUP_TEST_BROKER``, default 127.0.0.1:5672, guest/guest): a
 private vhost is created and deleted.
@@ -44,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine_line  # noqa: E402
-from tests.services_support import Services, broker_url, get, queue_depths, rabbitmqctl  # noqa: E402
+from tests.services_support import Services, broker_url, get, metric, rabbitmqctl  # noqa: E402
 
 STORE_NAMES = {"sqlite": "SQLite", "elasticsearch": "Elasticsearch"}
 
@@ -112,13 +113,48 @@ def run_local(library: Path, work: Path, threads: int, es_url: str | None = None
         delete_index(es)
 
 
-def idle(vhost: str, url: str, prefix: str) -> bool:
-    """Nothing ready in any queue but the dead letters', nothing in a consumer's hand."""
-    depths = asyncio.run(queue_depths(url, prefix))
-    if any(ready for name, (ready, _) in depths.items() if not name.endswith(".dead")):
+def unplanned(store: Path, es: dict[str, str], mark: str) -> int:
+    """Stored images that have no plan yet (``Store.unplanned``, counted)."""
+    if es:
+        query = {"bool": {"filter": [{"exists": {"field": "w0"}}], "must_not": [{"term": {"planned": mark}}]}}
+        request = urllib.request.Request(f"{es['elasticsearch_url']}/{es['elasticsearch_index']}/_count",
+                                         data=json.dumps({"query": query}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())["count"]
+    with sqlite3.connect(store, timeout=30) as db:
+        return db.execute("SELECT count(*) FROM images WHERE signature IS NOT NULL AND planned IS NOT ?",
+                          (mark,)).fetchone()[0]
+
+
+def counted(services: Services, role: str, name: str) -> float:
+    return sum(metric(get(port, "/metrics")[1], name) for r, proc, port in services.procs
+               if r == role and proc.poll() is None)
+
+
+def done(services: Services, store: Path, es: dict[str, str], mark: str, files: int | None) -> bool:
+    """Every file stored (``files``), every stored image planned, and every decision the
+    matchers published handled by an actuator (when there is one): the broker's own queue
+    counts lag by seconds, the store and the services' counters do not."""
+    if files is not None and stored_count(store, es) < files:
         return False
-    out = rabbitmqctl("list_queues", "-p", vhost, "name", "messages_unacknowledged").stdout
-    return all(line.split()[-1] == "0" for line in out.splitlines()[1:] if line.strip())
+    if unplanned(store, es, mark):
+        return False
+    if not any(role == "actuator" for role, _, _ in services.procs):
+        return True
+    return counted(services, "actuator", "image_dedup_actuator_messages_total") >= counted(
+        services, "matcher", "image_dedup_matcher_duplicate_groups_total")
+
+
+#: The services' settings that differ from local mode's defaults (Services' test defaults undone)
+SAME_AS_LOCAL = {"max_dist": "0.40"}
+
+
+def mark_of(library: Path) -> str:
+    from services.matcher.handler import plan_mark
+    from shared.config import Settings
+
+    return plan_mark(Settings(source_directories=[library], **SAME_AS_LOCAL))
 
 
 DRY_RUN_LINE = re.compile(r"image_dedup\.services: dry_run \w+ (.*) \(keep ")
@@ -135,7 +171,8 @@ def run_services(library: Path, work: Path, vhost: str, hashers: int, matchers: 
     es = es_settings(es_url)
     base = work / f"svc-{hashers}-{matchers}{'-es' if es else ''}"
     services = Services(base, library, broker_url(vhost), f"bench-{uuid.uuid4().hex[:6]}",
-                        dry_run="true", threads=str(threads), match_delay="1", concurrency=str(threads + 2), **es)
+                        dry_run="true", threads=str(threads), match_delay="1", concurrency=str(threads + 2),
+                        **SAME_AS_LOCAL, **es)
     try:
         for _ in range(hashers):
             services.start("hasher")
@@ -147,12 +184,10 @@ def run_services(library: Path, work: Path, vhost: str, hashers: int, matchers: 
         while get(port, "/readyz")[0] != 200:
             time.sleep(0.02)
         started = time.monotonic()
-        url, prefix = services.env["IMAGE_DEDUP_BROKER_URL"], services.env["IMAGE_DEDUP_BROKER_PREFIX"]
-        store = base / "store.sqlite"
-        while True:
-            time.sleep(0.2)
-            if stored_count(store, es) >= files and idle(vhost, url, prefix):
-                return time.monotonic() - started, services_removed(services)
+        store, mark = base / "store.sqlite", mark_of(library)
+        while not done(services, store, es, mark, files):
+            time.sleep(0.5)
+        return time.monotonic() - started, services_removed(services)
     finally:
         services.stop()
         delete_index(es)
@@ -187,11 +222,12 @@ def run_backlog(records: list, library: Path, work: Path, vhost: str, matchers: 
     es = es_settings(es_url)
     base = work / f"backlog-{matchers}{'-es' if es else ''}"
     services = Services(base, library, broker_url(vhost), f"bench-{uuid.uuid4().hex[:6]}", dry_run="true",
-                        match_delay="1", **es)
+                        match_delay="1", **SAME_AS_LOCAL, **es)
     url, prefix = services.env["IMAGE_DEDUP_BROKER_URL"], services.env["IMAGE_DEDUP_BROKER_PREFIX"]
 
     async def fill() -> None:
-        store, ledger = await open_stores(Settings(source_directories=[library], store_path=base / "store.sqlite", **es))
+        settings = Settings(source_directories=[library], store_path=base / "store.sqlite", **SAME_AS_LOCAL, **es)
+        store, ledger = await open_stores(settings)
         try:
             await store.upsert_many(records)
         finally:
@@ -212,8 +248,9 @@ def run_backlog(records: list, library: Path, work: Path, vhost: str, matchers: 
         services.wait_ready(timeout=180)
         asyncio.run(announce())  # to ready consumers: the broker shares it out among them
         started = time.monotonic()
-        while not idle(vhost, url, prefix):
-            time.sleep(0.2)
+        store, mark = base / "store.sqlite", mark_of(library)
+        while not done(services, store, es, mark, None):
+            time.sleep(0.5)
         return time.monotonic() - started
     finally:
         services.stop()
@@ -255,7 +292,7 @@ def main() -> int:
                 rows.append({"mode": f"services, {n} hasher(s) x {threads} decoder process(es), {args.matchers} "
                                      f"matcher(s){on}", "seconds": seconds, "same": removed == local_removed,
                              "ratio": seconds / first_local})
-            if args.backlog_matchers:
+            if args.backlog_matchers and kind == args.store[-1]:
                 records = analysed(args.library)
                 for n in args.backlog_matchers:
                     seconds = run_backlog(records, args.library, work, vhost, n, es_url)

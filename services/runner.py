@@ -66,6 +66,17 @@ class Context:
     on_stop: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)  # before the bus drains
     on_close: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)  # after it closed
     failed: bool = False  # stopping because a part of the service failed: exit status 1
+    _decoders: ProcessSigner | None = None
+
+    async def decoders(self) -> ProcessSigner:
+        """The decoder processes of this service (``threads`` of them, started on first use and
+        shared by its roles): the hasher's analysis and the matcher's pixel comparisons run
+        there, off the event loop and on every core asked for."""
+        if self._decoders is None:
+            self._decoders = ProcessSigner(self.settings.threads)
+            self.on_close.append(self._decoders.close)
+            await self._decoders.start()
+        return self._decoders
 
     def spawn(self, work: Awaitable[None], what: str) -> None:
         """Run ``work`` in the background until the service stops. If it fails, the service stops
@@ -109,7 +120,7 @@ async def _call_all(callbacks: list) -> None:
 # -- hasher -----------------------------------------------------------------------------------
 async def start_hasher(ctx: Context) -> None:
     settings = ctx.settings
-    sign = ProcessSigner(settings.threads)
+    sign = await ctx.decoders()
     signed = metrics.hasher().signed
 
     async def on_event(message: Message) -> None:
@@ -118,8 +129,6 @@ async def start_hasher(ctx: Context) -> None:
         if outcome.status == "signed":
             signed.inc()
 
-    ctx.on_close.append(sign.close)
-    await sign.start()
     # enough messages in hand to keep every decoder process busy
     await ctx.bus.subscribe("file.event", on_event, concurrency=max(settings.concurrency, settings.threads + 1))
 
@@ -217,11 +226,12 @@ async def start_matcher(ctx: Context, prefetch: int | None = None) -> None:
     size = prefetch or PREFETCH["image.signed"]
     measured = metrics.matcher()
     owner = f"matcher-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    look = (await ctx.decoders()).look  # the comparisons of a batch on every core, not one
 
     async def run(paths: list[str]) -> None:
         started = time.monotonic()
         decisions = await handle_signed(paths, store=ctx.store, settings=settings, ledger=ctx.ledger,
-                                        publish=ctx.bus.publish, owner=owner)
+                                        publish=ctx.bus.publish, owner=owner, look=look)
         seconds = time.monotonic() - started
         measured.batch.observe(seconds)
         measured.groups.inc(len(decisions))

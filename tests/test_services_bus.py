@@ -193,3 +193,30 @@ async def test_a_service_is_not_ready_before_it_started(tmp_path, monkeypatch):
     finally:
         service.cancel()
         await asyncio.gather(service, return_exceptions=True)
+
+
+async def test_batcher_waits_while_more_is_on_its_way_but_not_forever():
+    """While files are still being signed, a batch waits for them (an import is matched whole,
+    its groups complete); but not past max_wait, and a full batch goes at once."""
+    batches: list[list[str]] = []
+    busy = {"on": True}
+
+    async def run(paths):
+        batches.append(paths)
+
+    async def hashing() -> bool:
+        return busy["on"]
+
+    batcher = Batcher(run, delay=0.05, max_size=10, max_wait=0.6, busy=hashing)
+    waiting = asyncio.ensure_future(batcher.submit("a"))
+    await asyncio.sleep(0.3)
+    assert batches == [] and not batcher.idle  # quiet for 0.05 s, but the hashers are busy
+    busy["on"] = False
+    await asyncio.wait_for(waiting, 1)
+    assert batches == [["a"]] and batcher.idle
+    busy["on"] = True
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(batcher.submit("b"), 2)  # busy throughout: max_wait ends the wait
+    assert batches[-1] == ["b"] and asyncio.get_running_loop().time() - started >= 0.55
+    await asyncio.wait_for(asyncio.gather(*(batcher.submit(str(i)) for i in range(10))), 1)  # full: at once
+    assert batches[-1] == [str(i) for i in range(10)]
