@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from shared.config import DEFAULT_RULES
 from shared.core import provenance
@@ -46,6 +46,31 @@ def _padded(img: Image.Image) -> Image.Image:
     return canvas
 
 
+def _plain_at_top(img: Image.Image, colour: str, share: float) -> Image.Image:
+    """The photo with its top ``share`` one plain colour (a white wall, a night sky)."""
+    img = img.copy()
+    ImageDraw.Draw(img).rectangle((0, 0, img.width, round(img.height * share)), fill=colour)
+    return img
+
+
+def _caption_on_top(img: Image.Image) -> Image.Image:
+    """A white caption bar above the photo, one line of large text: on a photo white at its top
+    the bar's seam does not show."""
+    bar = round(img.height * 0.16)
+    canvas = Image.new("RGB", (img.width, img.height + bar), "white")
+    canvas.paste(img, (0, bar))
+    ImageDraw.Draw(canvas).text((25, bar // 4), "Good times", fill="black", font=ImageFont.load_default(bar // 2))
+    return canvas
+
+
+def _blurred_square(img: Image.Image) -> Image.Image:
+    """Padded to a square with the photo itself blurred (Instagram's fill)."""
+    side = max(img.size)
+    canvas = img.resize((side, side), Image.Resampling.BICUBIC).filter(ImageFilter.GaussianBlur(side * 0.04))
+    canvas.paste(img, (0, (side - img.height) // 2))
+    return canvas
+
+
 def _png(data: bytes) -> bytes:
     out = io.BytesIO()
     Image.open(io.BytesIO(data)).save(out, "PNG", exif=EXIF)
@@ -62,7 +87,15 @@ COPIES = {
     "PNG re-save": (lambda img, data: _png(data), "lossless.png", 0, "a lossless PNG copy"),
     "turn": (lambda img, data: _jpeg(Image.open(io.BytesIO(data)).transpose(Image.Transpose.ROTATE_90), 97),
              "upright.jpg", 0, "encoded again"),
+    # the photo's edge is as plain as what was added there: the comparison tells where it ends
+    "caption on a white edge": (lambda img, data: _jpeg(_caption_on_top(img), 92), "titled.jpg", 0,
+                                "a bar added at the top"),
+    "fill on a dark edge": (lambda img, data: _jpeg(_blurred_square(img), 92), "insta.jpg", 0,
+                            "padded at the top and bottom"),
 }
+#: the photo each kind is made from, when it is not the plain one
+PHOTOS = {"caption on a white edge": lambda img: _plain_at_top(img, "white", 0.2),
+          "fill on a dark edge": lambda img: _plain_at_top(img, "black", 0.25)}
 
 
 @pytest.fixture
@@ -71,7 +104,7 @@ def library(tmp_path) -> Path:
     one, later (or at the same time) and with the original's EXIF."""
     lib = tmp_path / "lib"
     for n, (kind, (make, name, later, _)) in enumerate(sorted(COPIES.items())):
-        img = make_photo(200 + n, (640, 480))
+        img = PHOTOS.get(kind, lambda img: img)(make_photo(200 + n, (640, 480)))
         original = lib / "Pictures" / "2020" / f"2020-09-13 Trip {n}" / f"IMG_{n:04d}.JPG"
         original.parent.mkdir(parents=True)
         data = _jpeg(img)

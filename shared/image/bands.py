@@ -38,6 +38,9 @@ SEAM_OVER_FILL = 6.0
 SEAM_OVER_PHOTO = 0.4
 FILL_UNDER_PHOTO = 0.8
 CENTRED_PX = 3  # the two fills differ by at most this (plus 1% of the side): the photo is centred
+#: Lines by which an alignment may misplace the edge of one picture on another (the kit's copies
+#: lined up: within a line or two at the compared size)
+EDGE_PX = 2
 
 
 def _lines(x: np.ndarray, side: int) -> np.ndarray:
@@ -73,18 +76,20 @@ def _bar(grey: np.ndarray, detail: np.ndarray, side: int) -> int:
     return found[-1] if found else 0
 
 
+def _fill_ends(profile: np.ndarray, k: int, seam: float) -> bool:
+    """Does a blurred fill end at line ``k`` of a side's fine-detail ``profile``, its seam there
+    showing ``seam``?"""
+    fill = profile[:k - 2]
+    photo = float(np.median(profile[k + 3:k + 3 + max(8, len(profile) // 4)]))
+    return seam >= SEAM_OVER_FILL * float(np.median(fill)) and seam >= SEAM_OVER_PHOTO * photo \
+        and float(fill.mean()) <= FILL_UNDER_PHOTO * photo
+
+
 def _fill(detail: np.ndarray, side: int) -> int:
     """Lines of a blurred fill along one side, ending at a seam, or 0."""
     profile = _lines(detail, side).mean(axis=1)
-    n = len(profile)
-    for k in range(4, int(MAX_BAND * n)):
-        seam = profile[k]
-        if seam < profile[k - 3:k + 4].max():
-            continue
-        fill = profile[:k - 2]
-        photo = float(np.median(profile[k + 3:k + 3 + max(8, n // 4)]))
-        if seam >= SEAM_OVER_FILL * float(np.median(fill)) and seam >= SEAM_OVER_PHOTO * photo \
-                and float(fill.mean()) <= FILL_UNDER_PHOTO * photo:
+    for k in range(4, int(MAX_BAND * len(profile))):
+        if profile[k] >= profile[k - 3:k + 4].max() and _fill_ends(profile, k, float(profile[k])):
             return k
     return 0
 
@@ -130,6 +135,52 @@ def _smooth(detail: np.ndarray, side: int, lines: int) -> bool:
     profile = _lines(detail, side).mean(axis=1)
     return float(profile[:lines].mean()) <= FILL_UNDER_PHOTO * float(np.median(profile[lines:lines + max(8, len(profile) // 4)])) \
         and float(profile[:lines].max()) * SEAM_OVER_FILL <= float(profile[lines:lines + max(8, len(profile) // 4)].max())
+
+
+def beyond(covered: np.ndarray) -> Bands:
+    """Per side, the lines of a picture that lie wholly beyond another picture lined up with it
+    (``covered``: True where the other lies): what it shows that the other does not, photo or
+    bands."""
+    return tuple(int(np.argmax(line)) if line.any() else 0  # type: ignore[return-value]
+                 for line in ((_lines(covered, side).mean(axis=1) >= 0.5) for side in range(4)))
+
+
+def grown(grey: np.ndarray, bands: Bands, lines: Bands) -> Bands:
+    """``bands`` grown, side by side, to the ``lines`` lying beyond another picture (``beyond``)
+    where those lines are area without a photo, though no seam in ``grey`` alone shows where it
+    ends: a caption bar on a photo of the bar's colour at that edge (a bar was found there, and
+    past its text its colour runs on to the other picture's edge), or a blurred fill whose seam
+    lies on that very line (a fill is found alone by its two seams; where the photo next to one
+    is as plain as the fill, that seam does not show). A photo cropped there has no such
+    line: it runs on across it."""
+    detail = fine_detail(grey)
+    out = list(bands)
+    for side, (band, k) in enumerate(zip(bands, lines)):
+        n = grey.shape[0] if side < 2 else grey.shape[1]
+        if k <= band + EDGE_PX or k > MAX_BAND * n or k < 8:
+            continue
+        profile = _lines(detail, side).mean(axis=1)
+        if band and _bar_to(grey, side, k):
+            out[side] = k
+        elif float(_lines(grey, side)[:k].std()) > BAR_TOLERANCE \
+                and _fill_ends(profile, k, float(profile[k - 3:k + 4].max())):
+            out[side] = k  # a fill holds the photo's colours blurred (a plain colour is a bar)
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _bar_to(grey: np.ndarray, side: int, k: int) -> bool:
+    """Is a bar, text included, all there is in the first ``k`` lines of ``side``, with only its
+    colour in the lines next to line ``k`` (short of the EDGE_PX an alignment may be off)?"""
+    lines = _lines(grey, side)[:k].astype(np.int16)
+    share = (np.abs(lines - int(np.median(lines[:2]))) <= BAR_TOLERANCE).mean(axis=1)
+    return bool(share[0] >= CLEAN and share.mean() >= BAR_MEAN and share[k - EDGE_PX - 4:k - EDGE_PX].min() >= CLEAN)
+
+
+def added(bands: Bands, lines: Bands) -> Bands:
+    """Of ``bands``, those that are all a picture shows beyond another (``beyond``): what a copy
+    added around the other's whole picture (a band the other shows too is no addition)."""
+    return tuple(k if k > EDGE_PX and band >= k - EDGE_PX else 0  # type: ignore[return-value]
+                 for band, k in zip(bands, lines))
 
 
 def mirrored(bands: Bands) -> Bands:

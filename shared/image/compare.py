@@ -147,7 +147,9 @@ class Agreement:
     coverage: float = 0.0  # of the photo showing less, the share the other shows too
     shown_a: float = 0.0  # share of a's photo that b's shows too (bands added around it left out)
     shown_b: float = 0.0
-    bands_a: tuple[int, int, int, int] = (0, 0, 0, 0)  # bands added around a's photo (top, bottom, left, right)
+    #: bands added around a's photo beyond b's whole picture (top, bottom, left, right): what a
+    #: copy made from b by adding a border, padding or a caption shows more
+    bands_a: tuple[int, int, int, int] = (0, 0, 0, 0)
     bands_b: tuple[int, int, int, int] = (0, 0, 0, 0)
     patches: int = 0
     placed: int = 0  # of the patches, those measured confidently in place
@@ -721,15 +723,23 @@ def _judged(a: Features, b: Features, m: np.ndarray, mirrored: bool, base: dict)
     frame_photo, frame_bands = _photo(frame, frame_bands, other, bands_.mask(other.shape, other_bands), into)
     other_photo, other_bands = _photo(other, other_bands, frame, frame_photo, back)
     frame_photo, frame_bands = _photo(frame, frame_bands, other, other_photo, into)
+    # what each picture shows beyond the other's whole picture: bands whose seam does not show
+    # alone grow to it, and those it is all bands of are what a copy added
+    beyond_frame = bands_.beyond(cv2.warpAffine(ones, into, (w, h), flags=cv2.INTER_NEAREST) > 0)
+    beyond_other = bands_.beyond(cv2.warpAffine(np.full(frame.shape, 255, np.uint8), back, other.shape[::-1],
+                                                flags=cv2.INTER_NEAREST) > 0)
+    frame_bands, other_bands = bands_.grown(frame, frame_bands, beyond_frame), bands_.grown(other, other_bands, beyond_other)
+    frame_photo, other_photo = bands_.mask(frame.shape, frame_bands) & frame_photo, bands_.mask(other.shape, other_bands) & other_photo
     in_frame = cv2.warpAffine(other_photo.astype(np.uint8), into, (w, h), flags=cv2.INTER_NEAREST) > 0
     in_other = cv2.warpAffine(frame_photo.astype(np.uint8), back, other.shape[::-1], flags=cv2.INTER_NEAREST) > 0
-    shown = ((float(in_frame[frame_photo].mean()), frame_bands), (float(in_other[other_photo].mean()), other_bands))
-    (shown_a, bands_a), (shown_b, bands_b) = shown if scale <= 1 else shown[::-1]
+    shown = ((float(in_frame[frame_photo].mean()), frame_bands, bands_.added(frame_bands, beyond_frame)),
+             (float(in_other[other_photo].mean()), other_bands, bands_.added(other_bands, beyond_other)))
+    (shown_a, banded_a, bands_a), (shown_b, banded_b, bands_b) = shown if scale <= 1 else shown[::-1]
     if mirrored:
         bands_b = bands_.mirrored(bands_b)
     base.update(coverage=round(max(shown_a, shown_b), 3), shown_a=round(shown_a, 3), shown_b=round(shown_b, 3),
                 bands_a=bands_a, bands_b=bands_b)
-    refusal = _apart(shown_a, any(bands_a), shown_b, any(bands_b))
+    refusal = _apart(shown_a, any(banded_a), shown_b, any(banded_b))
     if refusal:
         return Agreement(**base, reason=refusal)
     photos = frame_photo & in_frame

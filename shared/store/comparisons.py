@@ -18,7 +18,7 @@ from ..image.compare import Agreement, BothWays
 from ..image.pixels import FileVersion
 from . import Ledger
 
-COMPARE_VERSION = 11
+COMPARE_VERSION = 12
 
 
 def ledger_key(*parts: object) -> str:
