@@ -4,7 +4,7 @@ stays."""
 
 from __future__ import annotations
 
-from services.matcher.handler import drop_distinct
+from services.matcher.handler import _Components, drop_distinct
 from shared.store import ImageRecord
 from shared.store.sqlite_ledger import SQLiteLedger
 
@@ -27,3 +27,15 @@ async def test_edges_of_pairs_marked_distinct_are_dropped(tmp_path):
             ("/r/a.jpg", "/r/c.jpg", 0.2), ("/r/b.jpg", "/r/c.jpg", 0.3), ("/r/n.jpg", "/r/a.jpg", 0.0)]
     finally:
         await ledger.close()
+
+
+def test_components_hold_every_joined_path_roots_included():
+    """A chain joined so that its root is met last: every member is in its component, and
+    listing the components changes nothing under the listing (a bench sweep crashed with
+    "dictionary changed size during iteration", and a root nobody had looked up was left out)."""
+    found = _Components()
+    found.join("/r/b.jpg", "/r/c.jpg")
+    found.join("/r/a.jpg", "/r/b.jpg")
+    found.join("/r/x.jpg", "/r/y.jpg")
+    assert found.groups() == [["/r/a.jpg", "/r/b.jpg", "/r/c.jpg"], ["/r/x.jpg", "/r/y.jpg"]]
+    assert found.find("/r/c.jpg") == found.find("/r/a.jpg") == "/r/a.jpg"

@@ -146,8 +146,8 @@ class _Components:
         root = path
         while (up := self.parent.get(root, root)) != root:
             root = up
-        while path != root:  # path halving keeps the trees flat
-            path, self.parent[path] = self.parent[path], root
+        while path != root:  # path compression keeps the trees flat
+            self.parent[path], path = root, self.parent[path]
         return root
 
     def join(self, a: str, b: str) -> None:
@@ -156,9 +156,10 @@ class _Components:
             self.parent[max(ra, rb)] = min(ra, rb)
 
     def groups(self) -> list[list[str]]:
-        out: dict[str, list[str]] = {}
-        for path in self.parent:
-            out.setdefault(self.find(path), []).append(path)
+        out: dict[str, set[str]] = {}
+        for path in self.parent:  # every joined path but the roots, which join never makes keys
+            root = self.find(path)
+            out.setdefault(root, {root}).add(path)
         return [sorted(members) for _, members in sorted(out.items())]
 
 
