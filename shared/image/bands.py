@@ -76,12 +76,13 @@ def _bar(grey: np.ndarray, detail: np.ndarray, side: int) -> int:
     return found[-1] if found else 0
 
 
-def _fill_ends(profile: np.ndarray, k: int, seam: float) -> bool:
+def _fill_ends(profile: np.ndarray, k: int, seam: float, found: bool = False) -> bool:
     """Does a blurred fill end at line ``k`` of a side's fine-detail ``profile``, its seam there
-    showing ``seam``?"""
+    showing ``seam``? ``found``: the line is known (where another picture's edge lies), so the
+    seam need not stand out against the photo's own detail (a soft sky next to the fill)."""
     fill = profile[:k - 2]
     photo = float(np.median(profile[k + 3:k + 3 + max(8, len(profile) // 4)]))
-    return seam >= SEAM_OVER_FILL * float(np.median(fill)) and seam >= SEAM_OVER_PHOTO * photo \
+    return seam >= SEAM_OVER_FILL * float(np.median(fill)) and (found or seam >= SEAM_OVER_PHOTO * photo) \
         and float(fill.mean()) <= FILL_UNDER_PHOTO * photo
 
 
@@ -162,9 +163,8 @@ def grown(grey: np.ndarray, bands: Bands, lines: Bands) -> Bands:
         profile = _lines(detail, side).mean(axis=1)
         if band and _bar_to(grey, side, k):
             out[side] = k
-        elif float(_lines(grey, side)[:k].std()) > BAR_TOLERANCE \
-                and _fill_ends(profile, k, float(profile[k - 3:k + 4].max())):
-            out[side] = k  # a fill holds the photo's colours blurred (a plain colour is a bar)
+        elif (seam := float(profile[k - 3:k + 4].max())) >= 1.0 and _fill_ends(profile, k, seam, found=True):
+            out[side] = k  # a seam of at least a grey level of detail, as a bar's (a clipped sky has none)
     return tuple(out)  # type: ignore[return-value]
 
 
