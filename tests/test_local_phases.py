@@ -401,3 +401,17 @@ def test_a_store_written_by_an_older_version_is_brought_up_to_date(run_cli, lib,
     assert f"{N_IMAGES} unchanged files were analysed again" in second.err
     assert summary_rows(run_cli("deduplicate", lib).out)["analysed again (older store)"] == "0"
     assert second.report["groups"] == first.report["groups"]
+
+
+def test_two_photos_of_one_stem_in_a_folder_are_each_planned_with_their_own_copies(run_cli, tmp_path):
+    """shot.jpg and shot.png beside it are two units (neither is a RAW): planning the one's
+    component reads the other to tell, and must not count it as planned, or its own copy is lost."""
+    root = tmp_path / "lib"
+    save_photo(root / "downloads/shot.jpg", 21, (200, 150))
+    save_photo(root / "downloads/shot.png", 22, (200, 150))
+    save_photo(root / "camera/first.jpg", 21, (640, 480), exif_tags=5)
+    save_photo(root / "camera/second.jpg", 22, (640, 480), exif_tags=5)
+    result = run_cli("deduplicate", root)
+    assert result.code == 0, result.err
+    assert _groups(result.report, root) == {"camera/first.jpg": ["downloads/shot.jpg"],
+                                            "camera/second.jpg": ["downloads/shot.png"]}

@@ -361,7 +361,9 @@ async def plan(
         records = await store.get_many([p for p in part if p not in done])
         # a RAW and the camera's JPEG beside it are one unit: planned as one, by its lead
         units = await judge.units(records, store)
-        done.update(units)
+        # the files of the units planned here; an image of the same stem read only to tell
+        # (a photo.png beside photo.jpg, each a unit of its own) is planned in its own component
+        done.update(p for p, u in units.items() if any(i.path in records for i in u.images))
         groups += await judge.groups(records, edges, units)
     return groups
 
