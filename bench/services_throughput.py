@@ -127,8 +127,8 @@ def unplanned(store: Path, es: dict[str, str], mark: str) -> int:
                           (mark,)).fetchone()[0]
 
 
-def counted(services: Services, role: str, name: str) -> float:
-    return sum(metric(get(port, "/metrics")[1], name) for r, proc, port in services.procs
+def counted(services: Services, role: str, name: str, **labels: str) -> float:
+    return sum(metric(get(port, "/metrics")[1], name, **labels) for r, proc, port in services.procs
                if r == role and proc.poll() is None)
 
 
@@ -142,8 +142,13 @@ def done(services: Services, store: Path, es: dict[str, str], mark: str, files: 
         return False
     if not any(role == "actuator" for role, _, _ in services.procs):
         return True
-    return counted(services, "actuator", "image_dedup_actuator_messages_total") >= counted(
-        services, "matcher", "image_dedup_matcher_duplicate_groups_total")
+    settled = counted(services, "actuator", "image_dedup_actuator_messages_total") - sum(
+        counted(services, "actuator", "image_dedup_actuator_messages_total", outcome=o) for o in UNSETTLED)
+    return settled >= counted(services, "matcher", "image_dedup_matcher_duplicate_groups_total")
+
+
+#: The actuator's outcomes after which the broker delivers the decision again
+UNSETTLED = ("retried", "interrupted", "failed")
 
 
 #: The services' settings that differ from local mode's defaults (Services' test defaults undone)
@@ -291,6 +296,7 @@ def main() -> int:
                 seconds, removed = run_services(args.library, work, vhost, n, args.matchers, threads, files, es_url)
                 rows.append({"mode": f"services, {n} hasher(s) x {threads} decoder process(es), {args.matchers} "
                                      f"matcher(s){on}", "seconds": seconds, "same": removed == local_removed,
+                             "only_local": sorted(local_removed - removed), "only_services": sorted(removed - local_removed),
                              "ratio": seconds / first_local})
             if args.backlog_matchers and kind == args.store[-1]:
                 records = analysed(args.library)
@@ -306,7 +312,9 @@ def main() -> int:
     print("|---|---:|---:|---:|---|")
     for row in rows:
         ratio = f"{row['ratio']:.2f}" if "ratio" in row else ""
-        same = "" if row["same"] is None else ("yes" if row["same"] else "**no**")
+        same = "" if row["same"] is None else ("yes" if row["same"] else
+                                               f"**no**: {len(row['only_local'])} of local mode's removals "
+                                               f"missing, {len(row['only_services'])} more")
         print(f"| {row['mode']} | {row['seconds']:.1f} | {files / row['seconds']:.1f} | {ratio} | {same} |")
     if args.json:
         args.json.write_text(json.dumps({"library": str(args.library), "files": files, "rows": rows}, indent=1))

@@ -228,13 +228,16 @@ async def start_matcher(ctx: Context, prefetch: int | None = None) -> None:
     owner = f"matcher-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     look = (await ctx.decoders()).look  # the comparisons of a batch on every core, not one
 
+    async def publish(decision: Decision) -> None:
+        await ctx.bus.publish(decision)
+        measured.groups.inc()  # as published, not at the batch's end: a long batch's count is live
+
     async def run(paths: list[str]) -> None:
         started = time.monotonic()
         decisions = await handle_signed(paths, store=ctx.store, settings=settings, ledger=ctx.ledger,
-                                        publish=ctx.bus.publish, owner=owner, look=look)
+                                        publish=publish, owner=owner, look=look)
         seconds = time.monotonic() - started
         measured.batch.observe(seconds)
-        measured.groups.inc(len(decisions))
         log.info("matched %d signed images: %d groups in %.2fs", len(paths), len(decisions), seconds)
 
     async def hashing() -> bool:
