@@ -14,9 +14,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-#: The benchmark kit (make_library.py, score.py) lives next to the repository: ../shared/bench.
-KIT_CANDIDATES = (REPO.parent / "shared" / "bench", Path("/work/shared/bench"))
-DEFAULT_LIB = Path("/work/bench/lib")
+#: The benchmark kit (make_library.py, score.py) lives next to the repository, ../shared/bench,
+#: or where BENCH_KIT says.
+KIT_CANDIDATES = tuple(Path(p) for p in (os.environ.get("BENCH_KIT"),) if p) + (REPO.parent / "shared" / "bench",)
+DEFAULT_LIB = Path.home() / "bench" / "lib"
 
 
 def cpu_model() -> str:

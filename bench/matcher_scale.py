@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -243,7 +242,6 @@ async def _run_sqlite(n: int, seed: int, queries: int, workdir: Path) -> dict:
 
 
 def _run_numpy(n: int, seed: int, queries: int, stop: int, min_shared: int) -> dict:
-    from shared.image import signature as sig
     from shared.config import Settings
     from shared.core.ranking import plan_groups
     from scipy.sparse import coo_matrix

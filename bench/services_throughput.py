@@ -308,7 +308,7 @@ def main() -> int:
         rabbitmqctl("delete_vhost", vhost, check=False)
         shutil.rmtree(work, ignore_errors=True)
     print(f"Library: {args.library.name} ({files} files); {machine_line()}; cold store, dry run.\n")
-    print(f"| mode | seconds | images/s | x the first row | local mode's result |")
+    print("| mode | seconds | images/s | x the first row | local mode's result |")
     print("|---|---:|---:|---:|---|")
     for row in rows:
         ratio = f"{row['ratio']:.2f}" if "ratio" in row else ""

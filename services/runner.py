@@ -43,7 +43,7 @@ from services.matcher.handler import handle_signed, plan_mark
 from services.watcher.handler import clean_up, companion, handle_rescan, walk, wanted
 from shared import metrics
 from shared.actions import Journal, recover, remove_empty_folders
-from shared.bus import Bus, InProcessBus, Outages, Reject
+from shared.bus import InProcessBus, Outages, Reject
 from shared.bus.topology import OUTAGES, PREFETCH, PROBE_WAITS
 from shared.config import WATCH_POLL_FALLBACK, Settings
 from shared.core.safety import Unsafe, below_root, confine_folder

@@ -19,9 +19,8 @@ import uuid
 from pathlib import Path
 from urllib.parse import quote
 
-import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
 from .conftest import FIXTURE_MAX_DIST, make_photo
 

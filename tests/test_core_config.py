@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.config import DEFAULT_RULES, ConfigError, Settings, load_settings, reference_yaml
+from shared.config import DEFAULT_RULES, ConfigError, Settings, load_settings
 
 pytestmark = pytest.mark.usefixtures("isolated_env")
 

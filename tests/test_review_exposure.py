@@ -27,7 +27,7 @@ from services.review.thumbs import Thumbnailer
 from shared.config import load_settings
 from shared.store.open import open_stores
 
-from .conftest import make_photo, save_photo
+from .conftest import save_photo
 
 pytestmark = pytest.mark.usefixtures("isolated_env")
 ROOT = Path(__file__).resolve().parents[1]

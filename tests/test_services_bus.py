@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import pytest
 
 from services.runner import Batcher, Context, start_hasher
 from shared.bus import Reject
