@@ -14,7 +14,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -334,17 +334,3 @@ def _keywords_as_bag(sidecar: Path) -> None:
         tmp = sidecar.with_name(f".{sidecar.name}.new")
         tmp.write_text(fixed, encoding="utf-8")
         os.replace(tmp, sidecar)
-
-
-def as_dict(m: Metadata) -> dict:
-    return {k: v for k, v in asdict(m).items() if v not in (None, ())}
-
-
-def from_dict(d: Mapping) -> Metadata:
-    values = {k: d[k] for k in FIELDS if k in d}
-    if "gps" in values and values["gps"] is not None:
-        values["gps"] = tuple(values["gps"])
-    if "keywords" in values:
-        values["keywords"] = tuple(values["keywords"])
-    return Metadata(**values)
-
