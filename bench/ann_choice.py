@@ -1,13 +1,15 @@
-"""Which approximate nearest-neighbour library holds local mode's embeddings: usearch, faiss or
-hnswlib, measured on the same vectors.
+"""Which index holds local mode's embeddings: the exact scan the product uses
+(shared.store.vectors.EmbeddingIndex) against the HNSW graphs of usearch, faiss and hnswlib,
+measured on the same vectors.
 
-    .venv/bin/pip install faiss-cpu hnswlib   # only for this comparison
+    .venv/bin/pip install usearch faiss-cpu hnswlib   # only for this comparison
     .venv/bin/python bench/ann_choice.py --records 100000 [--queries 2000]
 
 N embeddings as bench/store_scale.py makes them (random unit vectors x 127 as int8: SSCD's are
 as spread out, unrelated photos at cosine 0.007 +- 0.051), and ``--queries`` planted copies of
-stored ones (cosine ~0.7-0.98). Each library builds an HNSW graph of 16 links per node with an
-insertion beam of 48 (the product's settings, shared.store.vectors.EmbeddingIndex), in the
+stored ones (cosine ~0.7-0.98). The exact scan compares each copy with every stored vector
+(floor 0.35, the default min_similarity). Each library builds an HNSW graph of 16 links per
+node with an insertion beam of 48 (the settings the product used before the scan), in the
 element type it supports closest to int8, then answers the copies with a search beam of 96:
 build rate and search time in CPU seconds (this process, both threads), the share of copies
 whose twin is among the 25 nearest, memory per vector, and whether the library can remove a
@@ -29,6 +31,19 @@ from bench.common import command_line, machine_line, md_table  # noqa: E402
 from bench.store_scale import noisy_embedding, unit_embeddings  # noqa: E402
 
 M, EF_ADD, EF_SEARCH, K = 16, 48, 96, 25
+
+
+def exact_run(data, queries):
+    from shared.store.vectors import EmbeddingIndex
+
+    index = EmbeddingIndex(data.shape[1])
+    t = time.process_time()
+    index.add(np.arange(len(data)), data)
+    build = time.process_time() - t
+    t = time.process_time()
+    rows, ids, _ = index.query(queries, 0.35, K)
+    keys = [ids[rows == k] for k in range(len(queries))]
+    return build, time.process_time() - t, keys, len(data) * (data.shape[1] + 16), "int8", "yes", "yes"
 
 
 def usearch_run(data, queries):
@@ -84,20 +99,25 @@ def main(argv=None) -> int:
     ap.add_argument("--records", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--only", help="run only the index of this name (e.g. exact: the HNSW builds take hours at 1M)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     data = unit_embeddings(rng, args.records)
     twins = rng.choice(args.records, args.queries, replace=False)
     queries = np.stack([noisy_embedding(rng, data[t]) for t in twins])
     rows = []
-    for name, run in (("usearch", usearch_run), ("faiss-cpu", faiss_run), ("hnswlib", hnswlib_run)):
+    runs = (("exact scan (the product)", exact_run), ("usearch", usearch_run), ("faiss-cpu", faiss_run),
+            ("hnswlib", hnswlib_run))
+    for name, run in runs:
+        if args.only and not name.startswith(args.only):
+            continue
         try:
             build, search, keys, memory, dtype, removal, saved = run(data, queries)
         except ImportError:
             rows.append([name, "not installed", "-", "-", "-", "-", "-", "-"])
             continue
         recall = float(np.mean([t in set(np.asarray(k).tolist()) for t, k in zip(twins, keys)]))
-        rows.append([name, dtype, f"{args.records / build:.0f}", f"{1000 * search / args.queries:.2f}",
+        rows.append([name, dtype, f"{args.records / max(build, 1e-9):.0f}", f"{1000 * search / args.queries:.2f}",
                      f"{recall:.3f}", f"{memory / args.records:.0f}", removal, saved])
         print(rows[-1], file=sys.stderr, flush=True)
     print(machine_line())

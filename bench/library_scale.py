@@ -8,7 +8,7 @@ signature values one step off and its embedding at cosine ~0.7-0.98; unrelated e
 random unit vectors, as spread out as SSCD's), writes them through the store's ``upsert_many``
 (1000 per call; ``insert_s``), then plans the whole library through ``services.local.
 match_library`` (``plan_s``) with the default settings (max_dist 0.40, 8 orientations,
-min_similarity 0.55) and the pixel look stubbed to "agrees" (the records have no files; the
+min_similarity 0.35) and the pixel look stubbed to "agrees" (the records have no files; the
 verdict's other rules all apply). Then the same call again (``rerun_s``: nothing changed).
 
 Scored like the benchmark kit: ``recall`` is the share of planted copies removed in favour of

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from services.actuator.handler import ActionOutcome, handle_decision
 from services.hasher.handler import HashOutcome, ProcessSigner, Sign, handle_file_event
-from services.matcher.handler import plan, to_decision
+from services.matcher.handler import plan, plan_mark, to_decision
 from services.matcher.units import companion_facts
 from services.watcher.handler import FoundFile, clean_up, walk
 from shared.actions import Journal, recover, remove_empty_folders
@@ -259,7 +259,8 @@ async def match_library(
                 digests.update([r.digest] if r.digest else [])
     marked = await ledger.distinct(sorted(digests))
     facts = (
-        metadata.version("image-dedup"), COMPARE_VERSION, settings.model_dump_json(include=PLAN_SETTINGS),
+        metadata.version("image-dedup"), COMPARE_VERSION, plan_mark(settings),
+        settings.model_dump_json(include=PLAN_SETTINGS),
         files.hexdigest(), sorted(sorted(pair) for pair in marked),
         companion_facts(paths),  # sidecars and videos rank units and travel with them
     )

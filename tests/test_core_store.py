@@ -4,6 +4,7 @@ when their files are missing, damaged or stale."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -90,7 +91,7 @@ async def test_the_index_is_kept_beside_the_store_and_caught_up_not_rebuilt(tmp_
     assert again[0] == sorted([*first[0], "/r/extra.jpg"]) and again[2:] == first[2:]
 
 
-@pytest.mark.parametrize("damage", ["missing", "corrupt", "stale", "ahead"])
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "torn", "older", "stale", "ahead"])
 async def test_a_missing_damaged_or_stale_index_is_rebuilt_with_a_notice(tmp_path, caplog, damage):
     rng = np.random.default_rng(4)
     library = _library(rng)
@@ -108,6 +109,12 @@ async def test_a_missing_damaged_or_stale_index_is_rebuilt_with_a_notice(tmp_pat
         data = bytearray((folder / "words.keys").read_bytes())
         data[100] ^= 0xFF
         (folder / "words.keys").write_bytes(bytes(data))
+    elif damage == "torn":  # the embedding matrix cut short
+        vectors = folder / "embeddings.vectors"
+        vectors.write_bytes(vectors.read_bytes()[:-512])
+    elif damage == "older":  # written by a build whose index had another layout
+        meta = json.loads((folder / "index.json").read_text())
+        (folder / "index.json").write_text(json.dumps({**meta, "format": meta["format"] - 1}))
     else:  # the files of another store, or of this one ahead of its records
         other = tmp_path / "other.sqlite"
         if damage == "ahead":
@@ -129,7 +136,8 @@ async def test_a_missing_damaged_or_stale_index_is_rebuilt_with_a_notice(tmp_pat
             await store.close()
     notices = [r.getMessage() for r in caplog.records]
     assert len(notices) == 1 and "\n" not in notices[0] and "rebuilding it from the store" in notices[0], notices
-    assert {"missing": "missing", "corrupt": "damaged", "stale": "stale", "ahead": "stale"}[damage] in notices[0]
+    assert {"missing": "missing", "corrupt": "damaged", "torn": "damaged", "older": "another version",
+            "stale": "stale", "ahead": "stale"}[damage] in notices[0]
     store = SQLiteStore(path)  # rebuilt and saved: the next run loads it
     try:
         caplog.clear()

@@ -43,7 +43,7 @@ CANDIDATE_LIMIT = 100
 SIMILAR_LIMIT = 24
 # Bump when what retrieval proposes changes (the indexes, the limits above, _admissible): the
 # records planned before are then looked up again rather than trusted.
-RETRIEVAL_VERSION = 1
+RETRIEVAL_VERSION = 2  # 2: SQLite's embedding retrieval exact (was HNSW)
 #: The settings that retrieval reads: planned under others, a record is looked up again.
 RETRIEVAL_SETTINGS = {"source_directories", "max_dist", "min_similarity", "match_orientations", "across_dirs",
                       "max_file_modification_time_diff", "reference_directories"}

@@ -406,21 +406,18 @@ class SQLiteStore(Batched, SQLiteFile):
         return await self._run(self._candidates_many, records, max_dist, limit, turns)
 
     def _similar_many(self, records: Sequence[ImageRecord], min_similarity: float, limit: int) -> list[list[Candidate]]:
-        """The embedding index proposes, the exact cosines of the int8 values decide."""
+        """Every stored embedding is compared with every query's, exactly (the embedding index)."""
         asked = [k for k, r in enumerate(records) if r.embedding is not None and np.any(r.embedding)]
         index = self._current()
         if not asked or index.embeddings is None:
             return [[] for _ in records]
         queries = np.stack([np.asarray(records[k].embedding, np.int8) for k in asked])
         own, _ = self._own([records[k] for k in asked], "NULL")
-        rows, ids = index.embeddings.query(queries, limit + 1)
-        keep = ids != own[rows]
-        rows, ids = rows[keep], ids[keep]
-        hits = self._matrix("embedding", ids)
+        rows, ids, cosines = index.embeddings.query(queries, min_similarity, limit + 1, own)
         near: dict[int, dict[int, float]] = {}
-        for row, start, stop in _runs(rows):
-            cosines = _cosines(queries[row], hits[start:stop])
-            near[row] = {int(i): 1.0 - c for i, c in zip(ids[start:stop], cosines.tolist()) if c >= min_similarity}
+        for row, i, c in zip(rows.tolist(), ids.tolist(), cosines.tolist()):
+            if i != own[row]:
+                near.setdefault(row, {})[i] = 1.0 - c
         return self._nearest(near, asked, len(records), limit)
 
     async def similar_many(self, records: Sequence[ImageRecord], min_similarity: float,
@@ -466,11 +463,3 @@ def _runs(keys: np.ndarray) -> Iterator[tuple[int, int, int]]:
     stops = np.r_[starts[1:], len(keys)]
     for start, stop in zip(starts.tolist(), stops.tolist()):
         yield int(keys[start]), start, stop
-
-
-def _cosines(query: np.ndarray, many: np.ndarray) -> np.ndarray:
-    """Exact cosines of int8 vectors (their dot products are integers, exact in float64)."""
-    q = query.astype(np.float64)
-    m = many.astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (m @ q) / (np.sqrt(np.einsum("ij,ij->i", m, m)) * np.sqrt(q @ q))

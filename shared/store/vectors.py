@@ -1,8 +1,7 @@
 """In-memory indexes over many records at once: Goldberg words and copy-detection embeddings.
 
 Local mode keeps both next to the SQLite store (``LocalIndex``: persisted, caught up with the
-store's change log, never rebuilt after a write); a whole-library plan on Elasticsearch builds
-the same two from one scan of the index. Both answer many queries per call, vectorised:
+store's change log, never rebuilt after a write). Both answer many queries per call, vectorised:
 
 * ``WordIndex``: the 63 words of every signature as sorted ``(position, word)`` keys with their
   record ids (8 bytes per word, 504 per record), like image-match's word index but in numpy.
@@ -11,8 +10,9 @@ the same two from one scan of the index. Both answer many queries per call, vect
   best-sharing records are its candidates and the full signatures then decide (the store does
   that). Additions go to a small sorted delta merged into the main arrays when it reaches an
   eighth of them; removed ids are masked until that merge.
-* ``EmbeddingIndex``: usearch's HNSW graph over the int8 embeddings (cosine), 512 bytes per
-  vector plus the graph; chosen against faiss and hnswlib by measurement (docs/benchmarks.md).
+* ``EmbeddingIndex``: the int8 embeddings in one matrix (512 bytes per record), searched
+  exactly by blocks of matrix products: an approximate graph index missed real copies
+  (docs/benchmarks.md, "Which embedding index").
 """
 
 from __future__ import annotations
@@ -211,60 +211,161 @@ class WordIndex:
 
 
 class EmbeddingIndex:
-    """usearch's HNSW over int8 embeddings (cosine), keyed by record id."""
+    """Every int8 embedding in one matrix, searched exactly: each query against all of them
+    in blocks of float32 matrix products of unit vectors, the exact cosine of what lies near
+    the threshold deciding.
 
-    # Measured on random 512-d unit vectors (SSCD's are as spread out: unrelated photos have a
-    # cosine of 0.007 +- 0.051 on the kit's library): 16 links per node and a beam of 128 at
-    # insertion find a copy at cosine 0.7 about 96% of the time on their own at 50k; the search
-    # beam is wider still, as its cost is per query, not per insert.
-    CONNECTIVITY = 16
-    EXPANSION_ADD = 48
-    EXPANSION_SEARCH = 96
+    Why not an approximate index: SSCD's embeddings are spread out like random vectors
+    (unrelated photos sit at a cosine of 0.007 +- 0.051), so a graph search (HNSW: usearch,
+    faiss, hnswlib) has no slope to follow and found only 94 % of the kit's real copies among
+    100,000 (docs/benchmarks.md), while the verdict takes pairs from a cosine of 0.35. The scan
+    finds every pair above any threshold at 2 x 512 operations a pair, which BLAS does at about
+    1e11 a second on two cores.
 
-    def __init__(self, dims: int, index=None):
-        from usearch.index import Index, MetricKind, ScalarKind
+    A whole library asks every stored record in turn, so each pair is met twice. Within a
+    *pass* (no write in between, one threshold), a stored record asked is compared only with
+    the records not asked yet; what it met among those is noted for them, so a record asked
+    later gets the pairs with those asked before it from the notes: the same answers, half the
+    products.
+    """
 
+    QUERY_BLOCK = 2048  # query rows per product
+    STORED_BLOCK = 16384  # stored rows per product: the float32 result is 128 MB at most
+
+    def __init__(self, dims: int, ids: np.ndarray | None = None, vectors: np.ndarray | None = None):
         self.dims = dims
-        self.index = index or Index(ndim=dims, metric=MetricKind.Cos, dtype=ScalarKind.I8,
-                                    connectivity=self.CONNECTIVITY, expansion_add=self.EXPANSION_ADD,
-                                    expansion_search=self.EXPANSION_SEARCH)
+        self.ids = np.zeros(0, np.int64) if ids is None else np.asarray(ids, np.int64)
+        self.vectors = np.zeros((0, dims), np.int8) if vectors is None else vectors
+        self._size = len(self.ids)
+        self._dead = 0
+        self._slot = {int(i): k for k, i in enumerate(self.ids.tolist())}
+        self._norms = _norms(self.vectors)
+        self._end_pass()
 
     def __len__(self) -> int:
-        return len(self.index)
+        return self._size - self._dead
+
+    def _end_pass(self) -> None:
+        self._pass_floor: float | None = None
+        self._asked = np.zeros(0, bool)  # by slot: asked in this pass
+        self._met: dict[int, list[tuple[int, float]]] = {}  # slot -> (id, cosine) of records asked before it
 
     def add(self, ids: np.ndarray, embeddings: np.ndarray) -> None:
-        if len(ids):
-            self.index.add(np.asarray(ids, np.uint64), np.ascontiguousarray(embeddings, np.int8), threads=_threads())
+        if len(ids) == 0:
+            return
+        self.remove(ids)  # a record changed in place: its old vector goes
+        self._end_pass()
+        need = self._size + len(ids)
+        if need > len(self.ids):  # grown by half at a time: appends cost little on average
+            room = max(need, len(self.ids) * 3 // 2, 1024)
+            self.ids = np.concatenate([self.ids[: self._size], np.full(room - self._size, -1, np.int64)])
+            grown = np.zeros((room, self.dims), np.int8)
+            grown[: self._size] = self.vectors[: self._size]
+            self.vectors = grown
+            self._norms = np.concatenate([self._norms[: self._size], np.zeros(room - self._size)])
+        block = np.ascontiguousarray(embeddings, np.int8)
+        self.ids[self._size : need] = ids
+        self.vectors[self._size : need] = block
+        self._norms[self._size : need] = _norms(block)
+        self._slot.update(zip((int(i) for i in ids), range(self._size, need)))
+        self._size = need
 
     def remove(self, ids: Iterable[int]) -> None:
-        ids = np.fromiter((int(i) for i in ids), np.uint64)
-        if len(ids):
-            present = ids[np.asarray(self.index.contains(ids), bool)]
-            if len(present):
-                self.index.remove(present)
+        """Marked dead (id -1); the matrix is compacted when an eighth of it is."""
+        for i in ids:
+            slot = self._slot.pop(int(i), None)
+            if slot is not None:
+                self.ids[slot] = -1
+                self._dead += 1
+                self._end_pass()
+        if self._dead and self._dead * 8 >= self._size:
+            alive = self.ids[: self._size] >= 0
+            self.ids, self.vectors = self.ids[: self._size][alive], self.vectors[: self._size][alive]
+            self._size, self._dead = len(self.ids), 0
+            self._slot = {int(i): k for k, i in enumerate(self.ids.tolist())}
+            self._norms = _norms(self.vectors)
 
-    def query(self, embeddings: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``limit`` nearest ids of each query row, as (rows, ids) pairs."""
-        if len(embeddings) == 0 or len(self.index) == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        found = self.index.search(np.ascontiguousarray(embeddings, np.int8), min(limit, len(self.index)),
-                                  threads=_threads())
-        if not hasattr(found, "counts"):  # one query: one row of matches
-            return np.zeros(len(found.keys), np.int64), found.keys.astype(np.int64)
-        counts = found.counts
-        rows = np.repeat(np.arange(len(embeddings)), counts)
-        ids = np.concatenate([found.keys[k, : counts[k]] for k in range(len(embeddings))]).astype(np.int64)
-        return rows, ids
+    def stored(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every live embedding, for saving."""
+        alive = self.ids[: self._size] >= 0
+        return self.ids[: self._size][alive], self.vectors[: self._size][alive]
+
+    def query(self, embeddings: np.ndarray, min_similarity: float, limit: int,
+              own: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each query row its stored embeddings at a cosine of at least ``min_similarity``,
+        at most the ``limit`` nearest: (rows, ids, cosines), by row, nearest first. ``own``: the
+        id each row is stored under (-1: none); a row stored as it is asked takes part in the
+        pass (see the class)."""
+        queries = np.asarray(embeddings, np.int8)
+        slots = np.array([self._slot.get(int(i), -1) for i in (own if own is not None else [-1] * len(queries))],
+                         np.int64)
+        stored = slots >= 0
+        stored[stored] = (self.vectors[slots[stored]] == queries[stored]).all(axis=1)
+        if self._pass_floor != min_similarity or self._asked[slots[stored]].any():
+            self._end_pass()  # a new pass: another threshold, or a record asked again
+            self._pass_floor, self._asked = min_similarity, np.zeros(self._size, bool)
+        live = self.ids[: self._size] >= 0
+        found = [self._scan(queries, np.flatnonzero(~stored), np.flatnonzero(live), min_similarity),
+                 self._scan(queries, np.flatnonzero(stored), np.flatnonzero(live & ~self._asked), min_similarity)]
+        rows, hit, cosines = (np.concatenate(parts) for parts in zip(*found))
+        ids = self.ids[hit]
+        if stored.any():  # note what the stored rows met for the records not asked yet
+            self._asked[slots[stored]] = True
+            later = stored[rows] & ~self._asked[hit]
+            for r, s, c in zip(rows[later].tolist(), hit[later].tolist(), cosines[later].tolist()):
+                self._met.setdefault(s, []).append((int(own[r]), c))  # type: ignore[index]
+            notes = [(r, i, c) for r in np.flatnonzero(stored).tolist() for i, c in self._met.pop(int(slots[r]), [])]
+            if notes:
+                rows = np.r_[rows, np.array([r for r, _, _ in notes], np.int64)]
+                ids = np.r_[ids, np.array([i for _, i, _ in notes], np.int64)]
+                cosines = np.r_[cosines, np.array([c for _, _, c in notes])]
+        order = np.lexsort((ids, -cosines, rows))
+        rows, ids, cosines = rows[order], ids[order], cosines[order]
+        first = np.r_[0, np.flatnonzero(rows[1:] != rows[:-1]) + 1] if len(rows) else np.zeros(0, np.int64)
+        place = np.arange(len(rows)) - np.repeat(first, np.diff(np.r_[first, len(rows)]))
+        keep = place < limit
+        return rows[keep], ids[keep], cosines[keep]
+
+    def _scan(self, queries: np.ndarray, rows: np.ndarray, targets: np.ndarray,
+              min_similarity: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every pair of query ``rows`` and stored ``targets`` (slots) at ``min_similarity`` or
+        more: (rows, slots, exact cosines). The float32 product of unit vectors keeps what lies
+        above the threshold less a margin far wider than its rounding; the exact cosine of the
+        int8 values (what the store's own comparison gives) then decides."""
+        if len(rows) == 0 or len(targets) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+        wide = queries[rows].astype(np.float64)
+        qnorms = np.sqrt(np.einsum("ij,ij->i", wide, wide))
+        units = (wide / np.maximum(qnorms, 1e-9)[:, None]).astype(np.float32)
+        floor = np.float32(min_similarity - 1e-3)
+        near_rows, near_slots = [], []
+        for start in range(0, len(targets), self.STORED_BLOCK):
+            block = targets[start : start + self.STORED_BLOCK]
+            scale = (1.0 / np.maximum(self._norms[block], 1e-9)).astype(np.float32)
+            stored = (self.vectors[block].astype(np.float32) * scale[:, None]).T
+            for q0 in range(0, len(units), self.QUERY_BLOCK):
+                products = units[q0 : q0 + self.QUERY_BLOCK] @ stored
+                some = np.flatnonzero(products.max(axis=1) >= floor)  # few rows meet anything
+                r, c = np.nonzero(products[some] >= floor)
+                near_rows.append(q0 + some[r])
+                near_slots.append(block[c])
+        at, hit = np.concatenate(near_rows), np.concatenate(near_slots)
+        dots = np.einsum("ij,ij->i", wide[at], self.vectors[hit].astype(np.float64))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cosines = dots / (qnorms[at] * self._norms[hit])
+        near = cosines >= min_similarity
+        return rows[at[near]], hit[near], cosines[near]
 
 
-def _threads() -> int:
-    return max(1, min(os.cpu_count() or 1, 4))
+def _norms(vectors: np.ndarray) -> np.ndarray:
+    wide = vectors.astype(np.float64)
+    return np.sqrt(np.einsum("ij,ij->i", wide, wide))
 
 
 # --------------------------------------------------------------------------------------------
 # persisted next to the SQLite store
 
-FORMAT = 1  # changes when the files' layout does: an older file is rebuilt
+FORMAT = 2  # changes when the files' layout does: an older file is rebuilt
 
 
 @dataclass
@@ -306,6 +407,9 @@ class LocalIndex:
         self.words.compact()
         files = {"words.keys": self.words.keys, "words.ids": self.words.ids}
         meta: dict = {"format": FORMAT, "store_id": self.store_id, "seq": self.seq, "files": {}}
+        if self.embeddings is not None:
+            files["embeddings.ids"], files["embeddings.vectors"] = self.embeddings.stored()
+            meta["dims"] = self.embeddings.dims
         for name, array in files.items():
             tmp = folder / (name + ".tmp")
             with open(tmp, "wb") as f:
@@ -313,11 +417,6 @@ class LocalIndex:
                 f.flush()
                 os.fsync(f.fileno())
             meta["files"][name] = {"crc": _crc(tmp), "size": tmp.stat().st_size}
-        if self.embeddings is not None:
-            tmp = folder / "embeddings.usearch.tmp"
-            self.embeddings.index.save(str(tmp))
-            meta["files"]["embeddings.usearch"] = {"crc": _crc(tmp), "size": tmp.stat().st_size,
-                                                  "dims": self.embeddings.dims}
         for name in meta["files"]:
             os.replace(folder / (name + ".tmp"), folder / name)
         tmp = folder / "index.json.tmp"
@@ -348,14 +447,13 @@ class LocalIndex:
             if len(keys) != len(ids) or len(keys) % WORD_COUNT:
                 return "damaged (the word arrays do not match)"
             embeddings = None
-            if "embeddings.usearch" in meta["files"]:
-                from usearch.index import Index
-
-                embeddings = EmbeddingIndex(meta["files"]["embeddings.usearch"]["dims"],
-                                            Index.restore(str(folder / "embeddings.usearch")))
-                if embeddings.index is None:
-                    return "damaged (the embedding index cannot be read)"
-                embeddings.index.expansion_search = EmbeddingIndex.EXPANSION_SEARCH
+            if "embeddings.ids" in meta["files"]:
+                dims = int(meta["dims"])
+                vector_ids = np.fromfile(folder / "embeddings.ids", np.int64)
+                vectors = np.fromfile(folder / "embeddings.vectors", np.int8)
+                if len(vectors) != len(vector_ids) * dims:
+                    return "damaged (the embedding arrays do not match)"
+                embeddings = EmbeddingIndex(dims, vector_ids, vectors.reshape(len(vector_ids), dims))
             return cls(store_id, int(meta["seq"]), WordIndex(keys, ids), embeddings)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             return f"damaged ({' '.join(str(exc).split())})"

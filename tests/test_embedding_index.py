@@ -1,0 +1,107 @@
+"""shared/store/vectors.py EmbeddingIndex: the exact scan answers what comparing every pair
+one at a time answers, at any threshold, through additions, changes and removals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared.store.vectors import EmbeddingIndex
+
+
+def _int8(x: np.ndarray) -> np.ndarray:
+    return np.round(x / np.linalg.norm(x, axis=-1, keepdims=True) * 127).clip(-127, 127).astype(np.int8)
+
+
+def _library(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Random directions (as spread out as SSCD's) and, for every fifth, copies at cosines from
+    0.2 to 0.98: many pairs near any threshold."""
+    base = rng.normal(size=(n, 512))
+    for k in range(0, n - 1, 5):
+        target = rng.uniform(0.2, 0.98)
+        noise = rng.normal(size=512)
+        noise -= noise @ base[k] / (base[k] @ base[k]) * base[k]
+        noise *= np.linalg.norm(base[k]) / np.linalg.norm(noise)
+        base[k + 1] = target * base[k] + np.sqrt(1 - target**2) * noise
+    return _int8(base)
+
+
+def _one_at_a_time(queries: np.ndarray, ids: np.ndarray, vectors: np.ndarray, floor: float, limit: int):
+    out = {}
+    for row, q in enumerate(queries.astype(np.float64)):
+        cos = vectors.astype(np.float64) @ q / (np.linalg.norm(vectors.astype(np.float64), axis=1) * np.linalg.norm(q))
+        hits = sorted((-c, int(i)) for i, c in zip(ids, cos) if c >= floor)[:limit]
+        out[row] = [(i, -c) for c, i in hits]
+    return out
+
+
+def _answers(rows, ids, cosines):
+    out: dict[int, list] = {}
+    for r, i, c in zip(rows.tolist(), ids.tolist(), cosines.tolist()):
+        out.setdefault(r, []).append((i, c))
+    return out
+
+
+@pytest.mark.parametrize("floor", [0.35, 0.55, 0.9])
+def test_the_scan_finds_exactly_what_every_pair_compared_finds(floor, monkeypatch):
+    rng = np.random.default_rng(7)
+    vectors = _library(rng, 3000)
+    ids = np.arange(10, 10 + len(vectors))
+    monkeypatch.setattr(EmbeddingIndex, "STORED_BLOCK", 700)  # several blocks each way
+    monkeypatch.setattr(EmbeddingIndex, "QUERY_BLOCK", 128)
+    index = EmbeddingIndex(512)
+    index.add(ids[:1700], vectors[:1700])
+    index.add(ids[1700:], vectors[1700:])
+    queries = vectors[::7]
+    got = _answers(*index.query(queries, floor, 4))
+    want = _one_at_a_time(queries, ids, vectors, floor, 4)
+    assert {r: [i for i, _ in v] for r, v in got.items()} == {r: [i for i, _ in v] for r, v in want.items() if v}
+    assert all(np.allclose([c for _, c in got[r]], [c for _, c in want[r]], atol=1e-12) for r in got)
+    assert sum(len(v) for v in got.values()) > len(queries)  # copies found, not only each query itself
+
+
+def test_changed_and_removed_vectors_are_answered_as_they_are_now():
+    rng = np.random.default_rng(8)
+    vectors = _library(rng, 400)
+    ids = np.arange(len(vectors))
+    index = EmbeddingIndex(512)
+    index.add(ids, vectors)
+    index.remove([0, 1, 2])
+    index.add(np.array([5]), vectors[[100]])  # record 5 changed: now a twin of record 100
+    assert len(index) == len(vectors) - 3
+    rows, found, _ = index.query(vectors[[0, 100]], 0.99, 10)
+    assert sorted(found[rows == 1].tolist()) == [5, 100]
+    assert found[rows == 0].tolist() == []  # record 0 removed, record 5 no longer its old self
+    index.remove(range(3, 200))  # most of it: compacted, the rest still answered
+    rows, found, _ = index.query(vectors[[250]], 0.99, 10)
+    assert found.tolist() == [250]
+    saved_ids, saved = index.stored()
+    assert sorted(saved_ids.tolist()) == list(range(200, 400)) and len(saved) == 200
+
+
+def test_a_whole_library_asked_batch_by_batch_gets_the_answers_of_a_full_scan(monkeypatch):
+    """The pass: each stored record asked once, in any order, gets every pair (half of them
+    from the notes of records asked before it); a record asked again, a write or another
+    threshold starts a new pass, never an answer with pairs missing."""
+    rng = np.random.default_rng(9)
+    vectors = _library(rng, 1200)
+    ids = np.arange(100, 100 + len(vectors))
+    monkeypatch.setattr(EmbeddingIndex, "STORED_BLOCK", 300)
+    index = EmbeddingIndex(512)
+    index.add(ids, vectors)
+    want = _one_at_a_time(vectors, ids, vectors, 0.35, 5)
+    order = rng.permutation(len(vectors))
+    got: dict[int, list] = {}
+    for batch in np.array_split(order, 7):
+        for r, i, c in zip(*(a.tolist() for a in index.query(vectors[batch], 0.35, 5, ids[batch]))):
+            got.setdefault(int(batch[r]), []).append(i)
+    assert got == {r: [i for i, _ in v] for r, v in want.items()}
+    again = _answers(*index.query(vectors[:50], 0.35, 5, ids[:50]))  # asked again: a new pass
+    assert {r: [i for i, _ in v] for r, v in again.items()} == {r: [i for i, _ in want[r]] for r in range(50)}
+    index.add(np.array([5000]), vectors[[0]])  # a write: a new pass that sees it
+    rows, found, _ = index.query(vectors[[0]], 0.35, 5, ids[[0]])
+    assert sorted(found.tolist()[:2]) == [100, 5000]
+    changed = vectors[[3]].copy()  # asked as it is now, not as stored: not part of the pass
+    changed[0, :8] = 0
+    rows, found, _ = index.query(changed, 0.35, 5, ids[[3]])
+    assert found.tolist()[:1] == [103]
