@@ -10,6 +10,9 @@ random unit vectors, as spread out as SSCD's), writes them through the store's `
 match_library`` (``plan_s``) with the default settings (max_dist 0.40, 8 orientations,
 min_similarity 0.35) and the pixel look stubbed to "agrees" (the records have no files; the
 verdict's other rules all apply). Then the same call again (``rerun_s``: nothing changed).
+Then ``--add`` new records (half of them copies of records of no group, half new photos) are
+written and the whole library planned again (``add_s``: what adding photos to a planned
+library costs; ``add_recall``: the new copies found).
 
 Scored like the benchmark kit: ``recall`` is the share of planted copies removed in favour of
 a member of their own group, ``wrong`` the removals in favour of a record of another group or
@@ -37,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import command_line, machine_line, md_table, peak_rss_mb  # noqa: E402
 from bench.matcher_scale import synthesize_chunks  # noqa: E402
-from bench.store_scale import noisy_embedding, record, unit_embeddings  # noqa: E402
+from bench.store_scale import SIG_LEN, near_signature, noisy_embedding, record, unit_embeddings  # noqa: E402
 
 
 async def _agrees(a, b, turns):
@@ -126,6 +129,34 @@ async def run(args: argparse.Namespace, work: Path) -> dict:
         again, _ = await match_library(paths, store, ledger, settings, _agrees, lambda n: None)
         out["rerun_s"] = time.perf_counter() - t0
         out["rerun_same"] = again == decisions
+        if args.add:
+            rng = np.random.default_rng(args.seed + 2)
+            singles = np.flatnonzero(group < 0)
+            originals = rng.choice(singles, args.add // 2, replace=False)
+            existing = {r.path: r for r in (await store.get_many([paths[i] for i in originals])).values()}
+            added, new_group, first_new = [], np.full(args.add, -1), int(group.max()) + 1
+            fresh = unit_embeddings(rng, args.add)
+            for k in range(args.add):
+                i = len(paths) + k
+                if k < len(originals):  # a copy of a record that had none
+                    base = existing[paths[originals[k]]]
+                    sig, emb = near_signature(rng, base.signature), noisy_embedding(rng, base.embedding)
+                    new_group[k] = first_new + k
+                else:
+                    sig, emb = rng.integers(-2, 3, SIG_LEN).astype(np.int8), fresh[k]
+                added.append(replace(record(i, path_of(root, i), sig, emb, rng), root=root))
+            group = np.concatenate([group, new_group])
+            group[originals] = new_group[: len(originals)]
+            await store.upsert_many(added)
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            decisions, _ = await match_library(paths + [r.path for r in added], store, ledger, settings, _agrees,
+                                               lambda n: None)
+            out["add_s"] = time.perf_counter() - t0
+            out["add_cpu_s"] = time.process_time() - cpu0
+            added_score = score([d for d in decisions if any(group[index_of(p.path)] >= first_new
+                                                              for p in (d.keep, *d.remove))], group)
+            out["add_recall"] = added_score["found"] / len(originals)
+            out["add_wrong"] = score(decisions, group)["wrong"]
     finally:
         await store.close()
         await ledger.close()
@@ -149,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", type=Path, help="where the SQLite store goes (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the Elasticsearch index")
+    ap.add_argument("--add", type=int, default=1000, help="records added after the first plan (0: none)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
     if args.workdir:
@@ -160,10 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line())
     print(f"Command: {command_line()}\n")
     print(md_table(["store", "records", "insert (s)", "inserts/s", "plan (s)", "plan CPU (s)", "re-run (s)",
-                    "peak RSS (MB)", "recall", "wrong"],
+                    "peak RSS (MB)", "recall", "wrong", "+ records", "plan again (s)", "their recall"],
                    [[out["store"], f"{out['records']:,}", f"{out['insert_s']:.1f}", f"{out['insert_per_s']:.0f}",
                      f"{out['plan_s']:.1f}", f"{out['plan_cpu_s']:.1f}", f"{out['rerun_s']:.1f}",
-                     f"{out['peak_rss_mb']:.0f}", f"{out['recall']:.4f}", out["wrong"]]]))
+                     f"{out['peak_rss_mb']:.0f}", f"{out['recall']:.4f}", out["wrong"], f"{args.add:,}",
+                     f"{out['add_s']:.1f}" if args.add else "-",
+                     f"{out['add_recall']:.4f}" if args.add else "-"]]))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     return 0

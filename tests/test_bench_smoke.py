@@ -38,10 +38,11 @@ def test_matcher_scale_tiny() -> None:
 
 
 def test_library_scale_tiny(tmp_path: Path) -> None:
-    out = _run("bench/library_scale.py", "--records", "600", "--json", str(tmp_path / "ls.json"))
+    out = _run("bench/library_scale.py", "--records", "600", "--add", "60", "--json", str(tmp_path / "ls.json"))
     assert "Machine:" in out and "| sqlite | 600 |" in out
     result = json.loads((tmp_path / "ls.json").read_text())
     assert result["wrong"] == 0 and result["recall"] >= 0.99 and result["rerun_same"]
+    assert result["add_recall"] == 1.0 and result["add_wrong"] == 0  # the copies added later are found too
     assert {"insert_s", "plan_s", "peak_rss_mb", "recall", "wrong"} <= set(result)
 
 

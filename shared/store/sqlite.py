@@ -23,7 +23,7 @@ import numpy as np
 from ..actions import private_file, private_folder
 from . import Batched, Candidate, ImageRecord
 from ..image.signature import distances as sig_distances, orientations
-from .vectors import LocalIndex, log, rebuild
+from .vectors import EmbeddingIndex, LocalIndex, log, rebuild
 
 T = TypeVar("T")
 
@@ -405,24 +405,26 @@ class SQLiteStore(Batched, SQLiteFile):
                               turns: bool = False) -> list[list[Candidate]]:
         return await self._run(self._candidates_many, records, max_dist, limit, turns)
 
-    def _similar_many(self, records: Sequence[ImageRecord], min_similarity: float, limit: int) -> list[list[Candidate]]:
-        """Every stored embedding is compared with every query's, exactly (the embedding index)."""
-        asked = [k for k, r in enumerate(records) if r.embedding is not None and np.any(r.embedding)]
+    def _embeddings(self, records: Sequence[ImageRecord]) -> tuple[EmbeddingIndex | None, np.ndarray]:
+        """The embedding index, caught up, and the id each record is stored under (-1: none)."""
         index = self._current()
-        if not asked or index.embeddings is None:
+        return index.embeddings, self._own(records, "NULL")[0]
+
+    async def similar_many(self, records: Sequence[ImageRecord], min_similarity: float,
+                           limit: int = 100) -> list[list[Candidate]]:
+        """Every stored embedding is compared with every query's, exactly. The scan runs off the
+        store's one thread, so the word lookups of the same batch run beside it."""
+        asked = [k for k, r in enumerate(records) if r.embedding is not None and np.any(r.embedding)]
+        index, own = await self._run(self._embeddings, [records[k] for k in asked])
+        if not asked or index is None:
             return [[] for _ in records]
         queries = np.stack([np.asarray(records[k].embedding, np.int8) for k in asked])
-        own, _ = self._own([records[k] for k in asked], "NULL")
-        rows, ids, cosines = index.embeddings.query(queries, min_similarity, limit + 1, own)
+        rows, ids, cosines = await asyncio.to_thread(index.query, queries, min_similarity, limit + 1, own)
         near: dict[int, dict[int, float]] = {}
         for row, i, c in zip(rows.tolist(), ids.tolist(), cosines.tolist()):
             if i != own[row]:
                 near.setdefault(row, {})[i] = 1.0 - c
-        return self._nearest(near, asked, len(records), limit)
-
-    async def similar_many(self, records: Sequence[ImageRecord], min_similarity: float,
-                           limit: int = 100) -> list[list[Candidate]]:
-        return await self._run(self._similar_many, records, min_similarity, limit)
+        return await self._run(self._nearest, near, asked, len(records), limit)
 
     def _same_digest_many(self, records: Sequence[ImageRecord]) -> list[list[ImageRecord]]:
         digests = sorted({r.digest for r in records if r.digest})

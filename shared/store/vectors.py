@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -227,6 +228,9 @@ class EmbeddingIndex:
     the records not asked yet; what it met among those is noted for them, so a record asked
     later gets the pairs with those asked before it from the notes: the same answers, half the
     products.
+
+    A lock keeps a scan (run off the store's thread) and a catch-up with the store's writes
+    apart.
     """
 
     QUERY_BLOCK = 2048  # query rows per product
@@ -240,6 +244,7 @@ class EmbeddingIndex:
         self._dead = 0
         self._slot = {int(i): k for k, i in enumerate(self.ids.tolist())}
         self._norms = _norms(self.vectors)
+        self._lock = threading.RLock()
         self._end_pass()
 
     def __len__(self) -> int:
@@ -253,6 +258,10 @@ class EmbeddingIndex:
     def add(self, ids: np.ndarray, embeddings: np.ndarray) -> None:
         if len(ids) == 0:
             return
+        with self._lock:
+            self._add(ids, embeddings)
+
+    def _add(self, ids: np.ndarray, embeddings: np.ndarray) -> None:
         self.remove(ids)  # a record changed in place: its old vector goes
         self._end_pass()
         need = self._size + len(ids)
@@ -272,6 +281,10 @@ class EmbeddingIndex:
 
     def remove(self, ids: Iterable[int]) -> None:
         """Marked dead (id -1); the matrix is compacted when an eighth of it is."""
+        with self._lock:
+            self._remove(ids)
+
+    def _remove(self, ids: Iterable[int]) -> None:
         for i in ids:
             slot = self._slot.pop(int(i), None)
             if slot is not None:
@@ -287,8 +300,9 @@ class EmbeddingIndex:
 
     def stored(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of every live embedding, for saving."""
-        alive = self.ids[: self._size] >= 0
-        return self.ids[: self._size][alive], self.vectors[: self._size][alive]
+        with self._lock:
+            alive = self.ids[: self._size] >= 0
+            return self.ids[: self._size][alive], self.vectors[: self._size][alive]
 
     def query(self, embeddings: np.ndarray, min_similarity: float, limit: int,
               own: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -296,7 +310,11 @@ class EmbeddingIndex:
         at most the ``limit`` nearest: (rows, ids, cosines), by row, nearest first. ``own``: the
         id each row is stored under (-1: none); a row stored as it is asked takes part in the
         pass (see the class)."""
-        queries = np.asarray(embeddings, np.int8)
+        with self._lock:
+            return self._query(np.asarray(embeddings, np.int8), min_similarity, limit, own)
+
+    def _query(self, queries: np.ndarray, min_similarity: float, limit: int,
+               own: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         slots = np.array([self._slot.get(int(i), -1) for i in (own if own is not None else [-1] * len(queries))],
                          np.int64)
         stored = slots >= 0
