@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import json
 from importlib import metadata
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from services.actuator.handler import ActionOutcome, handle_decision
 from services.hasher.handler import HashOutcome, ProcessSigner, Sign, handle_file_event
-from services.matcher.handler import plan, plan_mark, to_decision
+from services.matcher.handler import plan, plan_mark, slim, to_decision
 from services.matcher.units import companion_facts
 from services.watcher.handler import FoundFile, clean_up, walk
 from shared.actions import Journal, recover, remove_empty_folders
@@ -28,7 +28,7 @@ from shared.core.verdict import Look
 from shared.core.provenance import Measure
 from shared.image.pixels import look_in_thread, measure_in_thread
 from shared.messages import Decision, FileEvent, Message
-from shared.store import Ledger, Store
+from shared.store import ImageRecord, Ledger, Store
 from shared.store.comparisons import COMPARE_VERSION, ledger_key
 from shared.store.open import open_stores
 
@@ -232,10 +232,19 @@ async def _unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
 
 
 FACTS_BATCH = 5000  # records read at a time to tell whether anything changed since the last plan
-
 #: What the plan reads of the settings; a change of any of them plans the library again.
 PLAN_SETTINGS = {"source_directories", "reference_directories", "max_dist", "min_similarity", "min_agreement", "match_orientations",
                  "across_dirs", "max_file_modification_time_diff", "prioritization_rules", "use_exif_data"}
+
+
+def local_mark(settings: Settings) -> str:
+    """Local mode's plan mark: its own, so a dry run's marks never tell the services that a
+    record's group was decided, and theirs never tell local mode that its last plan holds it."""
+    return plan_mark(settings) + "-local"
+
+
+def _paths(decision: Decision) -> list[str]:
+    return [decision.keep.path, *(r.path for r in decision.remove)]
 
 
 async def match_library(
@@ -245,11 +254,16 @@ async def match_library(
     """Phase 4: the decisions, and how many pairs across roots were left out (across_dirs
     off). The plan depends only on the files (their versions and contents), the settings
     it reads, the pairs marked distinct and the code: when none of them changed since the last
-    run over these roots, that run's plan is the plan, and no index is queried again. The
-    actuator checks every removal against the disk and the verdict all the same. The records
-    are read a batch at a time, so a library of a million files is never held whole."""
+    run over these roots, that run's plan is the plan, and no index is queried again. When only
+    files changed, only the changed files and the components they meet are planned again (the
+    records planned carry local mode's plan mark and their neighbours, so the others are read
+    back, not looked up); the last plan's other groups stand. The actuator checks every removal
+    against the disk and the verdict all the same. The records are read a batch at a time, so a
+    library of a million files is never held whole."""
+    mark = local_mark(settings)
     files = hashlib.blake2b(digest_size=20)
     digests: set[str] = set()
+    changed: dict[str, tuple[int, int, int]] = {}  # not planned at this revision: path -> revision
     ordered = sorted(paths)
     for start in range(0, len(ordered), FACTS_BATCH):
         records = await store.get_many(ordered[start : start + FACTS_BATCH])
@@ -257,26 +271,58 @@ async def match_library(
             if (r := records.get(path)) is not None:
                 files.update(repr((path, r.size, r.mtime_ns, r.digest, r.error)).encode("utf-8", "surrogateescape"))
                 digests.update([r.digest] if r.digest else [])
+                if r.signature is not None and r.planned != mark:
+                    changed[path] = r.revision
     marked = await ledger.distinct(sorted(digests))
     facts = (
-        metadata.version("image-dedup"), COMPARE_VERSION, plan_mark(settings),
-        settings.model_dump_json(include=PLAN_SETTINGS),
-        files.hexdigest(), sorted(sorted(pair) for pair in marked),
+        metadata.version("image-dedup"), COMPARE_VERSION, mark,
+        settings.model_dump_json(include=PLAN_SETTINGS), sorted(sorted(pair) for pair in marked),
         companion_facts(paths),  # sidecars and videos rank units and travel with them
     )
-    fingerprint = ledger_key(*facts)
+    base, fingerprint = ledger_key(*facts), ledger_key(*facts, files.hexdigest())
     key = "plan-" + ledger_key(*sorted(map(str, settings.source_directories)))
     last = (await ledger.recall([key])).get(key)
     if last is not None and last["fingerprint"] == fingerprint:
         advance(len(paths))
         return [Decision.model_validate(d) for d in last["decisions"]], last.get("across_roots_left_out", 0)
-    left_out: set[frozenset[str]] = set()
-    decisions = [to_decision(g) for g in await plan(paths, store=store, settings=settings, ledger=ledger,
-                                                    look=look, on_progress=advance,
-                                                    across_roots_left_out=left_out, measure=measure)]
-    await ledger.remember({key: {"fingerprint": fingerprint, "across_roots_left_out": len(left_out),
+
+    present = set(paths)
+
+    def stale(files: Iterable[str]) -> bool:
+        return any(p in changed or p not in present for p in files)
+
+    asked, standing, left_out = ordered, [], set()
+    if last is not None and last.get("mark") == mark:  # the records read back bring no new pairs
+        left_out = {frozenset(pair) for pair in last.get("left_out", []) if not stale(pair)}
+    if last is not None and last.get("base") == base:  # only files changed: plan them and what they meet
+        previous = [Decision.model_validate(d) for d in last["decisions"]]
+        asked = sorted({*changed, *(p for d in previous if stale(_paths(d)) for p in _paths(d) if p in present)})
+        standing = [d for d in previous if not stale(_paths(d))]
+        advance(len(paths) - len(asked))
+    planned: list[ImageRecord] = []
+    groups = await plan(asked, store=store, settings=settings, ledger=ledger, look=look, on_progress=advance,
+                        across_roots_left_out=left_out, measure=measure, mark=mark, planned=planned) if asked else []
+    replanned = {r.path for r in planned}
+    decisions = sorted([*(d for d in standing if not any(p in replanned for p in _paths(d))), *map(to_decision, groups)],
+                       key=lambda d: d.keep.path)
+    await ledger.remember({key: {"fingerprint": fingerprint, "base": base, "mark": mark, "across_roots_left_out": len(left_out),
+                                 "left_out": sorted(sorted(pair) for pair in left_out),
                                  "decisions": [d.model_dump(mode="json") for d in decisions]}})
+    # marked only once the plan that holds their groups is remembered: a run cut off before
+    # that finds them unmarked and plans them again
+    await _mark(store, planned, {p: v for p, v in changed.items() if p not in replanned}, mark)
     return decisions, len(left_out)
+
+
+async def _mark(store: Store, planned: list[ImageRecord], alone: dict[str, tuple[int, int, int]], mark: str) -> None:
+    """Local mode's plan mark on the records planned: those of the components with their
+    neighbours, the others (read again, only at the revision planned) with none."""
+    for start in range(0, len(planned), FACTS_BATCH):
+        await store.mark_planned(planned[start : start + FACTS_BATCH], mark)
+    ordered = sorted(alone)
+    for start in range(0, len(ordered), FACTS_BATCH):
+        records = await store.get_many(ordered[start : start + FACTS_BATCH])
+        await store.mark_planned([slim(r) for p, r in records.items() if r.revision == alone[p]], mark)
 
 
 async def act(

@@ -43,6 +43,7 @@ def test_library_scale_tiny(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "ls.json").read_text())
     assert result["wrong"] == 0 and result["recall"] >= 0.99 and result["rerun_same"]
     assert result["add_recall"] == 1.0 and result["add_wrong"] == 0  # the copies added later are found too
+    assert result["recall_after_add"] == 1.0  # and the groups planned before still stand
     assert {"insert_s", "plan_s", "peak_rss_mb", "recall", "wrong"} <= set(result)
 
 

@@ -327,6 +327,45 @@ def test_an_unchanged_rerun_plans_nothing_again_and_compares_no_pixels(lib, tmp_
     assert {d.keep.path for d in fourth.decisions} == {d.keep.path for d in first.decisions}
 
 
+def test_a_changed_library_plans_only_what_changed_and_what_it_meets(lib, tmp_path, monkeypatch):
+    """A new copy, a new photo and a copy gone: the next plan asks only about the changed files
+    and the groups they touch (the other records are read back with their neighbours), and its
+    decisions are those of a whole plan of the library into a fresh store."""
+    asked: list[list[str]] = []
+    plan = local.plan
+
+    async def counting_plan(paths, **kwargs):
+        asked.append(sorted(paths))
+        return await plan(paths, **kwargs)
+
+    monkeypatch.setattr(local, "plan", counting_plan)
+    settings = load_settings(source_directories=[lib], store_path=tmp_path / "s.sqlite", threads=2,
+                             max_dist=FIXTURE_MAX_DIST)
+    _run(settings)
+    assert len(asked[0]) == N_IMAGES
+    save_photo(lib / "pets/cat again.jpg", 12, quality=70)
+    save_photo(lib / "solo/new.jpg", 18)
+    (lib / "phone/beach-1.jpg").unlink()
+    changed = _run(settings)
+    assert asked[1] == sorted(str(lib / p) for p in (
+        "pets/cat again.jpg", "solo/new.jpg",  # new (the cat's group is met through the indexes)
+        "2020/beach.jpg", "2020/beach small.jpg"))  # the group that lost a copy
+    groups = {d.keep.path: sorted(r.path for r in d.remove) for d in changed.decisions}
+    assert groups[str(lib / "pets/cat.jpg")] == [str(lib / "pets/cat again.jpg"), str(lib / "pets/cat copy.jpg")]
+    assert groups[str(lib / "2020/beach.jpg")] == [str(lib / "2020/beach small.jpg")]
+    fresh = _run(settings.model_copy(update={"store_path": tmp_path / "fresh.sqlite"}))
+    assert len(asked[2]) == N_IMAGES + 1
+    assert changed.decisions == fresh.decisions
+
+    # cut off after the plan was remembered, before the records were marked: planned again
+    with sqlite3.connect(settings.store_path) as db:
+        db.execute("UPDATE images SET planned = NULL WHERE path = ?", (str(lib / "solo/a.jpg"),))
+    (lib / "solo/UPPER.JPG").unlink()  # a change, so the last plan is not the plan
+    again = _run(settings)
+    assert asked[3] == [str(lib / "solo/a.jpg")]
+    assert again.decisions == changed.decisions
+
+
 def test_progress_is_shown_on_a_terminal_and_silent_when_quiet(lib, tmp_path):
     settings = load_settings(source_directories=[lib], store_path=tmp_path / "s.sqlite", threads=2,
                              max_dist=FIXTURE_MAX_DIST)

@@ -204,7 +204,7 @@ class Retrieved:
 async def retrieve(
     paths: Iterable[str], *, store: Store, settings: Settings, seeds: Mapping[str, ImageRecord] | None = None,
     claim: Claim | None = None, on_progress: Callable[[int], None] = lambda n: None,
-    across_roots_left_out: set[frozenset[str]] | None = None,
+    across_roots_left_out: set[frozenset[str]] | None = None, mark: str | None = None,
 ) -> Retrieved:
     """Stage 1 for ``paths`` and everything connected to them, ``BATCH`` records at a time
     (what a batch finds that was not asked is asked next), so a whole library costs a few index
@@ -213,8 +213,9 @@ async def retrieve(
     With ``claim`` (several matchers), every record is claimed before it is read; a path
     refused is ``blocked``, and an asked path found planned meanwhile is left out (done).
     ``across_roots_left_out`` collects the pairs across roots that the records looked up in the
-    indexes would have had with across_dirs on (a planned record's are not looked up again)."""
-    mark = plan_mark(settings)
+    indexes would have had with across_dirs on (a planned record's are not looked up again).
+    ``mark``: the plan mark that counts as planned (the services': ``plan_mark``)."""
+    mark = mark or plan_mark(settings)
     asked = sorted(dict.fromkeys(paths))
     seen, first = set(asked), set(asked)
     found = Retrieved(_Components(), {}, set(), {})
@@ -294,6 +295,12 @@ def _marked(records: Mapping[str, ImageRecord], edges: Edges) -> list[ImageRecor
     return [dataclasses.replace(r, neighbors=tuple(sorted(near[p]))) for p, r in records.items()]
 
 
+def slim(record: ImageRecord) -> ImageRecord:
+    """What ``Store.mark_planned`` reads of a record (its revision and neighbours), without the
+    descriptors: a plan holds one for every record it marks."""
+    return dataclasses.replace(record, signature=None, embedding=None, words=())
+
+
 class Judge:
     """Stage 2 for the components of one plan: the verdict on each pair (pixel comparisons
     recalled from the ledger and kept there), folder listings read once."""
@@ -341,19 +348,20 @@ async def plan(
     paths: Iterable[str], *, store: Store, settings: Settings, ledger: Ledger | None = None,
     look: Look = look_in_thread, on_progress: Callable[[int], None] = lambda n: None,
     seeds: Mapping[str, ImageRecord] | None = None, across_roots_left_out: set[frozenset[str]] | None = None,
-    measure: Measure = measure_in_thread,
+    measure: Measure = measure_in_thread, mark: str | None = None, planned: list[ImageRecord] | None = None,
 ) -> list[Group]:
     """Plan the components that contain ``paths``: stage 1 (the indexes) links candidates into
     components, and each component is planned with the verdict (stage 2) as its judge. With a
     ledger, pixel comparisons made before are recalled from it, and the new ones kept there.
     ``seeds``: the stored records of ``paths``, when the caller has read them already;
-    ``across_roots_left_out``: as for ``retrieve``.
+    ``across_roots_left_out`` and ``mark``: as for ``retrieve``; ``planned`` receives the records
+    of the components planned (``slim``, with their neighbours), for the caller to mark.
 
     Only the records that have candidates are held, as components, and only one component's
     records at a time are read whole to be judged."""
     await store.refresh()  # every record written before this call is found
     found = await retrieve(paths, store=store, settings=settings, seeds=seeds, on_progress=on_progress,
-                           across_roots_left_out=across_roots_left_out)
+                           across_roots_left_out=across_roots_left_out, mark=mark)
     judge = Judge(settings, ledger, look, measure)
     groups: list[Group] = []
     done: set[str] = set()  # the files of the units planned already
@@ -365,6 +373,8 @@ async def plan(
         # (a photo.png beside photo.jpg, each a unit of its own) is planned in its own component
         done.update(p for p, u in units.items() if any(i.path in records for i in u.images))
         groups += await judge.groups(records, edges, units)
+        if planned is not None:
+            planned += map(slim, _marked(records, edges))
     return groups
 
 
