@@ -92,10 +92,14 @@ COPIES = {
                                 "a bar added at the top"),
     "fill on a dark edge": (lambda img, data: _jpeg(_blurred_square(img), 92), "insta.jpg", 0,
                             "padded at the top and bottom"),
+    # nothing above a fraction of its resolution: the files' noise tells the upscale
+    "upscale of a soft photo": (lambda img, data: _jpeg(img.resize((1088, 816), Image.BICUBIC), 90), "soft.jpg", 0,
+                                "upscaled 1.7x"),
 }
 #: the photo each kind is made from, when it is not the plain one
 PHOTOS = {"caption on a white edge": lambda img: _plain_at_top(img, "white", 0.2),
-          "fill on a dark edge": lambda img: _plain_at_top(img, "black", 0.25)}
+          "fill on a dark edge": lambda img: _plain_at_top(img, "black", 0.25),
+          "upscale of a soft photo": lambda img: img.filter(ImageFilter.GaussianBlur(2.5))}
 
 
 @pytest.fixture
@@ -143,6 +147,25 @@ def test_without_the_rule_the_plain_order_decides(run_cli, library, tmp_path):
     assert big["rule"] == "more_pixels" and big["why"] == "more pixels: 1024x768 vs 640x480"
 
 
+def test_a_soft_original_is_kept_over_its_reduction_of_the_same_time(run_cli, tmp_path):
+    """A reduction made from the original's file and given its time (copied with it): the two
+    explain each other alike, but the reduction carries the original's noise and none of its
+    own above its resolution, so the original is not taken for an upscale of it."""
+    lib = tmp_path / "lib"
+    original, small = lib / "DCIM" / "IMG_0001.JPG", lib / "web" / "IMG_0001_web.jpg"
+    for path in (original, small):
+        path.parent.mkdir(parents=True)
+    original.write_bytes(_jpeg(_soft(251)))
+    small.write_bytes(_jpeg(Image.open(original).resize((384, 288), Image.LANCZOS), 85))
+    for path in (original, small):
+        os.utime(path, (TAKEN, TAKEN))
+    result = run_cli("deduplicate", lib, "--max-dist", "0.4")
+    assert result.code == 0, result.err
+    [group] = result.report["groups"]
+    assert group["keep"] == str(original), group
+    assert "upscaled" not in group["why"], group["why"]
+
+
 def test_byte_identical_files_keep_the_one_in_the_shorter_folder(run_cli, tmp_path):
     """After "no copy marker" and "older", the configured rules decide: shorter_folder_path
     keeps DCIM/Camera/X.jpg over the same bytes in a backup, whatever the paths' order."""
@@ -178,8 +201,31 @@ def test_an_upscale_holds_no_detail_its_source_lacks_and_an_original_does(pair, 
     up.write_bytes(_jpeg(Image.open(original).resize((1024, 768), Image.LANCZOS), 90))
     down = tmp_path / "down.jpg"
     down.write_bytes(_jpeg(Image.open(original).resize((400, 300), Image.LANCZOS), 90))
-    assert upscaled(str(up), str(original), 0) <= provenance.UPSCALED
-    assert upscaled(str(original), str(down), 0) > provenance.UPSCALED
+    assert upscaled(str(up), str(original), 0)[0] <= provenance.UPSCALED
+    assert upscaled(str(up), str(original), 0)[1] <= provenance.NOISE_ONLY
+    assert upscaled(str(original), str(down), 0)[0] > provenance.UPSCALED
+    assert upscaled(str(original), str(down), 0)[1] > provenance.NOISE_ONLY
+
+
+def _soft(seed: int) -> Image.Image:
+    """A soft photo (out of focus, shaken): nothing above a fraction of its resolution but its
+    encoding's noise, so an upscale of it and the photo itself explain each other alike."""
+    return make_photo(seed, (640, 480)).filter(ImageFilter.GaussianBlur(2.5))
+
+
+def test_the_encoding_noise_tells_an_upscale_of_a_soft_photo_from_its_original(tmp_path):
+    """Where both residuals are noise, the first answer is no evidence (an upscale over 1, an
+    original against a reduction made from its file under 1); the second, measured against the
+    files' noise, is."""
+    photo = _soft(250)
+    original, up, down = tmp_path / "original.jpg", tmp_path / "up.jpg", tmp_path / "down.jpg"
+    original.write_bytes(_jpeg(photo))
+    up.write_bytes(_jpeg(photo.resize((1088, 816), Image.BICUBIC), 90))
+    down.write_bytes(_jpeg(Image.open(original).resize((384, 288), Image.LANCZOS), 85))
+    first, second = upscaled(str(up), str(original), 0)
+    assert first > provenance.UPSCALED and second <= provenance.NOISE_ONLY
+    first, second = upscaled(str(original), str(down), 0)
+    assert first <= provenance.UPSCALED and second > provenance.NOISE_ONLY
 
 
 def test_a_lossless_re_save_and_a_re_encode_reproduce_their_source_and_not_the_other_way(pair, tmp_path):

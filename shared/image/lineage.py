@@ -59,20 +59,89 @@ _ENLARGING = (Image.Resampling.BICUBIC, Image.Resampling.LANCZOS, Image.Resampli
 _REDUCING = (*_ENLARGING, Image.Resampling.BOX)
 
 
+#: Formats that keep every grey level
+LOSSLESS = {"PNG", "TIFF", "BMP"}
+#: What a lossless file adds to a picture: the rounding to whole grey levels (variance 1/12)
+_ROUNDING = 1 / 12
+#: Pixels a picture is shifted by before it is encoded again with its own tables, so that its
+#: 8x8 blocks fall across the file's: what the encoding then changes is what it changes in a
+#: fresh picture (the calibration of JPEG steganalysis); re-encoding on the file's own grid
+#: would change next to nothing
+_SHIFT = 4
+
+
+def _encoded_again(stored: np.ndarray, file: Image.Image) -> tuple[Image.Image, Image.Image] | None:
+    """A picture like the file's (its stored pixels, shifted off its block grid) and that
+    picture encoded as the file is: their difference is noise like the file's encoding noise.
+    ``None`` for a lossy format other than JPEG (its encoder's settings are not in the file)."""
+    shifted = Image.fromarray(np.ascontiguousarray(stored[_SHIFT:, _SHIFT:]))
+    if file.format in LOSSLESS:
+        return shifted, shifted
+    if file.format != "JPEG":
+        return None
+    return shifted, Image.open(io.BytesIO(_encoded_as(shifted, file))).convert("RGB")
+
+
+def _mse(a: np.ndarray, b: np.ndarray | float = 0.0) -> float:
+    return float(np.mean(_inner(a - b) ** 2))
+
+
+def _resized(grey: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    return np.asarray(Image.fromarray(grey.astype(np.float32)).resize(size, resample))
+
+
+def _above(grey: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    """What of a picture lies above the resolution of ``size`` (reduced to it and enlarged
+    back with ``resample``, the filter an upscale was made with, the difference)."""
+    back = _resized(_resized(grey, size, Image.Resampling.LANCZOS), (grey.shape[1], grey.shape[0]), resample)
+    return grey - back
+
+
 @_image_errors
-def upscaled(big: str, small: str, turn: int) -> float:
-    """How much of the larger picture the smaller one does not explain, against how much of
-    the smaller one the larger explains: the mean squared difference of ``big``'s grey levels
-    from ``small`` enlarged onto it, over that of ``small`` from ``big`` reduced onto it, each
-    with the resampling filter that fits best. An upscale holds no detail beyond its source's
-    resolution, so both are the encodings' noise (at most about 1); an original holds what its
-    reduced copy lost (1.2 and more on the kit's photos)."""
-    x = Image.fromarray(np.ascontiguousarray(ONTO[turn](_rgb(big)[0])))
-    y = Image.fromarray(_rgb(small)[0])
+def upscaled(big: str, small: str, turn: int) -> tuple[float, float]:
+    """Whether the larger picture holds detail beyond the smaller one's resolution, two ways.
+
+    First, how much of ``big`` the smaller one does not explain (the mean squared difference
+    of its grey levels from ``small`` enlarged onto it) against how much of ``small`` the
+    larger explains (``small`` against ``big`` reduced onto it), each with the resampling
+    filter that fits best: an upscale's two are both its encodings' noise; an original's first
+    holds what its reduced copy lost.
+
+    Second, what ``small`` leaves unexplained of ``big`` against what the files' encoding
+    noise alone would leave, the larger of two ratios: over the whole picture (``big``'s noise
+    plus ``small``'s enlarged as ``small`` was), and above the smaller's resolution (there
+    only ``big``'s noise, which a copy made from ``big``'s decoded pixels cannot have taken
+    with it). An upscale leaves its encodings' noise, an original also the detail its copy
+    lost: this holds for a soft photo, where the first's residuals are both noise and the
+    larger file's noisier encoding can tip it over 1. Both ratios with one filter, the one that
+    fits best (an upscale made with another leaves that filter's leakage above the smaller's
+    resolution). A file's noise is measured by encoding a picture like it as the file is.
+    ``inf`` where an encoding is not known (a lossy format other than JPEG)."""
+    x_shown, x_file = _rgb(big)
+    y_shown, y_file = _rgb(small)
+    x = Image.fromarray(np.ascontiguousarray(ONTO[turn](x_shown)))
+    y = Image.fromarray(y_shown)
     lx, ly = _luma(np.asarray(x)), _luma(np.asarray(y))
-    explained = min(float(np.mean(_inner(lx - _luma(np.asarray(y.resize(x.size, f)))) ** 2)) for f in _ENLARGING)
-    explains = min(float(np.mean(_inner(ly - _luma(np.asarray(x.resize(y.size, f)))) ** 2)) for f in _REDUCING)
-    return explained / max(explains, 1e-6)
+    residuals = {f: lx - _luma(np.asarray(y.resize(x.size, f))) for f in _ENLARGING}
+    explains = min(_mse(ly, _luma(np.asarray(x.resize(y.size, f)))) for f in _REDUCING)
+    first = min(_mse(r) for r in residuals.values()) / max(explains, 1e-6)
+    x_noise = _encoded_again(np.asarray(x_file.convert("RGB")), x_file)
+    y_noise = _encoded_again(np.asarray(y_file.convert("RGB")), y_file)
+    if x_noise is None or y_noise is None:
+        return first, float("inf")
+    scale = (x.width * x.height / (y.width * y.height)) ** 0.5
+    enlarged = (round(y_noise[0].width * scale), round(y_noise[0].height * scale))
+    reduced = (round(x_noise[0].width / scale), round(x_noise[0].height / scale))
+    x_rounding, y_rounding = (_ROUNDING * (f.format in LOSSLESS) for f in (x_file, y_file))
+    x_grey = [_luma(np.asarray(p)) for p in x_noise]
+
+    def against_noise(f: Image.Resampling) -> float:
+        """The larger of the two ratios for an upscale made with ``f``."""
+        whole = _mse(*x_grey) + x_rounding + _mse(*(_luma(np.asarray(p.resize(enlarged, f))) for p in y_noise)) + y_rounding
+        above = _mse(_above(x_grey[0] - x_grey[1], reduced, f)) + x_rounding
+        return max(_mse(residuals[f]) / max(whole, 1e-6), _mse(_above(residuals[f], y.size, f)) / max(above, 1e-6))
+
+    return first, min(against_noise(f) for f in _ENLARGING)
 
 
 @_image_errors
@@ -96,10 +165,15 @@ def _jpeg(rgb: np.ndarray, like: Image.Image) -> np.ndarray:
             8: Image.Transpose.ROTATE_270}.get(orientation)
     if undo is not None:
         stored = stored.transpose(undo)
+    return _rgb_of(_encoded_as(stored, like), orientation)
+
+
+def _encoded_as(stored: Image.Image, like: Image.Image) -> bytes:
+    """``stored`` encoded with the quantisation tables and chroma subsampling of the JPEG ``like``."""
     sampling = JpegImagePlugin.get_sampling(like)
     out = io.BytesIO()
     stored.save(out, "JPEG", qtables=like.quantization, subsampling=sampling if sampling >= 0 else 2)
-    return _rgb_of(out.getvalue(), orientation)
+    return out.getvalue()
 
 
 def _rgb_of(data: bytes, orientation: int) -> np.ndarray:
@@ -131,7 +205,7 @@ def reencoded(copy: str, source: str, turn: int) -> tuple[float, float | None]:
 
 
 #: What each measure answers for a file that cannot be read: no evidence of anything
-_UNKNOWN = {"upscaled": float("inf"), "resaved": 255.0, "reencoded": (255.0, None)}
+_UNKNOWN = {"upscaled": (float("inf"), float("inf")), "resaved": 255.0, "reencoded": (255.0, None)}
 
 
 def measure(kind: str, copy: str, source: str, turn: int) -> object:

@@ -18,7 +18,7 @@ from ..image.compare import Agreement, BothWays
 from ..image.pixels import FileVersion
 from . import Ledger
 
-COMPARE_VERSION = 12
+COMPARE_VERSION = 13
 
 
 def ledger_key(*parts: object) -> str:
