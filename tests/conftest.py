@@ -8,6 +8,7 @@ of one seed stays close to it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -72,6 +73,21 @@ def exif_bytes(tags: int) -> bytes:
     return exif.tobytes()
 
 
+#: The size each seed's photo is taken at: the sizes the tests ask for are reductions of it, so
+#: a larger copy is never an upscale of a smaller one (keep the original would keep the smaller)
+CAMERA_SIZE = (1280, 960)
+
+
+@functools.lru_cache(maxsize=64)
+def _camera_photo(seed: int) -> Image.Image:
+    return make_photo(seed, CAMERA_SIZE)
+
+
+def photo_at(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """The photo of ``seed`` reduced to ``size`` from its camera size."""
+    return _camera_photo(seed).resize(size, Image.LANCZOS)
+
+
 def save_photo(
     path: Path,
     seed: int,
@@ -82,12 +98,10 @@ def save_photo(
     fmt: str | None = None,
     mtime: float | None = None,
 ) -> Path:
-    """Write the photo of ``seed`` at ``size`` (a resize of the 320x240 original when
-    different, so copies of one seed are near-duplicates) to ``path``."""
+    """Write the photo of ``seed`` at ``size`` (``photo_at``: copies of one seed are
+    near-duplicates, the larger the original of the smaller) to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    img = make_photo(seed)
-    if size != img.size:
-        img = img.resize(size, Image.LANCZOS)
+    img = photo_at(seed, size)
     fmt = fmt or {".png": "PNG", ".webp": "WEBP", ".bmp": "BMP"}.get(path.suffix.lower(), "JPEG")
     kwargs: dict = {}
     if fmt == "JPEG":
@@ -102,10 +116,7 @@ def save_photo(
 
 def jpeg_bytes(seed: int, size: tuple[int, int] = (320, 240), quality: int = 90) -> bytes:
     buf = io.BytesIO()
-    img = make_photo(seed)
-    if size != img.size:
-        img = img.resize(size, Image.LANCZOS)
-    img.save(buf, "JPEG", quality=quality)
+    photo_at(seed, size).save(buf, "JPEG", quality=quality)
     return buf.getvalue()
 
 
