@@ -15,7 +15,7 @@ from shared.image import metadata as meta
 from shared.image.signature import ImageError, analyze, distance
 from PIL import Image
 
-from tests.conftest import make_photo, save_photo, tree_state
+from tests.conftest import photo_at, save_photo, tree_state
 from tests.library_support import write_dng
 
 EXTS = [".jpg", ".heic", ".dng", ".nef", ".png"]
@@ -23,7 +23,7 @@ EXTS = [".jpg", ".heic", ".dng", ".nef", ".png"]
 
 def photo(seed: int, size: tuple[int, int] = (640, 480)) -> Image.Image:
     """The picture ``save_photo`` writes for ``seed`` at ``size`` (its copies' original)."""
-    return make_photo(seed).resize(size, Image.LANCZOS)
+    return photo_at(seed, size)
 
 
 # --------------------------------------------------------------------------------------------
