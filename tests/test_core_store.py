@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
+import threading
 
 import numpy as np
 import pytest
 
 from shared.image.signature import words
 from shared.store import ImageRecord
-from shared.store.sqlite import SQLiteStore
+from shared.store.sqlite import SQLiteStore, _into_wal
 from shared.store.vectors import LocalIndex
 
 
@@ -157,3 +159,23 @@ async def test_a_new_store_builds_its_first_index_silently(tmp_path, caplog):
         finally:
             await store.close()
     assert caplog.records == []
+
+
+def test_the_switch_to_wal_is_asked_again_while_another_process_holds_the_file(tmp_path):
+    """Services opening a new store together can meet in the switch to write-ahead logging,
+    which SQLite then refuses at once ("database is locked", before any busy timeout): it is
+    asked again until the other lets go. Here the other holds the file for 0.3 s and the
+    connection has no busy timeout, so each refusal comes at once, as in that race."""
+    path = tmp_path / "s.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    release.start()
+    db = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        _into_wal(db)
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        release.join()
+        db.close()
+        holder.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -126,6 +127,27 @@ def _paths_json(paths: Sequence[str]) -> str:
     return json.dumps(list(paths))
 
 
+#: How long a connection waits for another process's lock on the file: longer than any one
+#: write transaction of a batch takes.
+BUSY_SECONDS = 60.0
+
+
+def _into_wal(db: sqlite3.Connection) -> None:
+    """Switch the file to write-ahead logging (readers never wait for the writer). Several
+    processes opening a new file at once (the services starting together) can meet in the
+    switch, which SQLite then refuses with "database is locked" at once, without waiting for the
+    busy timeout: asked again until the switch is made or that timeout has passed."""
+    deadline = time.monotonic() + BUSY_SECONDS
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class SQLiteFile:
     """One connection to the store file; all its calls run on one private thread, off the
     event loop."""
@@ -138,8 +160,8 @@ class SQLiteFile:
         self._run_sync(self._connect)
 
     def _connect(self) -> None:
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
+        db = sqlite3.connect(self.path, timeout=BUSY_SECONDS, isolation_level=None)
+        _into_wal(db)
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
         self._db = db
