@@ -437,8 +437,10 @@ class SQLiteStore(Batched, SQLiteFile):
         """Every stored embedding is compared with every query's, exactly. The scan runs off the
         store's one thread, so the word lookups of the same batch run beside it."""
         asked = [k for k, r in enumerate(records) if r.embedding is not None and np.any(r.embedding)]
+        if not asked:
+            return [[] for _ in records]
         index, own = await self._run(self._embeddings, [records[k] for k in asked])
-        if not asked or index is None:
+        if index is None:
             return [[] for _ in records]
         queries = np.stack([np.asarray(records[k].embedding, np.int8) for k in asked])
         rows, ids, cosines = await asyncio.to_thread(index.query, queries, min_similarity, limit + 1, own)

@@ -262,7 +262,7 @@ class EmbeddingIndex:
             self._add(ids, embeddings)
 
     def _add(self, ids: np.ndarray, embeddings: np.ndarray) -> None:
-        self.remove(ids)  # a record changed in place: its old vector goes
+        self._remove(ids)  # a record changed in place: its old vector goes
         self._end_pass()
         need = self._size + len(ids)
         if need > len(self.ids):  # grown by half at a time: appends cost little on average
