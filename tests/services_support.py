@@ -338,6 +338,10 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
+                if self._listener is not listener:  # refused meanwhile: this one must not pass either
+                    client.close()
+                    server.close()
+                    return
                 self._open.update((client, server))
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
@@ -370,9 +374,16 @@ class TcpProxy:
                 pass
 
     def refuse(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        with self._lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            # shutdown, not only close: a close leaves the socket listening while the accepting
+            # thread waits in accept(), and the next connection would still be relayed
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
         self._drop_connections()
         self._passing.set()
 
