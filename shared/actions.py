@@ -350,6 +350,7 @@ def recover(directory: Path) -> list[str]:
     lines: list[str] = []
     if not directory.is_dir():
         return lines
+    intents_at = _intents_by_path(directory)
     for path in sorted(directory.glob("*.jsonl")):
         try:
             fh = open(path, "a", encoding="ascii")
@@ -368,13 +369,33 @@ def recover(directory: Path) -> list[str]:
             for entry in entries:
                 if entry["state"] != "intent" or entry["id"] in confirmed:
                     continue
-                outcome, files, line = _settle(entry)
+                if any(at > entry.get("at", at) for at in intents_at.get(entry["path"], ())):
+                    # the same removal begun again since, by an actuator given the decision
+                    # after this one died: whatever happened to the files is that action's
+                    outcome, files, line = "not done", [], f"not done, taken over by a later action: {entry['path']}"
+                else:
+                    outcome, files, line = _settle(entry)
                 fh.write(json.dumps({"state": "done", "intent": entry["id"], "id": uuid.uuid4().hex, "at": time.time(),
                                      "recovered": outcome, "files": files}) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
                 lines.append(line)
     return lines
+
+
+def _intents_by_path(directory: Path) -> dict[str, list[float]]:
+    """When each action in the journals of ``directory`` (live ones too) was begun, by the
+    file it began with."""
+    begun: dict[str, list[float]] = {}
+    for path in directory.glob("*.jsonl"):
+        try:
+            entries = read_journal(path)
+        except JournalError:
+            continue
+        for e in entries:
+            if e["state"] == "intent" and isinstance(e.get("at"), (int, float)):
+                begun.setdefault(e["path"], []).append(e["at"])
+    return begun
 
 
 def _present(planned: dict) -> bool:

@@ -331,6 +331,23 @@ def test_the_next_run_confirms_a_unit_that_had_all_gone_and_undo_brings_it_back(
     assert all(f.exists() for f in files)
 
 
+def test_a_removal_taken_over_by_another_actuator_is_not_claimed_by_the_dead_ones_journal(tmp_path):
+    """An actuator killed after its intent, before it moved anything; the decision, delivered
+    again, is carried out by another one. The dead journal's intent settles as not done (the
+    files are gone, but not by it), so the unit is removed once in the journals and undone once."""
+    files, dead = _half_moved(tmp_path, 0)
+    keep = tmp_path / "keep.jpg"
+    other = actions.Journal(tmp_path / "j" / "other.jsonl")
+    actions.act_on_unit("move", [actions.Step(f, target=tmp_path / "t" / f.name) for f in files], keep, other, 0.1)
+    other.close()
+    [line] = actions.recover(dead.parent)
+    assert line == f"not done, taken over by a later action: {files[0]}"
+    assert not any(f.exists() for f in files), "the files are the other action's: left where it put them"
+    assert actions.undo(dead)[0].text.startswith("not done, nothing to undo")
+    assert all(u.text.startswith("restored") for u in actions.undo(other.path))
+    assert all(f.exists() for f in files)
+
+
 def test_a_live_runs_journal_is_left_alone(tmp_path):
     files = _unit(tmp_path / "lib")
     live = actions.Journal(tmp_path / "j" / "live.jsonl")

@@ -63,7 +63,8 @@ def _assert_nothing_lost(services: Services, files: dict[str, str]) -> None:
 def _assert_removed_once(services: Services, removed: set[str]) -> None:
     entries = services.journal_entries()
     intents = {e["id"]: e for e in entries if e["state"] == "intent"}
-    done = collections.Counter(intents[e["intent"]]["path"] for e in entries if e["state"] == "done")
+    done = collections.Counter(intents[e["intent"]]["path"] for e in entries
+                               if e["state"] == "done" and e.get("recovered") not in ("not done", "rolled back"))
     assert all(n == 1 for n in done.values()), f"removed twice: {[p for p, n in done.items() if n > 1]}"
     done_rel = {str(Path(p).relative_to(services.photos)) for p in done}
     assert done_rel <= removed
