@@ -105,3 +105,26 @@ def test_a_whole_library_asked_batch_by_batch_gets_the_answers_of_a_full_scan(mo
     changed[0, :8] = 0
     rows, found, _ = index.query(changed, 0.35, 5, ids[[3]])
     assert found.tolist()[:1] == [103]
+
+
+def test_the_int8_products_are_the_exact_dot_products_over_the_whole_int8_range():
+    from shared.store.int8_products import products
+
+    rng = np.random.default_rng(3)
+    queries = rng.integers(-128, 128, (70, 512), dtype=np.int8)
+    stored = rng.integers(-128, 128, (300, 512), dtype=np.int8)
+    queries[0], stored[0] = -128, -128  # the corners: 512 x 16384 fits int32
+    want = queries.astype(np.int64) @ stored.astype(np.int64).T
+    assert np.array_equal(products(queries, np.ascontiguousarray(stored.T)), want)
+
+
+def test_an_all_zero_embedding_is_near_nothing_and_hides_nothing():
+    rng = np.random.default_rng(4)
+    vectors = _library(rng, 50)
+    vectors[3] = 0
+    index = EmbeddingIndex(512, np.arange(50), vectors)
+    rows, ids, _ = index.query(vectors[[1, 3]], 0.35, 10)
+    assert (rows == 1).sum() == 0, "the zero query meets nothing"
+    with np.errstate(invalid="ignore"):
+        want = {i for i, _ in _one_at_a_time(vectors[[1]], np.arange(50), vectors, 0.35, 10)[0]}
+    assert set(ids[rows == 0].tolist()) == want and 3 not in want and {0, 1} <= want

@@ -1,0 +1,82 @@
+"""Exact int8 matrix products for the embedding scan, by ONNX Runtime's ``MatMulInteger``.
+
+The scan compares every query with every stored embedding (``shared.store.vectors``). Its
+int8 values multiplied as int8 (AVX-512 VNNI or AVX2 kernels in ONNX Runtime's MLAS) cost
+about a third of the CPU of the same product in float32 BLAS (docs/benchmarks.md) and are
+exact: the int32 sums are the dot products themselves, no rounding to allow for.
+
+ONNX Runtime is already here for the SSCD model and has the best int8 GEMM among our
+dependencies (numpy has none). It takes a model; the one node it needs is written below as
+protobuf bytes, rather than installing the ``onnx`` package (and its protobuf classes) to
+make them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+_UINT8, _INT8, _INT32 = 2, 3, 6  # ONNX TensorProto element types
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, value: int | bytes | str) -> bytes:
+    """One protobuf field: an integer (varint) or a string, bytes or nested message."""
+    if isinstance(value, int):
+        return _varint(number << 3) + _varint(value)
+    data = value.encode() if isinstance(value, str) else value
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _tensor(name: str, elem_type: int, dims: tuple[int | str, ...]) -> bytes:
+    """A ValueInfoProto: name, TypeProto.tensor_type (elem_type, shape of named or fixed dims)."""
+    shape = b"".join(_field(1, _field(2, d) if isinstance(d, str) else _field(1, d)) for d in dims)
+    return _field(1, name) + _field(2, _field(1, _field(1, elem_type) + _field(2, shape)))
+
+
+def _model() -> bytes:
+    """Y[q, s] = sum_k (A[q, k] - a_zero_point) * B[k, s], A uint8, B int8, Y int32."""
+    node = (_field(1, "A") + _field(1, "B") + _field(1, "a_zero_point") + _field(2, "Y")
+            + _field(4, "MatMulInteger"))
+    graph = (_field(1, node) + _field(2, "int8_products")
+             + _field(11, _tensor("A", _UINT8, ("queries", "dims")))
+             + _field(11, _tensor("B", _INT8, ("dims", "stored")))
+             + _field(11, _tensor("a_zero_point", _UINT8, ()))
+             + _field(12, _tensor("Y", _INT32, ("queries", "stored"))))
+    return _field(1, 7) + _field(8, _field(1, "") + _field(2, 13)) + _field(7, graph)  # IR 7, opset 13
+
+
+_session = None
+_session_lock = threading.Lock()
+_ZERO = np.array(128, np.uint8)
+
+
+def _run():
+    global _session
+    with _session_lock:
+        if _session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = len(os.sched_getaffinity(0))  # the scan is the process's work then
+            options.inter_op_num_threads = 1
+            _session = ort.InferenceSession(_model(), options, providers=["CPUExecutionProvider"])
+        return _session.run
+
+
+def products(queries: np.ndarray, stored_t: np.ndarray) -> np.ndarray:
+    """``queries`` (q x d, int8) times ``stored_t`` (d x s, int8, C-contiguous): the exact int32
+    dot products (q x s). A query is given as uint8 with a zero point of 128, which is how
+    the kernels take their left side."""
+    shifted = (queries.view(np.uint8) ^ np.uint8(0x80))  # int8 v as uint8 v + 128, bit for bit
+    return _run()(None, {"A": shifted, "B": stored_t, "a_zero_point": _ZERO})[0]
