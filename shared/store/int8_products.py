@@ -70,6 +70,9 @@ def _run():
             options = ort.SessionOptions()
             options.intra_op_num_threads = len(os.sched_getaffinity(0))  # the scan is the process's work then
             options.inter_op_num_threads = 1
+            # its threads sleep between products instead of spinning (as OpenBLAS's did, burning
+            # more CPU than local mode's main process: docs/benchmarks.md)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             _session = ort.InferenceSession(_model(), options, providers=["CPUExecutionProvider"])
         return _session.run
 
