@@ -114,13 +114,16 @@ def _pair_text(p: object) -> str:
     return str(p)
 
 
-def row(label: str, m: dict) -> list:
+def row(label: str, m: dict, plan_s: float | None = None) -> list:
     rec = m.get("recall_by_difficulty") or {}
     return [label, m["wrong_removals"], *[rec.get(d) for d in DIFFICULTIES], m.get("recall"), m.get("pair_precision"),
-            m.get("keep_accuracy"), f"{m.get('negatives_grouped', 0)}/{m.get('negatives', 0)}"]
+            m.get("keep_accuracy"), f"{m.get('negatives_grouped', 0)}/{m.get('negatives', 0)}",
+            None if plan_s is None else round(plan_s, 1)]
 
 
-HEADERS = ["setting", "wrong", *DIFFICULTIES, "recall", "pair precision", "keep acc.", "neg grouped"]
+#: plan (s): what a setting costs, the plan's wall time with every pixel comparison made afresh
+#: (pass a default value, e.g. max_dist=0.40, for the defaults' own)
+HEADERS = ["setting", "wrong", *DIFFICULTIES, "recall", "pair precision", "keep acc.", "neg grouped", "plan (s)"]
 
 
 #: The sweep: one option moved at a time away from the defaults, in both directions.
@@ -152,9 +155,12 @@ def evaluate(lib: Path, truth: Path, kit: Path, settings: list[str], phash: int 
     rows, raw = [row("CLI defaults", m)], {"cli_wall_s": wall, "CLI defaults": _kept(m)}
     print(f"  CLI defaults: wrong {m['wrong_removals']}, recall {m['recall']} ({wall:.0f} s)", file=sys.stderr, flush=True)
     for spec in settings:
-        m = score(kit, truth, asyncio.run(plan_report(lib, store, parse_setting(spec), threads)), workdir)
-        rows.append(row(spec, m))
-        raw[spec] = _kept(m)
+        t0 = time.perf_counter()
+        report = asyncio.run(plan_report(lib, store, parse_setting(spec), threads))
+        plan_s = time.perf_counter() - t0
+        m = score(kit, truth, report, workdir)
+        rows.append(row(spec, m, plan_s))
+        raw[spec] = {**_kept(m), "plan_s": plan_s}
         print(f"  {spec}: wrong {m['wrong_removals']}, recall {m['recall']}", file=sys.stderr, flush=True)
     if phash is not None:
         pairs = workdir / "phash-pairs.json"
