@@ -369,9 +369,13 @@ class TcpProxy:
         for s in sockets:
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # reset
-                s.close()
+                # shutdown first: a close alone does not end a connection while a pump thread
+                # waits in recv() on it, so a request in flight when the relay closed would hang
+                # until the client's timeout (30 s) instead of failing at once
+                s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            s.close()
 
     def refuse(self) -> None:
         with self._lock:
