@@ -82,15 +82,21 @@ def _fill_ends(profile: np.ndarray, k: int, seam: float, found: bool = False) ->
     seam need not stand out against the photo's own detail (a soft sky next to the fill)."""
     fill = profile[:k - 2]
     photo = float(np.median(profile[k + 3:k + 3 + max(8, len(profile) // 4)]))
-    return seam >= SEAM_OVER_FILL * float(np.median(fill)) and (found or seam >= SEAM_OVER_PHOTO * photo) \
-        and float(fill.mean()) <= FILL_UNDER_PHOTO * photo
+    # the fill's median last: the costliest test, and on a photo's own lines the others fail
+    return (found or seam >= SEAM_OVER_PHOTO * photo) and float(fill.mean()) <= FILL_UNDER_PHOTO * photo \
+        and seam >= SEAM_OVER_FILL * float(np.median(fill))
 
 
 def _fill(detail: np.ndarray, side: int) -> int:
     """Lines of a blurred fill along one side, ending at a seam, or 0."""
     profile = _lines(detail, side).mean(axis=1)
-    for k in range(4, int(MAX_BAND * len(profile))):
-        if profile[k] >= profile[k - 3:k + 4].max() and _fill_ends(profile, k, float(profile[k])):
+    lines = np.arange(4, int(MAX_BAND * len(profile)))
+    if len(lines) == 0:
+        return 0
+    # the lines whose detail is the most of the 3 on each side (fewer past the end)
+    around = np.lib.stride_tricks.sliding_window_view(np.r_[profile, np.full(3, -np.inf, profile.dtype)], 7)
+    for k in lines[profile[lines] >= around[lines - 3].max(axis=1)].tolist():
+        if _fill_ends(profile, k, float(profile[k])):
             return k
     return 0
 
