@@ -36,8 +36,8 @@ def server():
 def test_refuse_ends_a_request_in_flight_and_refuses_the_next(server):
     port, received = server
     proxy = TcpProxy(port)
+    client = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
     try:
-        client = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
         client.sendall(b"GET / HTTP/1.1\r\n\r\n")
         assert received.wait(5)
         proxy.refuse()
@@ -50,4 +50,5 @@ def test_refuse_ends_a_request_in_flight_and_refuses_the_next(server):
         proxy.resume()
         socket.create_connection(("127.0.0.1", proxy.port), timeout=5).close()
     finally:
+        client.close()
         proxy.close()
