@@ -12,6 +12,8 @@ picture: a band that shows what the other shows there is put back (``shared.imag
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
@@ -48,15 +50,15 @@ def _lines(x: np.ndarray, side: int) -> np.ndarray:
     return (x, x[::-1], x.T, x.T[::-1])[side]
 
 
-def _bar(grey: np.ndarray, detail: np.ndarray, side: int) -> int:
-    """Lines of a plain bar along one side (a border, a letterbox bar, a caption), or 0."""
-    lines = _lines(grey, side).astype(np.int16)
-    n = lines.shape[0]
+def _bar(grey: np.ndarray, fine: np.ndarray, side: int) -> int:
+    """Lines of a plain bar along one side (a border, a letterbox bar, a caption), or 0;
+    ``fine``: that side's fine-detail profile (``_profiles``)."""
+    n = _lines(grey, side).shape[0]
+    lines = _lines(grey, side)[:int(MAX_BAND * n) + 2 + SEAM_LINES].astype(np.int16)  # all the seam test reads
     colour = int(np.median(lines[:2]))
-    share = (np.abs(lines - colour) <= BAR_TOLERANCE).mean(axis=1)
-    if share[0] < CLEAN:
+    if (np.abs(lines[0] - colour) <= BAR_TOLERANCE).mean() < CLEAN:  # most pictures: no bar (one line read)
         return 0
-    fine = _lines(detail, side).mean(axis=1)
+    share = (np.abs(lines - colour) <= BAR_TOLERANCE).mean(axis=1)
     seams = []
     for k in range(2, int(MAX_BAND * n)):
         if share[k] >= CLEAN or share[max(0, k - 3):k].min() < CLEAN or share[:k].mean() < BAR_MEAN:
@@ -87,18 +89,30 @@ def _fill_ends(profile: np.ndarray, k: int, seam: float, found: bool = False) ->
         and seam >= SEAM_OVER_FILL * float(np.median(fill))
 
 
-def _fill(detail: np.ndarray, side: int) -> int:
-    """Lines of a blurred fill along one side, ending at a seam, or 0."""
-    profile = _lines(detail, side).mean(axis=1)
+def _fill(profile: np.ndarray) -> int:
+    """Lines of a blurred fill along the side of a fine-detail ``profile``, ending at a seam, or 0."""
     lines = np.arange(4, int(MAX_BAND * len(profile)))
     if len(lines) == 0:
         return 0
     # the lines whose detail is the most of the 3 on each side (fewer past the end)
     around = np.lib.stride_tricks.sliding_window_view(np.r_[profile, np.full(3, -np.inf, profile.dtype)], 7)
-    for k in lines[profile[lines] >= around[lines - 3].max(axis=1)].tolist():
-        if _fill_ends(profile, k, float(profile[k])):
-            return k
-    return 0
+    peaks = lines[profile[lines] >= around[lines - 3].max(axis=1)]
+    # _fill_ends's tests for every peak at once, the fill's median by a count (at least half of
+    # the fill at most the seam's share); a peak passing them by a hair under this batch's
+    # rounding is judged again by _fill_ends itself, and only those (few: a photo's own peaks
+    # fail here)
+    window = max(8, len(profile) // 4)
+    if len(peaks) and peaks[-1] + 3 + window <= len(profile):
+        photo = np.median(np.lib.stride_tricks.sliding_window_view(profile, window)[peaks + 3], axis=1)
+        fill = peaks - 2  # lines of the fill ending at each peak
+        fill_mean = np.cumsum(profile, dtype=np.float64)[fill - 1] / fill
+        slack = 1 + 1e-4
+        seam = profile[peaks] * slack
+        quiet = np.count_nonzero((profile[None, :] <= seam[:, None] / SEAM_OVER_FILL)
+                                 & (np.arange(len(profile))[None, :] < fill[:, None]), axis=1)
+        peaks = peaks[(seam >= SEAM_OVER_PHOTO * photo) & (fill_mean <= FILL_UNDER_PHOTO * photo * slack)
+                      & (quiet >= (fill + 1) // 2)]
+    return next((k for k in peaks.tolist() if _fill_ends(profile, k, float(profile[k]))), 0)
 
 
 def fine_detail(grey: np.ndarray) -> np.ndarray:
@@ -108,18 +122,24 @@ def fine_detail(grey: np.ndarray) -> np.ndarray:
     return np.abs(g - cv2.GaussianBlur(g, (0, 0), 3.0))
 
 
+def _profiles(detail: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each side's fine-detail profile: the mean of each line, from that edge inwards."""
+    rows, cols = detail.mean(axis=1), detail.T.mean(axis=1)
+    return rows, rows[::-1], cols, cols[::-1]
+
+
 def find(grey: np.ndarray) -> Bands:
     """The bands added around the photo in ``grey`` (uint8), in lines from each edge."""
-    detail = fine_detail(grey)
-    found = [_bar(grey, detail, side) for side in range(4)]
+    profiles = _profiles(fine_detail(grey))
+    found = [_bar(grey, profiles[side], side) for side in range(4)]
     for first, second in ((0, 1), (2, 3)):
         n = grey.shape[0] if first == 0 else grey.shape[1]
         for one, two in ((first, second), (second, first)):  # padding is centred: a bar's twin
             if found[one] and not found[two] and _plain_as(grey, two, found[one], grey_of(grey, one, found[one])):
                 found[two] = found[one]
-        fills = [_fill(detail, first), _fill(detail, second)]
+        fills = [_fill(profiles[first]), _fill(profiles[second])]
         for i, (one, two) in enumerate(((first, second), (second, first))):  # a fill's seam may not show
-            if fills[i] and not fills[1 - i] and _smooth(detail, two, fills[i]):
+            if fills[i] and not fills[1 - i] and _smooth(profiles[two], fills[i]):
                 fills[1 - i] = fills[i]
         if all(fills) and abs(fills[0] - fills[1]) <= CENTRED_PX + 0.01 * n:
             found[first], found[second] = max(found[first], fills[0]), max(found[second], fills[1])
@@ -137,9 +157,8 @@ def _plain_as(grey: np.ndarray, side: int, lines: int, colour: int) -> bool:
     return bool((np.abs(band - colour) <= BAR_TOLERANCE).mean(axis=1).min() >= CLEAN)
 
 
-def _smooth(detail: np.ndarray, side: int, lines: int) -> bool:
-    """Have the first ``lines`` lines of ``side`` as little fine detail as a fill?"""
-    profile = _lines(detail, side).mean(axis=1)
+def _smooth(profile: np.ndarray, lines: int) -> bool:
+    """Have the first ``lines`` lines of a side (its fine-detail ``profile``) as little detail as a fill?"""
     return float(profile[:lines].mean()) <= FILL_UNDER_PHOTO * float(np.median(profile[lines:lines + max(8, len(profile) // 4)])) \
         and float(profile[:lines].max()) * SEAM_OVER_FILL <= float(profile[lines:lines + max(8, len(profile) // 4)].max())
 
@@ -148,25 +167,27 @@ def beyond(covered: np.ndarray) -> Bands:
     """Per side, the lines of a picture that lie wholly beyond another picture lined up with it
     (``covered``: True where the other lies): what it shows that the other does not, photo or
     bands."""
+    rows = 2 * np.count_nonzero(covered, axis=1) >= covered.shape[1]  # at least half of the line
+    cols = 2 * np.count_nonzero(covered, axis=0) >= covered.shape[0]
     return tuple(int(np.argmax(line)) if line.any() else 0  # type: ignore[return-value]
-                 for line in ((_lines(covered, side).mean(axis=1) >= 0.5) for side in range(4)))
+                 for line in (rows, rows[::-1], cols, cols[::-1]))
 
 
-def grown(grey: np.ndarray, bands: Bands, lines: Bands) -> Bands:
+def grown(grey: np.ndarray, bands: Bands, lines: Bands, detail_of: Callable[[np.ndarray], np.ndarray] = fine_detail) -> Bands:
     """``bands`` grown, side by side, to the ``lines`` lying beyond another picture (``beyond``)
     where those lines are area without a photo, though no seam in ``grey`` alone shows where it
     ends: a caption bar on a photo of the bar's colour at that edge (a bar was found there, and
     past its text its colour runs on to the other picture's edge), or a blurred fill whose seam
     lies on that very line (a fill is found alone by its two seams; where the photo next to one
     is as plain as the fill, that seam does not show). A photo cropped there has no such
-    line: it runs on across it."""
-    detail = fine_detail(grey)
+    line: it runs on across it. ``detail_of`` gives ``grey``'s ``fine_detail`` (a look makes
+    each picture's once); it is asked only where a side needs it, and most need none."""
     out = list(bands)
     for side, (band, k) in enumerate(zip(bands, lines)):
         n = grey.shape[0] if side < 2 else grey.shape[1]
         if k <= band + EDGE_PX or k > MAX_BAND * n or k < 8:
             continue
-        profile = _lines(detail, side).mean(axis=1)
+        profile = _lines(detail_of(grey), side).mean(axis=1)
         if band and _bar_to(grey, side, k):
             out[side] = k
         elif (seam := float(profile[k - 3:k + 4].max())) >= 1.0 and _fill_ends(profile, k, seam, found=True):

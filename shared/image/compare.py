@@ -658,8 +658,21 @@ def _agreement(a: Features, b: Features, mirrored: bool) -> Agreement:
     return _judged(a, b, m, mirrored, base)
 
 
+class _Detail:
+    """``bands.fine_detail`` of the two pictures of one look, each made when first asked for
+    (the bands are checked three times and grown twice in a look)."""
+
+    def __init__(self) -> None:
+        self._made: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, grey: np.ndarray) -> np.ndarray:
+        if id(grey) not in self._made:  # the picture is kept with it, so its id stays its own
+            self._made[id(grey)] = (grey, bands_.fine_detail(grey))
+        return self._made[id(grey)][1]
+
+
 def _photo(grey: np.ndarray, bands: bands_.Bands, other: np.ndarray, other_photo: np.ndarray,
-           onto: np.ndarray) -> tuple[np.ndarray, bands_.Bands]:
+           onto: np.ndarray, detail_of: _Detail) -> tuple[np.ndarray, bands_.Bands]:
     """The mask of the photo in ``grey`` with its added bands left out, and those bands. A band
     lying on the other picture's photo (``other`` brought onto ``grey`` by ``onto``) is put back
     when the other is as plain there, and as light: a fog or a wall, not a bar added to a copy."""
@@ -670,7 +683,7 @@ def _photo(grey: np.ndarray, bands: bands_.Bands, other: np.ndarray, other_photo
     seen = bands_.fine_detail(brought)
     there = cv2.warpAffine(other_photo.astype(np.uint8), onto, (w, h), flags=cv2.INTER_NEAREST)
     there = cv2.erode(there, np.ones((9, 9), np.uint8)) > 0  # the other photo's edge is no detail of it
-    mine = bands_.fine_detail(grey)
+    mine = detail_of(grey)
     kept = list(bands)
     for side, lines in enumerate(bands):
         band = ~bands_.mask((h, w), tuple(lines if k == side else 0 for k in range(4))) & there  # type: ignore[arg-type]
@@ -720,15 +733,17 @@ def _judged(a: Features, b: Features, m: np.ndarray, mirrored: bool, base: dict)
     back = cv2.invertAffineTransform(into)
     frame_bands = bands_.mirrored(b.bands) if mirrored and scale > 1 else (b.bands if scale > 1 else a.bands)
     other_bands = a.bands if scale > 1 else (bands_.mirrored(b.bands) if mirrored else b.bands)
-    frame_photo, frame_bands = _photo(frame, frame_bands, other, bands_.mask(other.shape, other_bands), into)
-    other_photo, other_bands = _photo(other, other_bands, frame, frame_photo, back)
-    frame_photo, frame_bands = _photo(frame, frame_bands, other, other_photo, into)
+    detail_of = _Detail()
+    frame_photo, frame_bands = _photo(frame, frame_bands, other, bands_.mask(other.shape, other_bands), into, detail_of)
+    other_photo, other_bands = _photo(other, other_bands, frame, frame_photo, back, detail_of)
+    frame_photo, frame_bands = _photo(frame, frame_bands, other, other_photo, into, detail_of)
     # what each picture shows beyond the other's whole picture: bands whose seam does not show
     # alone grow to it, and those it is all bands of are what a copy added
     beyond_frame = bands_.beyond(cv2.warpAffine(ones, into, (w, h), flags=cv2.INTER_NEAREST) > 0)
     beyond_other = bands_.beyond(cv2.warpAffine(np.full(frame.shape, 255, np.uint8), back, other.shape[::-1],
                                                 flags=cv2.INTER_NEAREST) > 0)
-    frame_bands, other_bands = bands_.grown(frame, frame_bands, beyond_frame), bands_.grown(other, other_bands, beyond_other)
+    frame_bands = bands_.grown(frame, frame_bands, beyond_frame, detail_of)
+    other_bands = bands_.grown(other, other_bands, beyond_other, detail_of)
     frame_photo, other_photo = bands_.mask(frame.shape, frame_bands) & frame_photo, bands_.mask(other.shape, other_bands) & other_photo
     in_frame = cv2.warpAffine(other_photo.astype(np.uint8), into, (w, h), flags=cv2.INTER_NEAREST) > 0
     in_other = cv2.warpAffine(frame_photo.astype(np.uint8), back, other.shape[::-1], flags=cv2.INTER_NEAREST) > 0
