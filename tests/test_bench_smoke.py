@@ -22,7 +22,7 @@ def _run(*args: str, timeout: float = 60) -> str:
 
 @pytest.mark.parametrize("script", ["matcher_scale.py", "accuracy.py", "end_to_end.py", "reference_tools.py", "store_scale.py",
                                     "raw.py", "library_plan.py", "library_scale.py", "ann_choice.py",
-                                    "command_overhead.py"])
+                                    "command_overhead.py", "compare_cost.py"])
 def test_help(script: str) -> None:
     assert "usage" in _run(f"bench/{script}", "--help").lower()
 
@@ -100,6 +100,12 @@ def test_accuracy_tiny(tmp_path: Path) -> None:
     for setting in ("CLI defaults", "min_agreement=0.95"):
         assert raw[setting]["wrong_removals"] == 0
         assert raw[setting]["recall"] == 1.0
+
+
+def test_compare_cost_tiny(tmp_path: Path) -> None:
+    lib = _tiny_library(tmp_path)
+    out = _run("bench/compare_cost.py", "--lib", str(lib))
+    assert "Machine:" in out and "lib: 1 pairs" in out and "all: 1 pairs" in out
 
 
 def test_end_to_end_tiny(tmp_path: Path) -> None:
