@@ -284,7 +284,7 @@ async def match_library(
     last = (await ledger.recall([key])).get(key)
     if last is not None and last["fingerprint"] == fingerprint:
         advance(len(paths))
-        return [Decision.model_validate(d) for d in last["decisions"]], last.get("across_roots_left_out", 0)
+        return _decisions(last), last.get("across_roots_left_out", 0)
 
     present = set(paths)
 
@@ -295,7 +295,7 @@ async def match_library(
     if last is not None and last.get("mark") == mark:  # the records read back bring no new pairs
         left_out = {frozenset(pair) for pair in last.get("left_out", []) if not stale(pair)}
     if last is not None and last.get("base") == base:  # only files changed: plan them and what they meet
-        previous = [Decision.model_validate(d) for d in last["decisions"]]
+        previous = _decisions(last)
         asked = sorted({*changed, *(p for d in previous if stale(_paths(d)) for p in _paths(d) if p in present)})
         standing = [d for d in previous if not stale(_paths(d))]
         advance(len(paths) - len(asked))
@@ -307,11 +307,18 @@ async def match_library(
                        key=lambda d: d.keep.path)
     await ledger.remember({key: {"fingerprint": fingerprint, "base": base, "mark": mark, "across_roots_left_out": len(left_out),
                                  "left_out": sorted(sorted(pair) for pair in left_out),
-                                 "decisions": [d.model_dump(mode="json") for d in decisions]}})
+                                 "decisions": [d.model_dump_json() for d in decisions]}})
     # marked only once the plan that holds their groups is remembered: a run cut off before
     # that finds them unmarked and plans them again
     await _mark(store, planned, {p: v for p, v in changed.items() if p not in replanned}, mark)
     return decisions, len(left_out)
+
+
+def _decisions(remembered: dict) -> list[Decision]:
+    """The decisions of a remembered plan: each kept as its JSON text (a million photos' plan
+    is never held as dicts besides the decisions), or as a dict by builds before."""
+    return [Decision.model_validate_json(d) if isinstance(d, str) else Decision.model_validate(d)
+            for d in remembered["decisions"]]
 
 
 async def _mark(store: Store, planned: list[ImageRecord], alone: dict[str, tuple[int, int, int]], mark: str) -> None:

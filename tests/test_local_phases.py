@@ -327,6 +327,25 @@ def test_an_unchanged_rerun_plans_nothing_again_and_compares_no_pixels(lib, tmp_
     assert {d.keep.path for d in fourth.decisions} == {d.keep.path for d in first.decisions}
 
 
+def test_a_plan_remembered_by_an_earlier_build_is_still_the_plan(lib, tmp_path, monkeypatch):
+    """Builds before decisions were kept as JSON text remembered them as dicts: read either."""
+    looked: list[tuple[str, str]] = []
+    compare = pixels.compare_files
+    monkeypatch.setattr(pixels, "compare_files", lambda a, b, turns: looked.append((a[0], b[0])) or compare(a, b, turns))
+    settings = load_settings(source_directories=[lib], store_path=tmp_path / "s.sqlite", threads=2,
+                             max_dist=FIXTURE_MAX_DIST)
+    first = _run(settings)
+    with sqlite3.connect(tmp_path / "s.sqlite") as db:
+        [(key, text)] = db.execute("SELECT key, result FROM comparisons WHERE key LIKE 'plan-%'").fetchall()
+        remembered = json.loads(text)
+        assert remembered["decisions"] and all(isinstance(d, str) for d in remembered["decisions"])
+        remembered["decisions"] = [json.loads(d) for d in remembered["decisions"]]
+        db.execute("UPDATE comparisons SET result = ? WHERE key = ?", (json.dumps(remembered), key))
+    looked.clear()
+    second = _run(settings)
+    assert looked == [] and second.decisions == first.decisions
+
+
 def test_a_changed_library_plans_only_what_changed_and_what_it_meets(lib, tmp_path, monkeypatch):
     """A new copy, a new photo and a copy gone: the next plan asks only about the changed files
     and the groups they touch (the other records are read back with their neighbours), and its

@@ -301,6 +301,12 @@ def slim(record: ImageRecord) -> ImageRecord:
     return dataclasses.replace(record, signature=None, embedding=None, words=())
 
 
+def _slimmed(group: Group) -> Group:
+    """``group`` with its records ``slim``: a whole-library plan holds every group until it is
+    done, and what becomes of a group (a decision, a report) reads none of the descriptors."""
+    return dataclasses.replace(group, keep=slim(group.keep), remove=tuple((slim(r), e) for r, e in group.remove))
+
+
 class Judge:
     """Stage 2 for the components of one plan: the verdict on each pair (pixel comparisons
     recalled from the ledger and kept there), folder listings read once."""
@@ -372,7 +378,7 @@ async def plan(
         # the files of the units planned here; an image of the same stem read only to tell
         # (a photo.png beside photo.jpg, each a unit of its own) is planned in its own component
         done.update(p for p, u in units.items() if any(i.path in records for i in u.images))
-        groups += await judge.groups(records, edges, units)
+        groups += map(_slimmed, await judge.groups(records, edges, units))
         if planned is not None:
             planned += map(slim, _marked(records, edges))
     return groups

@@ -348,7 +348,7 @@ class SQLiteStore(Batched, SQLiteFile):
                     if count and (saved or reason != "missing"):  # not the first index of this store
                         log.warning("%s: the index is %s; rebuilding it from the store's %d records",
                                     LocalIndex.folder(self.path), reason, count)
-                    self._index = rebuild(self._store_id, seq, self._all_rows)
+                    self._index = rebuild(self._store_id, seq, self._all_rows, count)
             index = self._index
             if index.seq < seq:
                 touched = np.array([i for (i,) in db.execute(

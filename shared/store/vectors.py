@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,18 +118,47 @@ class WordIndex:
             self._merge()
 
     def _merge(self) -> None:
-        keys = np.concatenate([self.keys, *(k for k, _ in self._delta)])
-        ids = np.concatenate([self.ids, *(i for _, i in self._delta)])
+        """The sorted delta merged into the sorted arrays, each key's delta entries after its
+        stored ones (the order a stable sort of both gives), without sorting the whole again:
+        the merge holds the old arrays and the new ones, not four copies of them."""
+        keys, ids = self.keys, self.ids
+        delta_keys, delta_ids = self._parts()[1] if self._delta else (keys[:0], ids[:0])
         if self._dead:
-            alive = ~np.isin(ids, np.fromiter(self._dead, np.uint32, len(self._dead)))
-            keys, ids = keys[alive], ids[alive]
-        order = np.argsort(keys, kind="stable")
-        self.keys, self.ids = keys[order], ids[order]
+            alive, alive_delta = self._alive(ids), self._alive(delta_ids)
+            keys, ids, delta_keys, delta_ids = keys[alive], ids[alive], delta_keys[alive_delta], delta_ids[alive_delta]
+        at = np.searchsorted(keys, delta_keys, side="right") + np.arange(len(delta_keys))
+        stored = np.ones(len(keys) + len(delta_keys), bool)
+        stored[at] = False
+        self.keys, self.ids = np.empty(len(stored), np.uint32), np.empty(len(stored), np.uint32)
+        self.keys[at], self.ids[at] = delta_keys, delta_ids
+        self.keys[stored], self.ids[stored] = keys, ids
         self._delta, self._dead = [], set()
         self._present = np.zeros(0, bool)
         self._mark(self.ids)
         self._delta_sorted = (np.zeros(0, np.uint32), np.zeros(0, np.uint32))
         self._dead_mask = np.zeros(0, bool)
+
+    @classmethod
+    def of(cls, chunks: Iterable[tuple[np.ndarray, np.ndarray]], records: int = 0) -> WordIndex:
+        """The index of every record of ``chunks`` ((ids, signatures), ids rising across them),
+        sorted once: each word as one integer (key, id) in one array (room for ``records``
+        made at once), sorted in place, the two halves then split off a block at a time.
+        Adding chunk after chunk would merge again and again, each merge a copy of it all."""
+        both, used = np.empty(records * WORD_COUNT, np.uint64), 0
+        for ids, signatures in chunks:
+            words = (_keys(signatures).astype(np.uint64) << np.uint64(32) | np.asarray(ids, np.uint64)[:, None]).ravel()
+            if used + len(words) > len(both):
+                both = np.concatenate([both[:used], np.empty(max(len(words), used // 2), np.uint64)])
+            both[used : used + len(words)] = words
+            used += len(words)
+        both = both[:used]
+        both.sort()  # by key, then id: what a stable sort of the keys gives ids added in rising order
+        keys, ids = np.empty(len(both), np.uint32), np.empty(len(both), np.uint32)
+        for start in range(0, len(both), 1 << 22):
+            block = both[start : start + (1 << 22)]
+            keys[start : start + len(block)] = block >> np.uint64(32)
+            ids[start : start + len(block)] = block & np.uint64(0xFFFFFFFF)
+        return cls(keys, ids)
 
     def compact(self) -> None:
         if self._delta or self._dead:
@@ -266,12 +295,7 @@ class EmbeddingIndex:
         self._end_pass()
         need = self._size + len(ids)
         if need > len(self.ids):  # grown by half at a time: appends cost little on average
-            room = max(need, len(self.ids) * 3 // 2, 1024)
-            self.ids = np.concatenate([self.ids[: self._size], np.full(room - self._size, -1, np.int64)])
-            grown = np.zeros((room, self.dims), np.int8)
-            grown[: self._size] = self.vectors[: self._size]
-            self.vectors = grown
-            self._norms = np.concatenate([self._norms[: self._size], np.zeros(room - self._size)])
+            self.reserve(max(need, len(self.ids) * 3 // 2, 1024))
         block = np.ascontiguousarray(embeddings, np.int8)
         self.ids[self._size : need] = ids
         self.vectors[self._size : need] = block
@@ -282,6 +306,15 @@ class EmbeddingIndex:
                                                                 np.int32)])
         self._slots[np.asarray(ids, np.int64)] = np.arange(self._size, need, dtype=np.int32)
         self._size = need
+
+    def reserve(self, room: int) -> None:
+        """Room for ``room`` embeddings in all (a rebuild knows how many come: no growing)."""
+        if room > len(self.ids):
+            self.ids = np.concatenate([self.ids[: self._size], np.full(room - self._size, -1, np.int64)])
+            grown = np.zeros((room, self.dims), np.int8)
+            grown[: self._size] = self.vectors[: self._size]
+            self.vectors = grown
+            self._norms = np.concatenate([self._norms[: self._size], np.zeros(room - self._size)])
 
     def remove(self, ids: Iterable[int]) -> None:
         """Marked dead (id -1); the matrix is compacted when an eighth of it is."""
@@ -306,6 +339,8 @@ class EmbeddingIndex:
     def stored(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of every live embedding, for saving."""
         with self._lock:
+            if not self._dead:  # the arrays themselves, not a copy of a million vectors
+                return self.ids[: self._size], self.vectors[: self._size]
             alive = self.ids[: self._size] >= 0
             return self.ids[: self._size][alive], self.vectors[: self._size][alive]
 
@@ -451,7 +486,7 @@ class LocalIndex:
         for name, array in files.items():
             tmp = folder / (name + ".tmp")
             with open(tmp, "wb") as f:
-                f.write(array.tobytes())
+                f.write(np.ascontiguousarray(array).data)  # no bytes copy of the array
                 f.flush()
                 os.fsync(f.fileno())
             meta["files"][name] = {"crc": _crc(tmp), "size": tmp.stat().st_size}
@@ -508,11 +543,20 @@ def _crc(path: Path) -> int:
 Rows = Callable[[], Iterable[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]]
 
 
-def rebuild(store_id: str, seq: int, rows: Rows) -> LocalIndex:
-    """A new index from ``rows``: chunks of (ids, signatures, embeddings) of every record."""
+def rebuild(store_id: str, seq: int, rows: Rows, records: int = 0) -> LocalIndex:
+    """A new index from ``rows``: chunks of (ids, signatures, embeddings) of every record, of
+    which there are at most ``records`` (room for them is made at once)."""
     index = LocalIndex.empty(store_id)
     index.seq = seq
-    for ids, signatures, embeddings in rows():
-        index.add(ids, signatures, embeddings)
-    index.words.compact()
+
+    def signed() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for ids, signatures, embeddings in rows():
+            if embeddings is not None and len(embeddings) and index.embeddings is None:
+                index.embeddings = EmbeddingIndex(embeddings.shape[1])
+                index.embeddings.reserve(records)
+            index.add(ids, None, embeddings)
+            if signatures is not None:
+                yield ids, signatures
+
+    index.words = WordIndex.of(signed(), records)
     return index
