@@ -307,7 +307,7 @@ async def match_library(
                        key=lambda d: d.keep.path)
     await ledger.remember({key: {"fingerprint": fingerprint, "base": base, "mark": mark, "across_roots_left_out": len(left_out),
                                  "left_out": sorted(sorted(pair) for pair in left_out),
-                                 "decisions": [d.model_dump_json() for d in decisions]}})
+                                 "decisions": [json.dumps(d.model_dump(mode="json")) for d in decisions]}})
     # marked only once the plan that holds their groups is remembered: a run cut off before
     # that finds them unmarked and plans them again
     await _mark(store, planned, {p: v for p, v in changed.items() if p not in replanned}, mark)
@@ -316,9 +316,9 @@ async def match_library(
 
 def _decisions(remembered: dict) -> list[Decision]:
     """The decisions of a remembered plan: each kept as its JSON text (a million photos' plan
-    is never held as dicts besides the decisions), or as a dict by builds before."""
-    return [Decision.model_validate_json(d) if isinstance(d, str) else Decision.model_validate(d)
-            for d in remembered["decisions"]]
+    is never held as dicts besides the decisions; ``json``, not pydantic's, writes and reads it,
+    as a name that is not UTF-8 needs), or as a dict by builds before."""
+    return [Decision.model_validate(json.loads(d) if isinstance(d, str) else d) for d in remembered["decisions"]]
 
 
 async def _mark(store: Store, planned: list[ImageRecord], alone: dict[str, tuple[int, int, int]], mark: str) -> None:
