@@ -53,8 +53,9 @@ def _lines(x: np.ndarray, side: int) -> np.ndarray:
 def _bar(grey: np.ndarray, fine: np.ndarray, side: int) -> int:
     """Lines of a plain bar along one side (a border, a letterbox bar, a caption), or 0;
     ``fine``: that side's fine-detail profile (``_profiles``)."""
-    n = _lines(grey, side).shape[0]
-    lines = _lines(grey, side)[:int(MAX_BAND * n) + 2 + SEAM_LINES].astype(np.int16)  # all the seam test reads
+    side_lines = _lines(grey, side)
+    n = side_lines.shape[0]
+    lines = side_lines[:int(MAX_BAND * n) + 2 + SEAM_LINES].astype(np.int16)  # all the seam test reads
     colour = int(np.median(lines[:2]))
     if (np.abs(lines[0] - colour) <= BAR_TOLERANCE).mean() < CLEAN:  # most pictures: no bar (one line read)
         return 0
@@ -173,7 +174,7 @@ def beyond(covered: np.ndarray) -> Bands:
                  for line in (rows, rows[::-1], cols, cols[::-1]))
 
 
-def grown(grey: np.ndarray, bands: Bands, lines: Bands, detail_of: Callable[[np.ndarray], np.ndarray] = fine_detail) -> Bands:
+def grown(grey: np.ndarray, bands: Bands, lines: Bands, detail_of: Callable[[np.ndarray], np.ndarray]) -> Bands:
     """``bands`` grown, side by side, to the ``lines`` lying beyond another picture (``beyond``)
     where those lines are area without a photo, though no seam in ``grey`` alone shows where it
     ends: a caption bar on a photo of the bar's colour at that edge (a bar was found there, and
