@@ -165,9 +165,11 @@ async def run(args: argparse.Namespace, work: Path) -> dict:
         if args.store == "elasticsearch" and not args.keep:
             from elasticsearch import AsyncElasticsearch
 
+            from shared.store.elasticsearch import concrete
+
             es = AsyncElasticsearch(args.es_url, request_timeout=120)
-            index = settings.elasticsearch_index
-            await es.indices.delete(index=[index, f"{index}-ledger"], ignore_unavailable=True)
+            index = settings.elasticsearch_index  # an alias: the indexes behind it are deleted
+            await es.indices.delete(index=[concrete(index), concrete(f"{index}-ledger")], ignore_unavailable=True)
             await es.close()
     out["peak_rss_mb"] = peak_rss_mb()
     return out

@@ -116,7 +116,9 @@ def run_local(library: Path, work: Path, threads: int, es_url: str | None = None
 def unplanned(store: Path, es: dict[str, str], mark: str) -> int:
     """Stored images that have no plan yet (``Store.unplanned``, counted)."""
     if es:
-        query = {"bool": {"filter": [{"exists": {"field": "w0"}}], "must_not": [{"term": {"planned": mark}}]}}
+        from shared.store.elasticsearch import SIGNED
+
+        query = {"bool": {"filter": [SIGNED], "must_not": [{"term": {"planned": mark}}]}}
         request = urllib.request.Request(f"{es['elasticsearch_url']}/{es['elasticsearch_index']}/_count",
                                          data=json.dumps({"query": query}).encode(),
                                          headers={"Content-Type": "application/json"})
@@ -182,7 +184,9 @@ def run_services(library: Path, work: Path, vhost: str, hashers: int, matchers: 
         for _ in range(hashers):
             services.start("hasher")
         for _ in range(matchers):
-            services.start("matcher")
+            # a matcher compares pictures once the hashers went quiet (an import is matched whole),
+            # so the cores are the matchers' then: each gets its share, as local mode's plan does
+            services.start("matcher", threads=max(1, (os.cpu_count() or 1) // matchers))
         services.start("actuator")
         services.wait_ready(timeout=180)
         _, port = services.start("watcher")
@@ -295,7 +299,7 @@ def main() -> int:
                 threads = max(1, cores // n)
                 seconds, removed = run_services(args.library, work, vhost, n, args.matchers, threads, files, es_url)
                 rows.append({"mode": f"services, {n} hasher(s) x {threads} decoder process(es), {args.matchers} "
-                                     f"matcher(s){on}", "seconds": seconds, "same": removed == local_removed,
+                                     f"matcher(s) x {max(1, cores // args.matchers)}{on}", "seconds": seconds, "same": removed == local_removed,
                              "only_local": sorted(local_removed - removed), "only_services": sorted(removed - local_removed),
                              "ratio": seconds / first_local})
             if args.backlog_matchers and kind == args.store[-1]:

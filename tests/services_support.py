@@ -155,12 +155,13 @@ class Services:
         self.env["XDG_CONFIG_HOME"] = str(base / "config")  # never a user's config file
         self.env["PYTHONUNBUFFERED"] = "1"
 
-    def start(self, role: str, *extra: str, host: Path | None = None) -> tuple[subprocess.Popen, int]:
+    def start(self, role: str, *extra: str, host: Path | None = None, **settings: object) -> tuple[subprocess.Popen, int]:
         """``host``: a folder standing for a host of its own (HOME, temporary folder, store
         file, journals and duplicates folder inside it), so that the process shares nothing on
-        disk with the others but the photos."""
+        disk with the others but the photos. ``settings``: this process's own, over the others'."""
         port = free_port()
         env = dict(self.env, IMAGE_DEDUP_METRICS_PORT=str(port))
+        env.update({f"IMAGE_DEDUP_{k.upper()}": str(v) for k, v in settings.items()})
         if host is not None:
             for sub in ("home", "journals"):
                 (host / sub).mkdir(parents=True, exist_ok=True)

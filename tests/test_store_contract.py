@@ -269,6 +269,49 @@ async def test_similar_sees_writes_made_after_it_was_first_asked(backend, store)
     assert [c.record.path for c in await store.similar(record("/r/a.jpg", emb=base), 0.9)] == ["/r/c.jpg"]
 
 
+async def test_every_write_acknowledged_by_concurrent_writers_is_found_by_the_next_search(backend, store):
+    """Two writers (as two hashers) write while a reader searches again and again: whatever was
+    acknowledged before a search began is found by it, by signature and by embedding, and a
+    record written again in between is found as it is now. Elasticsearch's reader catches up
+    by sequence numbers while the writes go on; none may fall between two catch-ups."""
+    rng = np.random.default_rng(31)
+    written = [record(f"/w/{k:03}.jpg", signature(rng), embedding(rng)) for k in range(120)]
+    writers = [await backend.store(), await backend.store()]
+    acknowledged: list[ImageRecord] = []
+
+    async def write(writer, records):
+        for start in range(0, len(records), 3):
+            batch = records[start : start + 3]
+            await asyncio.gather(*(writer.upsert(r) for r in batch))
+            acknowledged.extend(batch)
+
+    async def search() -> int:
+        rounds = 0
+        while len(acknowledged) < len(written) or rounds < 2:
+            seen = list(acknowledged)
+            await store.refresh()
+            probes = [dataclasses.replace(r, path=r.path.replace("/w/", "/probe/")) for r in seen]
+            by_signature = await store.candidates_many(probes, 0.1, limit=5)
+            by_embedding = await store.similar_many(probes, 0.99, limit=5)
+            for r, sigs, embs in zip(seen, by_signature, by_embedding):
+                assert [c.record.path for c in sigs] == [r.path]
+                assert [c.record.path for c in embs] == [r.path]
+            rounds += 1
+        return rounds
+
+    *_, rounds = await asyncio.gather(write(writers[0], written[0::2]), write(writers[1], written[1::2]), search())
+    assert rounds >= 3
+    changed = dataclasses.replace(written[0], signature=signature(rng), embedding=embedding(rng))
+    await writers[1].upsert(changed)
+    await store.refresh()
+    assert [c.record.path for c in await store.similar(changed, 0.99)] == []  # only itself has it
+    probe = dataclasses.replace(changed, path="/probe/changed.jpg")
+    assert [c.record.path for c in await store.similar(probe, 0.99)] == [changed.path]
+    assert [c.record.path for c in await store.candidates(probe, 0.1)] == [changed.path]
+    old = dataclasses.replace(written[0], path="/probe/old.jpg")
+    assert await store.similar(old, 0.99) == [] and await store.candidates(old, 0.1) == []
+
+
 async def test_same_digest_finds_the_byte_identical_others(store):
     await store.upsert(record("/r/a.jpg", digest="11" * 32))
     await store.upsert(record("/r/b.jpg", digest="11" * 32))
@@ -624,3 +667,37 @@ async def test_a_write_never_creates_an_index(es_backend):
     with pytest.raises(ValueError, match="no such index"):
         await store.upsert(record("/r/a.jpg", signature()))
     assert not await store._es.indices.exists(index=es_backend.index)
+
+
+async def test_an_index_made_by_an_earlier_version_still_works(es_backend, caplog):
+    """An index made when the node searched the words and the vectors itself (63 word fields, a
+    vector graph, no ``signed``) is used as it is: its documents are found by the searches and
+    by the reconcile beside the ones written now, and one line says it could be renewed."""
+    import copy
+
+    from shared.store.elasticsearch import IMAGES_MAPPING, IMAGES_SETTINGS, _hash_id, _to_doc, concrete
+
+    old = copy.deepcopy(IMAGES_MAPPING)
+    del old["properties"]["signed"]
+    old["properties"].update({f"w{i}": {"type": "keyword", "doc_values": False} for i in range(63)})
+    old["properties"]["embedding"].update(index=True, similarity="cosine")
+    sig, emb = signature(), embedding()
+    earlier = _to_doc(record("/r/old.jpg", sig, emb))
+    del earlier["signed"]
+    earlier.update({f"w{i}": str(w) for i, w in enumerate(words(sig))})
+    store = await es_backend.store()  # made with today's mapping: replaced by the earlier one
+    await store._es.indices.delete(index=concrete(es_backend.index))
+    await store._es.indices.create(index=concrete(es_backend.index), mappings=old, settings=IMAGES_SETTINGS,
+                                   aliases={es_backend.index: {"is_write_index": True}})
+    await store._es.index(index=es_backend.index, id=_hash_id("/r/old.jpg"), document=earlier, refresh=True)
+    with caplog.at_level(logging.WARNING, logger="shared.store.elasticsearch"):
+        store = await es_backend.store()
+        await es_backend.store()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and all("made by an earlier version: it still works" in line for line in lines), lines
+    await store.upsert(record("/r/new.jpg", sig, emb))
+    assert await store.unplanned("mark") == ["/r/new.jpg", "/r/old.jpg"]
+    probe = record("/r/probe.jpg", sig, emb)
+    assert [c.record.path for c in await store.similar(probe, 0.99)] == ["/r/new.jpg", "/r/old.jpg"]
+    assert [c.record.path for c in await store.candidates(probe, 0.1)] == ["/r/new.jpg", "/r/old.jpg"]
+    assert (await store.get("/r/old.jpg")).signature.tolist() == sig.tolist()

@@ -26,7 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..image.signature import ANALYSIS_VERSION, orientations, words
+from ..image.signature import ANALYSIS_VERSION
 
 
 class StoreUnavailable(Exception):
@@ -90,13 +90,6 @@ class Candidate:
 
     record: ImageRecord
     distance: float
-
-
-def searched(record: ImageRecord, turns: bool) -> tuple[np.ndarray, list[tuple[int, ...]]]:
-    """What ``Store.candidates`` looks for: the record's signature, or its 8 orientations
-    (shape (k, 648)), and their words."""
-    queries = np.stack(orientations(record.signature) if turns else [record.signature])
-    return queries, words(queries)
 
 
 class Batched:

@@ -23,8 +23,8 @@ import numpy as np
 
 from ..actions import private_file, private_folder
 from . import Batched, Candidate, ImageRecord
-from ..image.signature import distances as sig_distances, orientations
-from .vectors import EmbeddingIndex, LocalIndex, log, rebuild
+from ..image.signature import orientations
+from .vectors import EmbeddingIndex, LocalIndex, log, near_embeddings, near_signatures, rebuild
 
 T = TypeVar("T")
 
@@ -410,17 +410,11 @@ class SQLiteStore(Batched, SQLiteFile):
             return [[] for _ in records]
         index = self._current()
         searches = [np.stack(orientations(records[k].signature) if turns else [records[k].signature]) for k in asked]
-        rows = np.concatenate(searches)
-        owners = np.repeat(np.arange(len(asked)), [len(q) for q in searches])
         own, blobs = self._own([records[k] for k in asked], "signature")
-        own_signatures = np.stack([np.zeros(rows.shape[1], np.int8) if b is None else np.frombuffer(b, np.int8)
+        own_signatures = np.stack([np.zeros(searches[0].shape[1], np.int8) if b is None else np.frombuffer(b, np.int8)
                                    for b in blobs])
-        who, ids = index.words.query(rows, owners, own, own_signatures, limit + 1)
-        hits = self._matrix("signature", ids)
-        near: dict[int, dict[int, float]] = {}
-        for owner, start, stop in _runs(who):
-            dists = sig_distances(searches[owner], hits[start:stop]).min(axis=0)
-            near[owner] = {int(i): float(d) for i, d in zip(ids[start:stop], dists) if d <= max_dist}
+        near = near_signatures(index.words, searches, own, own_signatures, lambda ids: self._matrix("signature", ids),
+                               max_dist, limit)
         return self._nearest(near, asked, len(records), limit)
 
     async def candidates_many(self, records: Sequence[ImageRecord], max_dist: float, limit: int = 100,
@@ -443,11 +437,7 @@ class SQLiteStore(Batched, SQLiteFile):
         if index is None:
             return [[] for _ in records]
         queries = np.stack([np.asarray(records[k].embedding, np.int8) for k in asked])
-        rows, ids, cosines = await asyncio.to_thread(index.query, queries, min_similarity, limit + 1, own)
-        near: dict[int, dict[int, float]] = {}
-        for row, i, c in zip(rows.tolist(), ids.tolist(), cosines.tolist()):
-            if i != own[row]:
-                near.setdefault(row, {})[i] = 1.0 - c
+        near = await asyncio.to_thread(near_embeddings, index, queries, own, min_similarity, limit)
         return await self._run(self._nearest, near, asked, len(records), limit)
 
     def _same_digest_many(self, records: Sequence[ImageRecord]) -> list[list[ImageRecord]]:
@@ -480,12 +470,3 @@ class SQLiteStore(Batched, SQLiteFile):
                 yield _from_db(path)
             last = rows[-1][0]
 
-
-def _runs(keys: np.ndarray) -> Iterator[tuple[int, int, int]]:
-    """(key, start, stop) of each run of equal values in ``keys`` (sorted)."""
-    if len(keys) == 0:
-        return
-    starts = np.r_[0, np.flatnonzero(keys[1:] != keys[:-1]) + 1]
-    stops = np.r_[starts[1:], len(keys)]
-    for start, stop in zip(starts.tolist(), stops.tolist()):
-        yield int(keys[start]), start, stop

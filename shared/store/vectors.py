@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..image.signature import WORD_COUNT, word_array
+from ..image.signature import WORD_COUNT, distances as signature_distances, word_array
 
 log = logging.getLogger("image_dedup.store")
 
@@ -336,6 +336,18 @@ class EmbeddingIndex:
             self._slots = _slots_by_id(self.ids)
             self._norms = _norms(self.vectors)
 
+    def get(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The embedding held under each id (zeros where none) and whether one is."""
+        with self._lock:
+            ids = np.asarray(ids, np.int64)
+            slots = np.full(len(ids), -1, np.int64)
+            known = (ids >= 0) & (ids < len(self._slots))
+            slots[known] = self._slots[ids[known]]
+            held = slots >= 0
+            out = np.zeros((len(ids), self.dims), np.int8)
+            out[held] = self.vectors[slots[held]]
+            return out, held
+
     def stored(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of every live embedding, for saving."""
         with self._lock:
@@ -419,6 +431,46 @@ class EmbeddingIndex:
         cosines = dots / (qnorms[at] * self._norms[hit])
         near = cosines >= min_similarity
         return rows[at[near]], hit[near], cosines[near]
+
+
+def near_signatures(words: WordIndex, searches: list[np.ndarray], own: np.ndarray, own_signatures: np.ndarray,
+                    signatures_of: Callable[[np.ndarray], np.ndarray], max_dist: float,
+                    limit: int) -> dict[int, dict[int, float]]:
+    """The records within ``max_dist`` of each search (its signature's orientations, (k, 648)):
+    search place -> {id: distance}. Every search's rows are looked up in one query of the word
+    index; the full signatures of the best-sharing records (``signatures_of`` ids, one row
+    each) decide. ``own``/``own_signatures``: as ``WordIndex.query``, one per search."""
+    rows = np.concatenate(searches)
+    owners = np.repeat(np.arange(len(searches)), [len(q) for q in searches])
+    who, ids = words.query(rows, owners, own, own_signatures, limit + 1)
+    hits = signatures_of(ids)
+    near: dict[int, dict[int, float]] = {}
+    for owner, start, stop in _runs(who):
+        dists = signature_distances(searches[owner], hits[start:stop]).min(axis=0)
+        near[owner] = {int(i): float(d) for i, d in zip(ids[start:stop], dists) if d <= max_dist}
+    return near
+
+
+def near_embeddings(index: EmbeddingIndex, queries: np.ndarray, own: np.ndarray, min_similarity: float,
+                    limit: int) -> dict[int, dict[int, float]]:
+    """The stored embeddings at ``min_similarity`` or more from each query row: row ->
+    {id: 1 - cosine}, the row's own record (``own``, -1: none) left out."""
+    rows, ids, cosines = index.query(queries, min_similarity, limit + 1, own)
+    near: dict[int, dict[int, float]] = {}
+    for row, i, c in zip(rows.tolist(), ids.tolist(), cosines.tolist()):
+        if i != own[row]:
+            near.setdefault(row, {})[i] = 1.0 - c
+    return near
+
+
+def _runs(keys: np.ndarray) -> Iterator[tuple[int, int, int]]:
+    """(key, start, stop) of each run of equal values in ``keys`` (sorted)."""
+    if len(keys) == 0:
+        return
+    starts = np.r_[0, np.flatnonzero(keys[1:] != keys[:-1]) + 1]
+    stops = np.r_[starts[1:], len(keys)]
+    for start, stop in zip(starts.tolist(), stops.tolist()):
+        yield int(keys[start]), start, stop
 
 
 def _slots_by_id(ids: np.ndarray) -> np.ndarray:
