@@ -192,19 +192,18 @@ async def _pixels_agree(a, b, turns):
     return Agreement(score=1.0), Agreement(score=1.0)
 
 
-def _record(i: int, s: np.ndarray, words_of):
+def _record(i: int, s: np.ndarray):
     from shared.store import ImageRecord
 
     return ImageRecord(
         path=f"/synthetic/{i:08d}.jpg", root="/synthetic", size=2_000_000 + (i % 997), mtime_ns=1_600_000_000 * 10**9,
         format="JPEG", width=4000, height=3000, exif_tags=20, exif_date="2020:01:01 12:00:00",
-        signature=s, words=words_of(s),
+        signature=s,
     )
 
 
 async def _run_sqlite(n: int, seed: int, queries: int, workdir: Path) -> dict:
     from services.matcher.handler import plan
-    from shared.image import signature as sig
     from shared.config import Settings
     from shared.store.sqlite import SQLiteStore
 
@@ -217,7 +216,7 @@ async def _run_sqlite(n: int, seed: int, queries: int, workdir: Path) -> dict:
     try:
         t0 = time.perf_counter()
         for i in range(n):
-            await store.upsert(_record(i, sigs[i], sig.words))
+            await store.upsert(_record(i, sigs[i]))
         t_insert = time.perf_counter() - t0
         paths = [f"/synthetic/{i:08d}.jpg" for i in range(n)]
         t0 = time.perf_counter()
@@ -271,7 +270,7 @@ def _run_numpy(n: int, seed: int, queries: int, stop: int, min_shared: int) -> d
     edges_by_comp: dict[int, list] = {}
     for x, y, d in zip(a.tolist(), b.tolist(), dist.tolist()):
         edges_by_comp.setdefault(int(labels[x]), []).append((f"{x:08d}", f"{y:08d}", d))
-    recs = {int(i): _record(int(i), index.signature(int(i)), lambda s: ()) for i in members.tolist()}
+    recs = {int(i): _record(int(i), index.signature(int(i))) for i in members.tolist()}
     comp_members: dict[int, dict] = {}
     for i, r in recs.items():
         comp_members.setdefault(int(labels[i]), {})[f"{i:08d}"] = r

@@ -208,7 +208,7 @@ def analysed(library: Path) -> list:
 
     from services.watcher.handler import walk
     from shared.config import Settings
-    from shared.image.signature import ANALYSIS_VERSION, analyze, words
+    from shared.image.signature import ANALYSIS_VERSION, analyze
     from shared.store import ImageRecord
 
     found = list(walk(Settings(source_directories=[library])))
@@ -216,7 +216,7 @@ def analysed(library: Path) -> list:
         out = []
         for f, a in zip(found, pool.map(analyze, [f.path for f in found], chunksize=8)):
             out.append(ImageRecord(f.path, f.root, f.size, f.mtime_ns, a.format, a.width, a.height, a.exif_tags,
-                                   a.exif_date, signature=a.signature, words=words(a.signature), digest=a.digest or None,
+                                   a.exif_date, signature=a.signature, digest=a.digest or None,
                                    frames=a.frames, embedding=a.embedding, analysis=ANALYSIS_VERSION))
         return out
 

@@ -19,7 +19,7 @@ from shared.bus import Reject
 from shared.config import Settings
 from shared.messages import Decision, Evidence, FileRef, Removal, decode
 from shared.core.safety import Observed, Unsafe, confine, confine_folder, observe, removal_refusal, root_of
-from shared.image.signature import analyze, words
+from shared.image.signature import analyze
 from shared.store.sqlite import SQLiteStore
 from shared.store.sqlite_ledger import SQLiteLedger
 from shared.store import ImageRecord
@@ -199,7 +199,7 @@ class World:
             await self.store.upsert(ImageRecord(
                 path=str(p), root=str(self.root), size=st.st_size, mtime_ns=st.st_mtime_ns, format=a.format,
                 width=a.width, height=a.height, exif_tags=a.exif_tags, signature=a.signature,
-                words=words(a.signature), digest=a.digest, frames=a.frames, embedding=a.embedding))
+                digest=a.digest, frames=a.frames, embedding=a.embedding))
 
     def settings(self, **kw) -> Settings:
         base = dict(source_directories=[self.root], dry_run=False, journal_directory=self.journal_dir,
@@ -351,7 +351,7 @@ async def test_skipped_when_the_store_holds_another_image_for_the_kept_file(worl
     other = analyze(str(save_photo(world.outside / "other.jpg", 123)))
     k = await world.store.get(str(world.K))
     await world.store.upsert(ImageRecord(path=k.path, root=k.root, size=k.size, mtime_ns=k.mtime_ns,
-                                         signature=other.signature, words=words(other.signature)))
+                                         signature=other.signature))
     await _expect_skip(world, decision, "no longer show the same photo")
 
 

@@ -12,14 +12,13 @@ import threading
 import numpy as np
 import pytest
 
-from shared.image.signature import words
 from shared.store import ImageRecord
 from shared.store.sqlite import SQLiteStore, _into_wal
 from shared.store.vectors import LocalIndex
 
 
 def _record(path: str, signature: np.ndarray, embedding: np.ndarray | None = None) -> ImageRecord:
-    return ImageRecord(path, "/r", 1, 1, signature=signature, words=words(signature), embedding=embedding)
+    return ImageRecord(path, "/r", 1, 1, signature=signature, embedding=embedding)
 
 
 def _near(sig: np.ndarray, rng: np.random.Generator) -> np.ndarray:

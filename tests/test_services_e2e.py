@@ -185,7 +185,7 @@ def test_concurrent_actuators_never_remove_both_files_of_a_pair(world):
     later decision supersedes an earlier one without a photo losing its last copy."""
     from shared.messages import Decision, FileRef, Removal
     from shared.bus.rabbitmq import RabbitBus
-    from shared.image.signature import analyze, words
+    from shared.image.signature import analyze
     from shared.store.sqlite import SQLiteStore
     from shared.store import ImageRecord
 
@@ -207,7 +207,7 @@ def test_concurrent_actuators_never_remove_both_files_of_a_pair(world):
         for path in paths:
             st, a = path.stat(), analyze(str(path))
             await store.upsert(ImageRecord(str(path), str(services.photos), st.st_size, st.st_mtime_ns, a.format,
-                                           a.width, a.height, signature=a.signature, words=words(a.signature),
+                                           a.width, a.height, signature=a.signature,
                                            digest=a.digest, frames=a.frames, embedding=a.embedding))
             refs[path] = FileRef(path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns)
         await store.close()

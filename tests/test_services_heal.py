@@ -24,7 +24,7 @@ from services.hasher.handler import handle_file_event
 from services.matcher.handler import handle_signed, plan_mark, retrieve
 from shared.bus import InProcessBus, Outages, Reject
 from shared.config import Settings
-from shared.image.signature import analyze, words
+from shared.image.signature import analyze
 from shared.messages import FileEvent, ImageSigned
 from shared.store import ImageRecord, StoreUnavailable
 from shared.store.sqlite import SQLiteStore
@@ -44,7 +44,7 @@ def _record(path: Path, root: Path) -> ImageRecord:
     """The record a hasher writes for ``path`` (analysed in this process)."""
     st, a = path.stat(), analyze(str(path))
     return ImageRecord(str(path), str(root), st.st_size, st.st_mtime_ns, a.format, a.width, a.height,
-                       signature=a.signature, words=words(a.signature), digest=a.digest, frames=a.frames,
+                       signature=a.signature, digest=a.digest, frames=a.frames,
                        embedding=a.embedding)
 
 
@@ -227,8 +227,8 @@ async def test_a_record_written_by_one_hasher_is_found_by_the_plan_that_follows(
             sig = rng.integers(-2, 3, 648).astype(np.int8)
             twin = sig.copy()
             twin[:12] = np.clip(twin[:12] + 1, -2, 2)
-            pairs.append((ImageRecord(f"/r/{i}a.jpg", "/r", 1, 1, signature=sig, words=words(sig)),
-                          ImageRecord(f"/r/{i}b.jpg", "/r", 1, 1, signature=twin, words=words(twin))))
+            pairs.append((ImageRecord(f"/r/{i}a.jpg", "/r", 1, 1, signature=sig),
+                          ImageRecord(f"/r/{i}b.jpg", "/r", 1, 1, signature=twin)))
         for a, b in pairs:
             await asyncio.gather(one.upsert(a), two.upsert(b))
             await matcher.refresh()  # what the matcher does before each batch
@@ -304,7 +304,7 @@ def test_an_index_deleted_mid_run_is_made_again_with_its_mapping_and_the_run_con
     assert sum(_lines(services, "asking the watcher to rescan").values()) == 1
     with urllib.request.urlopen(f"{ES_URL}/{index}/_mapping", timeout=30) as answer:
         mapping = json.loads(answer.read())[concrete(index)]["mappings"]
-    assert mapping["dynamic"] == "strict" and mapping["properties"]["embedding"]["type"] == "dense_vector"
+    assert mapping["dynamic"] == "strict" and mapping["properties"]["embedding"]["type"] == "binary"
 
 
 def test_the_reconcile_plans_what_was_stored_but_never_announced(es_world):

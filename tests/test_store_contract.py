@@ -112,7 +112,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def record(path: str, sig: np.ndarray | None = None, emb: np.ndarray | None = None, **kw) -> ImageRecord:
     return ImageRecord(path, "/r", kw.pop("size", 10), kw.pop("mtime_ns", 20), signature=sig,
-                       words=() if sig is None else words(sig), embedding=emb, **kw)
+                       embedding=emb, **kw)
 
 
 def near(sig: np.ndarray, changes: int = 20, rng=RNG) -> np.ndarray:
@@ -427,7 +427,7 @@ async def test_many_writes_at_once_all_arrive_and_a_refused_one_fails_alone(stor
     assert set(await store.get_many([r.path for r in records])) == {r.path for r in records}
     if isinstance(store, SQLiteStore):
         return
-    broken = record("/r/broken.jpg", signature(), np.zeros(7, np.int8))  # the mapping wants 512 dimensions
+    broken = record("/r/broken.jpg", signature(), embedding(), width=2**40)  # the mapping's width has 32 bits
     results = await asyncio.gather(store.upsert(broken), store.upsert(record("/r/fine.jpg")), return_exceptions=True)
     assert isinstance(results[0], ValueError) and "/r/broken.jpg" in str(results[0]) and results[1] is None
     assert await store.get("/r/fine.jpg") is not None and await store.get("/r/broken.jpg") is None
@@ -649,7 +649,7 @@ async def test_an_index_that_vanished_is_made_again_with_its_mapping_never_by_a_
                      for name in (es_backend.index, f"{es_backend.index}-ledger")], lines
     assert told == [1]
     mapping = await _mapping(es_backend, es_backend.index)
-    assert mapping["dynamic"] == "strict" and mapping["properties"]["embedding"]["type"] == "dense_vector"
+    assert mapping["dynamic"] == "strict" and mapping["properties"]["embedding"]["type"] == "binary"
     assert mapping["properties"]["path"]["type"] == "keyword"
     assert (await _mapping(es_backend, f"{es_backend.index}-ledger"))["dynamic"] == "strict"
     await store.upsert(record("/r/d.jpg", sig, emb))
@@ -680,9 +680,10 @@ async def test_an_index_made_by_an_earlier_version_still_works(es_backend, caplo
     old = copy.deepcopy(IMAGES_MAPPING)
     del old["properties"]["signed"]
     old["properties"].update({f"w{i}": {"type": "keyword", "doc_values": False} for i in range(63)})
-    old["properties"]["embedding"].update(index=True, similarity="cosine")
+    old["properties"]["embedding"] = {"type": "dense_vector", "element_type": "byte", "dims": 512, "index": True,
+                                      "similarity": "cosine"}
     sig, emb = signature(), embedding()
-    earlier = _to_doc(record("/r/old.jpg", sig, emb))
+    earlier = _to_doc(record("/r/old.jpg", sig, emb), vector=True)
     del earlier["signed"]
     earlier.update({f"w{i}": str(w) for i, w in enumerate(words(sig))})
     store = await es_backend.store()  # made with today's mapping: replaced by the earlier one
@@ -700,4 +701,6 @@ async def test_an_index_made_by_an_earlier_version_still_works(es_backend, caplo
     probe = record("/r/probe.jpg", sig, emb)
     assert [c.record.path for c in await store.similar(probe, 0.99)] == ["/r/new.jpg", "/r/old.jpg"]
     assert [c.record.path for c in await store.candidates(probe, 0.1)] == ["/r/new.jpg", "/r/old.jpg"]
-    assert (await store.get("/r/old.jpg")).signature.tolist() == sig.tolist()
+    for path in ("/r/old.jpg", "/r/new.jpg"):
+        stored = await store.get(path)
+        assert stored.signature.tolist() == sig.tolist() and stored.embedding.tolist() == emb.tolist()

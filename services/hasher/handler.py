@@ -21,7 +21,7 @@ from shared.core.safety import Unsafe, confine, root_of
 from shared.image import compare, lineage
 from shared.image.compare import BothWays
 from shared.image.pixels import FileVersion, Pictures, analyze_with_picture, compare_files
-from shared.image.signature import ANALYSIS_VERSION, Analysis, ImageError, analyze, words
+from shared.image.signature import ANALYSIS_VERSION, Analysis, ImageError, analyze
 from shared.store import ImageRecord, Ledger, Store
 from services.hasher.companions import on_companion
 from services.watcher.handler import companion, wanted
@@ -162,7 +162,7 @@ async def handle_file_event(
             width=analysis.width, height=analysis.height,
             exif_tags=analysis.exif_tags if settings.use_exif_data else 0,
             exif_date=analysis.exif_date if settings.use_exif_data else None,
-            signature=analysis.signature, words=words(analysis.signature),
+            signature=analysis.signature,
             digest=analysis.digest or None, frames=analysis.frames, embedding=analysis.embedding,
             analysis=ANALYSIS_VERSION,
         )

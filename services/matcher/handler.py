@@ -298,7 +298,7 @@ def _marked(records: Mapping[str, ImageRecord], edges: Edges) -> list[ImageRecor
 def slim(record: ImageRecord) -> ImageRecord:
     """What ``Store.mark_planned`` reads of a record (its revision and neighbours), without the
     descriptors: a plan holds one for every record it marks."""
-    return dataclasses.replace(record, signature=None, embedding=None, words=())
+    return dataclasses.replace(record, signature=None, embedding=None)
 
 
 def _slimmed(group: Group) -> Group:

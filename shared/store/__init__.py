@@ -54,7 +54,6 @@ class ImageRecord:
     exif_tags: int = 0
     exif_date: str | None = None
     signature: np.ndarray | None = field(default=None, compare=False, repr=False)  # int8 (648,)
-    words: tuple[int, ...] = field(default=(), compare=False, repr=False)
     error: str | None = None
     digest: str | None = None  # BLAKE2b of the file's bytes, hex: byte-identical copies
     frames: int = 1  # animation frames or pages

@@ -100,9 +100,10 @@ IMAGES_MAPPING: dict[str, Any] = {
         "neighbors": _STORED_ONLY,
         "signed": {"type": "boolean"},  # holds a signature: what the reconcile plans
         "signature": {"type": "binary"},
-        # Searched by the matchers in their own memory (_Mirror), never by the node: no vector
-        # graph to build on every write (it was what bulk loads spent their time on), no words.
-        "embedding": {"type": "dense_vector", "element_type": "byte", "dims": EMBEDDING_DIMS, "index": False},
+        # Searched by the matchers in their own memory (_Mirror), never by the node: bytes, not a
+        # vector with a graph to build on every write (what bulk loads spent their time on) or
+        # 512 numbers in JSON to write and parse on every read; and no word fields.
+        "embedding": {"type": "binary"},
     },
 }
 # What tells a document with a signature: ``signed``, or in an index made before it existed,
@@ -130,7 +131,9 @@ def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
-def _to_doc(r: ImageRecord) -> dict[str, Any]:
+def _to_doc(r: ImageRecord, vector: bool = False) -> dict[str, Any]:
+    """The document of a record; ``vector``: the embedding as a list of numbers, for an index
+    made by an earlier version (a ``dense_vector`` field), not as base64 bytes."""
     doc: dict[str, Any] = {
         "path": r.path, "root": r.root, "size": r.size, "mtime_ns": r.mtime_ns, "format": r.format,
         "width": r.width, "height": r.height, "exif_tags": r.exif_tags, "exif_date": r.exif_date,
@@ -140,8 +143,16 @@ def _to_doc(r: ImageRecord) -> dict[str, Any]:
     if r.signature is not None:
         doc["signature"] = _b64(np.ascontiguousarray(r.signature, dtype=np.int8).tobytes())
     if r.embedding is not None:
-        doc["embedding"] = np.asarray(r.embedding, dtype=np.int8).tolist()
+        embedding = np.ascontiguousarray(r.embedding, dtype=np.int8)
+        doc["embedding"] = embedding.tolist() if vector else _b64(embedding.tobytes())
     return doc
+
+
+def _embedding(value: str | list[int]) -> np.ndarray:
+    """An embedding as stored: base64 bytes, or a list of numbers (an earlier version's index)."""
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value), dtype=np.int8)
+    return np.asarray(value, dtype=np.int8)
 
 
 def _paths(value: str | list[str] | None) -> tuple[str, ...]:
@@ -151,17 +162,15 @@ def _paths(value: str | list[str] | None) -> tuple[str, ...]:
 
 def _to_record(doc: dict[str, Any]) -> ImageRecord:
     signature = None
-    words: tuple[int, ...] = ()
     if doc.get("signature") is not None:
         signature = np.frombuffer(base64.b64decode(doc["signature"]), dtype=np.int8)
-        words = sig.words(signature)
     embedding = doc.get("embedding")
     return ImageRecord(
         path=doc["path"], root=doc["root"], size=doc["size"], mtime_ns=doc["mtime_ns"], format=doc["format"],
         width=doc["width"], height=doc["height"], exif_tags=doc["exif_tags"], exif_date=doc.get("exif_date"),
-        signature=signature, words=words, error=doc.get("error"), digest=doc.get("digest"),
+        signature=signature, error=doc.get("error"), digest=doc.get("digest"),
         frames=doc.get("frames", 1),
-        embedding=None if embedding is None else np.asarray(embedding, dtype=np.int8),
+        embedding=None if embedding is None else _embedding(embedding),
         analysis=doc.get("analysis", 1),  # the documents before it were version 1
         planned=doc.get("planned"), neighbors=_paths(doc.get("neighbors")),
     )
@@ -245,6 +254,7 @@ class _Index:
         self._recreating = asyncio.Lock()
         self._legacy = False  # a concrete index of an earlier version under the alias's name
         self._told_extra = False  # that the index holds fields of an earlier version
+        self.fields: dict[str, Any] = dict(mapping["properties"])  # the index's own, once opened
         #: called after this process created the index again, when it had vanished
         self.recreated: Callable[[], Awaitable[None]] | None = None
 
@@ -286,11 +296,13 @@ class _Index:
         try:
             await es.indices.create(index=concrete(self.index), mappings=self._mapping, settings=self._settings,
                                     aliases={self.index: {"is_write_index": True}})
+            self.fields = dict(self._mapping["properties"])
             return True
         except elasticsearch.BadRequestError as exc:
             if exc.error != "resource_already_exists_exception":
                 raise
         await es.indices.put_alias(index=concrete(self.index), name=self.index)  # if somebody removed just the alias
+        await self._add_fields()
         return False
 
     async def _add_fields(self) -> None:
@@ -299,15 +311,17 @@ class _Index:
         is (say, with the word fields and vector graph searches once needed; nothing reads them
         now, and it says so once)."""
         held = await self._es.indices.get_mapping(index=self.index)
-        present = {name for index in held.values() for name in index["mappings"].get("properties", {})}
+        present = {name: form for index in held.values() for name, form in index["mappings"].get("properties", {}).items()}
         wanted = self._mapping["properties"]
         missing = {name: form for name, form in wanted.items() if name not in present}
         if missing:
             await self._es.indices.put_mapping(index=self.index, properties=missing)
-        if not self._told_extra and present - set(wanted):
+        self.fields = {**present, **missing}
+        unread = set(present) - set(wanted)
+        if unread and not self._told_extra:
             self._told_extra = True
             log.warning("Elasticsearch index %s was made by an earlier version: it still works, and the node keeps "
-                        "fields nothing reads (%d); delete it and rescan to renew it", self.index, len(present - set(wanted)))
+                        "fields nothing reads (%d); delete it and rescan to renew it", self.index, len(unread))
 
     async def _vanished(self) -> None:
         """A request found the index gone (deleted, or the node came back empty): create it
@@ -398,18 +412,21 @@ class _Writes:
 
 def _decode(hits: list[dict]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A page of documents read for the mirror: (keys, signatures, signed, embeddings, embedded),
-    a row each (zeros where a document holds none)."""
+    a row each (zeros where a document holds none, or one of another length: nothing writes that)."""
     keys = [h["_id"] for h in hits]
-    sources = [h["_source"] for h in hits]
-    signed = np.array([s.get("signature") is not None for s in sources], bool)
-    embedded = np.array([s.get("embedding") is not None for s in sources], bool)
     signatures = np.zeros((len(hits), sig.SIGNATURE_LENGTH), np.int8)
-    if signed.any():
-        signatures[signed] = np.frombuffer(b"".join(base64.b64decode(s["signature"]) for s in sources
-                                                    if s.get("signature") is not None), np.int8).reshape(-1, sig.SIGNATURE_LENGTH)
     embeddings = np.zeros((len(hits), EMBEDDING_DIMS), np.int8)
-    if embedded.any():
-        embeddings[embedded] = np.array([s["embedding"] for s in sources if s.get("embedding") is not None], np.int8)
+    signed, embedded = np.zeros(len(hits), bool), np.zeros(len(hits), bool)
+    for k, h in enumerate(hits):
+        source = h["_source"]
+        if source.get("signature") is not None:
+            value = np.frombuffer(base64.b64decode(source["signature"]), np.int8)
+            if len(value) == sig.SIGNATURE_LENGTH:
+                signatures[k], signed[k] = value, True
+        if source.get("embedding") is not None:
+            value = _embedding(source["embedding"])
+            if len(value) == EMBEDDING_DIMS:
+                embeddings[k], embedded[k] = value, True
     return keys, signatures, signed, embeddings, embedded
 
 
@@ -506,7 +523,8 @@ class ElasticsearchStore(Batched, _Index):
         self._mirror_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirror")
 
     def _index_op(self, record: ImageRecord) -> list[dict[str, Any]]:
-        return [{"index": {"_index": self.index, "_id": _hash_id(record.path)}}, _to_doc(record)]
+        vector = self.fields.get("embedding", {}).get("type") == "dense_vector"  # an earlier version's index
+        return [{"index": {"_index": self.index, "_id": _hash_id(record.path)}}, _to_doc(record, vector)]
 
     async def _index_records(self, operations: list[dict[str, Any]]) -> list[Exception | None]:
         """Each record's error, or None: a document the mapping refuses fails alone."""
