@@ -520,6 +520,8 @@ async def test_distinct_pairs_are_remembered_in_either_order(ledger):
     assert await ledger.distinct(["d1", "d2", "d3", "d4"]) == {frozenset({"d1", "d2"}), frozenset({"d1", "d3"})}
     assert await ledger.distinct(["d2", "d3"]) == set()
     assert await ledger.distinct(["d3", "d1"]) == {frozenset({"d1", "d3"})}
+    library = [f"{k:064x}" for k in range(70_000)]  # a whole library's digests at once
+    assert await ledger.distinct([*library, "d3", "d1"]) == {frozenset({"d1", "d3"})}
 
 
 async def test_distinct_pairs_are_listed_and_forgotten_in_either_order(ledger):

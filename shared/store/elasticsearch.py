@@ -837,17 +837,12 @@ class ElasticsearchLedger(_Index):
         return out
 
     async def distinct(self, digests: Sequence[str]) -> set[frozenset[str]]:
-        wanted = sorted(set(digests))
+        """People mark few pairs: all of them are read, and those among ``digests`` kept (a terms
+        query of a library's digests outgrows the node's limit of 65,536 terms at that size)."""
+        wanted = set(digests)
         if len(wanted) < 2:
             return set()
-        query = {"bool": {"filter": [
-            {"term": {"kind": "distinct"}}, {"terms": {"a": wanted}}, {"terms": {"b": wanted}},
-        ]}}
-        out: set[frozenset[str]] = set()
-        with self._reachable():
-            async for hits in self._pages(query, [{"a": "asc"}, {"b": "asc"}], ["a", "b"]):
-                out.update(frozenset((h["_source"]["a"], h["_source"]["b"])) for h in hits)
-        return out
+        return {frozenset(pair) for pair in await self.marked_distinct() if pair[0] in wanted and pair[1] in wanted}
 
     async def remember(self, found: Mapping[str, dict]) -> None:
         items = list(found.items())
