@@ -230,8 +230,9 @@ def run_backlog(records: list, library: Path, work: Path, vhost: str, matchers: 
 
     es = es_settings(es_url)
     base = work / f"backlog-{matchers}{'-es' if es else ''}"
+    # one decoder process each: N matchers on N cores, so the rows tell how the work is shared
     services = Services(base, library, broker_url(vhost), f"bench-{uuid.uuid4().hex[:6]}", dry_run="true",
-                        match_delay="1", **SAME_AS_LOCAL, **es)
+                        match_delay="1", threads="1", **SAME_AS_LOCAL, **es)
     url, prefix = services.env["IMAGE_DEDUP_BROKER_URL"], services.env["IMAGE_DEDUP_BROKER_PREFIX"]
 
     async def fill() -> None:
@@ -306,7 +307,7 @@ def main() -> int:
                 records = analysed(args.library)
                 for n in args.backlog_matchers:
                     seconds = run_backlog(records, args.library, work, vhost, n, es_url)
-                    rows.append({"mode": f"backlog of {len(records)} signed images, {n} matcher(s){on}",
+                    rows.append({"mode": f"backlog of {len(records)} signed images, {n} matcher(s) x 1 decoder process{on}",
                                  "seconds": seconds, "same": None})
     finally:
         rabbitmqctl("delete_vhost", vhost, check=False)

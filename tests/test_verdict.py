@@ -291,6 +291,40 @@ def test_a_file_analysed_in_local_mode_is_compared_without_decoding_it_again(tmp
     assert pixels.compare_files(*versions, True) == fresh, "the worker kept what it was sent"
 
 
+async def test_a_matcher_decodes_each_file_once_whichever_worker_compares_it(tmp_path):
+    """The services' matcher has no analysis to take pictures from: each file is decoded once
+    in the pool (the looks that want it meanwhile wait for that decode), kept, and sent with
+    every comparison, whichever of the two workers makes it; the answers are a fresh decode's."""
+    from services.hasher.handler import ProcessSigner
+    from shared.image import pixels
+
+    photo = make_photo(17, (1600, 1200))
+    paths = [tmp_path / "a.jpg", tmp_path / "b.jpg", tmp_path / "c.jpg"]
+    photo.save(paths[0], quality=92)
+    photo.resize((800, 600)).save(paths[1], quality=80)
+    photo.resize((1000, 750)).save(paths[2], quality=70)
+    a, b, c = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+    pairs = [(a, b), (a, c), (b, c), (c, a), (a, b)]
+    signer = ProcessSigner(2)
+    await signer.start()
+    decoded: list[str] = []
+    submit = signer._pool.submit
+
+    def spied(fn, *args):
+        if fn is pixels.picture:
+            decoded.append(args[0][0])
+        return submit(fn, *args)
+
+    signer._pool.submit = spied  # type: ignore[method-assign]
+    try:
+        looks = await asyncio.gather(*(signer.look(x, y, True) for x, y in pairs))
+    finally:
+        signer.close()
+    assert sorted(decoded) == sorted(str(p) for p in paths)
+    assert looks == [pixels.compare_files(x, y, True) for x, y in pairs]
+    assert all(first.convincing for first, _ in looks)
+
+
 def test_the_kept_pictures_stay_within_their_budget(monkeypatch):
     from shared.image import pixels
     from shared.image.compare import Features

@@ -19,8 +19,8 @@ from shared.config import Settings
 from shared.messages import FileEvent, ImageSigned
 from shared.core.safety import Unsafe, confine, root_of
 from shared.image import compare, lineage
-from shared.image.compare import BothWays
-from shared.image.pixels import FileVersion, Pictures, analyze_with_picture, compare_files
+from shared.image.compare import BothWays, Features
+from shared.image.pixels import FileVersion, Pictures, analyze_with_picture, compare_files, picture
 from shared.image.signature import ANALYSIS_VERSION, Analysis, ImageError, analyze
 from shared.store import ImageRecord, Ledger, Store
 from services.hasher.companions import on_companion
@@ -53,14 +53,17 @@ def _die_with_service(lifeline: Connection) -> None:
 
 class ProcessSigner:
     """``analyze`` in a pool of worker processes: decoding is CPU-bound, so it runs off the
-    event loop, on every core asked for. The workers die with the service. With
-    ``keep_pixels`` (when the same pool compares the pixels next, as in local mode) this process
-    keeps the comparison's picture of each file analysed and sends it with each comparison, so
-    no file is decoded again, whichever worker compares it (kept by the worker that analysed
-    it instead, half the comparisons of two workers decoded a file again)."""
+    event loop, on every core asked for. The workers die with the service. This process keeps
+    the comparison's picture of each file it compares and sends it with each comparison, so a
+    file is decoded once, whichever worker compares it (kept by the worker that compared it
+    instead, half the comparisons of two workers decoded a file again). With ``keep_pixels``
+    (when the same pool compares the pixels next, as in local mode) the pictures come from the
+    analysis itself, so an analysed file is not decoded again at all."""
 
     def __init__(self, processes: int, keep_pixels: bool = False):
-        self._kept = Pictures() if keep_pixels else None
+        self._kept = Pictures()
+        self._keep_analysed = keep_pixels
+        self._decoding: dict[FileVersion, asyncio.Future[Features | None]] = {}
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["__main__", *compare.PRELOAD])
         lifeline, self._lifeline = context.Pipe(duplex=False)
@@ -78,15 +81,33 @@ class ProcessSigner:
 
     async def __call__(self, path: str) -> Analysis:
         loop = asyncio.get_running_loop()
-        if self._kept is None:
+        if not self._keep_analysed:
             return await loop.run_in_executor(self._pool, analyze, path)
-        analysis, version, picture = await loop.run_in_executor(self._pool, analyze_with_picture, path)
-        self._kept.keep(version, picture)
+        analysis, version, seen = await loop.run_in_executor(self._pool, analyze_with_picture, path)
+        self._kept.keep(version, seen)
         return analysis
+
+    async def _picture(self, version: FileVersion) -> Features | None:
+        """The file's picture: kept here, or decoded once in the pool (the looks that want it
+        meanwhile wait for that one decode) and kept."""
+        found = self._kept.get(version)
+        if found is not None:
+            return found
+        pending = self._decoding.get(version)
+        if pending is None:
+            pending = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(self._pool, picture, version))
+            self._decoding[version] = pending
+            pending.add_done_callback(lambda done: self._settle(version, done))
+        return await asyncio.shield(pending)  # a look cancelled does not cancel the others' decode
+
+    def _settle(self, version: FileVersion, done: asyncio.Future[Features | None]) -> None:
+        self._decoding.pop(version, None)
+        if not done.cancelled() and done.exception() is None and done.result() is not None:
+            self._kept.keep(version, done.result())  # type: ignore[arg-type]
 
     async def look(self, a: FileVersion, b: FileVersion, turns: bool) -> BothWays:
         """The verdict's pixel comparison, in the same pool (shared.core.verdict.Look)."""
-        sent = (None, None) if self._kept is None else (self._kept.get(a), self._kept.get(b))
+        sent = (await self._picture(a), await self._picture(b))
         return await asyncio.get_running_loop().run_in_executor(self._pool, compare_files, a, b, turns, sent)
 
     async def measure(self, kind: str, copy: FileVersion, source: FileVersion, turn: int) -> object:

@@ -57,9 +57,22 @@ Sent = tuple[Features | None, Features | None]  # the pictures of a pair, when t
 def _features(version: FileVersion, sent: Features | None) -> Features:
     found = _pictures.get(version)
     if found is None:
-        found = sent if sent is not None else Features(load_grey(version[0], MAX_SIDE), _colour(version[0]))
+        found = sent if sent is not None else _decoded(version[0])
         _pictures.keep(version, found)
     return found
+
+
+def _decoded(path: str) -> Features:
+    return Features(load_grey(path, MAX_SIDE), _colour(path))
+
+
+def picture(version: FileVersion) -> Features | None:
+    """The comparison's picture of a file, for a caller that keeps it and sends it with each
+    comparison (ProcessSigner); None when the file cannot be read (the comparison says why)."""
+    try:
+        return _decoded(version[0])
+    except ImageError:
+        return None
 
 
 def analyze_with_picture(path: str) -> tuple[Analysis, FileVersion, Features]:
