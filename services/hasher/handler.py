@@ -107,8 +107,8 @@ class ProcessSigner:
 
     async def look(self, a: FileVersion, b: FileVersion, turns: bool) -> BothWays:
         """The verdict's pixel comparison, in the same pool (shared.core.verdict.Look)."""
-        sent = (await self._picture(a), await self._picture(b))
-        return await asyncio.get_running_loop().run_in_executor(self._pool, compare_files, a, b, turns, sent)
+        sent = await asyncio.gather(self._picture(a), self._picture(b))
+        return await asyncio.get_running_loop().run_in_executor(self._pool, compare_files, a, b, turns, tuple(sent))
 
     async def measure(self, kind: str, copy: FileVersion, source: FileVersion, turn: int) -> object:
         """A provenance measure on the full pixels, in the same pool (shared.core.provenance.Measure)."""

@@ -431,6 +431,7 @@ def _decode(hits: list[dict]) -> tuple[list[str], np.ndarray, np.ndarray, np.nda
 
 
 def _joined(pages: list[tuple]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The decoded pages of one catch-up as one (``_decode``'s shape)."""
     if not pages:
         return ([], np.zeros((0, sig.SIGNATURE_LENGTH), np.int8), np.zeros(0, bool),
                 np.zeros((0, EMBEDDING_DIMS), np.int8), np.zeros(0, bool))
