@@ -91,6 +91,18 @@ class Candidate:
     distance: float
 
 
+def ranked(near: Mapping[int, Mapping[int, float]], asked: Sequence[int], count: int, limit: int,
+           found: Mapping[int, ImageRecord]) -> list[list[Candidate]]:
+    """For each of ``count`` queries, its near hits (``near``, by the query's place in
+    ``asked``: record number -> distance) among the records ``found``, nearest first (then by
+    path), at most ``limit``: what ``candidates_many`` and ``similar_many`` return."""
+    out: list[list[Candidate]] = [[] for _ in range(count)]
+    for place, hits in near.items():
+        out[asked[place]] = sorted((Candidate(found[i], d) for i, d in hits.items() if i in found),
+                                   key=lambda c: (c.distance, c.record.path))[:limit]
+    return out
+
+
 class Batched:
     """The one-record queries of a store that answers many records per call (the Protocol's
     ``*_many`` methods): each is its batch of one, so both give the same answers."""

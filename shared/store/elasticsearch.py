@@ -46,7 +46,7 @@ import numpy as np
 from elasticsearch import AsyncElasticsearch
 
 from ..image import signature as sig
-from . import Batched, Candidate, ImageRecord, StoreRefused, StoreUnavailable
+from . import Batched, Candidate, ImageRecord, StoreRefused, StoreUnavailable, ranked
 from .vectors import LocalIndex, near_embeddings, near_signatures, rebuild
 
 log = logging.getLogger(__name__)
@@ -625,11 +625,7 @@ class ElasticsearchStore(Batched, _Index):
         gone = [k for k in wanted if k not in records]
         if gone:
             await self._in_mirror(mirror.forget, gone)
-        out: list[list[Candidate]] = [[] for _ in range(count)]
-        for place, hits in near.items():
-            out[asked[place]] = sorted((Candidate(records[keys[i]], d) for i, d in hits.items() if keys[i] in records),
-                                       key=lambda c: (c.distance, c.record.path))[:limit]
-        return out
+        return ranked(near, asked, count, limit, {i: records[k] for i, k in keys.items() if k in records})
 
     async def candidates_many(self, records: Sequence[ImageRecord], max_dist: float, limit: int = 100,
                               turns: bool = False) -> list[list[Candidate]]:

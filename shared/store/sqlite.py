@@ -22,7 +22,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from ..actions import private_file, private_folder
-from . import Batched, Candidate, ImageRecord
+from . import Batched, Candidate, ImageRecord, ranked
 from ..image.signature import orientations
 from .vectors import EmbeddingIndex, LocalIndex, log, near_embeddings, near_signatures, rebuild
 
@@ -307,13 +307,7 @@ class SQLiteStore(Batched, SQLiteFile):
     def _nearest(self, near: dict[int, dict[int, float]], asked: list[int], count: int, limit: int) -> list[list[Candidate]]:
         """For each of ``count`` queries, its near hits (of ``near``, by its place in ``asked``:
         id -> distance) read whole, nearest first."""
-        out: list[list[Candidate]] = [[] for _ in range(count)]
-        found = self._records_by_id(sorted({i for hits in near.values() for i in hits}))
-        for place, hits in near.items():
-            cands = sorted((Candidate(found[i], d) for i, d in hits.items() if i in found),
-                           key=lambda c: (c.distance, c.record.path))
-            out[asked[place]] = cands[:limit]
-        return out
+        return ranked(near, asked, count, limit, self._records_by_id(sorted({i for hits in near.values() for i in hits})))
 
     def _records_by_id(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
         return {row[0]: _row_to_record(row[1:]) for row in self._by_id(_COLUMNS, ids)}
