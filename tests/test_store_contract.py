@@ -671,6 +671,30 @@ async def test_a_write_never_creates_an_index(es_backend):
     assert not await store._es.indices.exists(index=es_backend.index)
 
 
+async def test_an_alias_made_by_another_process_while_opening_is_not_taken_for_an_earlier_index(es_backend):
+    """Services open at once: one makes the index and its alias after another looked for the
+    alias. That other must still write only through the alias (never an auto-created index once
+    the index is deleted), and must make it again when it vanishes."""
+    from shared.store.elasticsearch import ElasticsearchStore, concrete
+
+    await es_backend.store()  # the process that made it
+    late = es_backend._opened(ElasticsearchStore(ES_URL, es_backend.index))
+    looked = late._es.indices.exists_alias
+
+    async def before_it_was_made(**kwargs):
+        late._es.indices.exists_alias = looked  # the next look sees it
+        return False
+
+    late._es.indices.exists_alias = before_it_was_made
+    await late.open()
+    assert late._write == {"require_alias": True}
+    await late._es.indices.delete(index=concrete(es_backend.index))
+    await late.upsert(record("/r/a.jpg", signature()))
+    mapping = await _mapping(es_backend, es_backend.index)
+    assert mapping["dynamic"] == "strict" and mapping["properties"]["path"]["type"] == "keyword"
+    assert [r.path for r in (await late.get_many(["/r/a.jpg"])).values()] == ["/r/a.jpg"]
+
+
 async def test_an_index_made_by_an_earlier_version_still_works(es_backend, caplog):
     """An index made when the node searched the words and the vectors itself (63 word fields, a
     vector graph, no ``signed``) is used as it is: its documents are found by the searches and

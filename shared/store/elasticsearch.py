@@ -290,7 +290,8 @@ class _Index:
             await self._add_fields()
             return False
         if await es.indices.exists(index=self.index):
-            self._legacy = True
+            # ``exists`` also answers for an alias: one another process made since we looked is ours
+            self._legacy = not await es.indices.exists_alias(name=self.index)
             await self._add_fields()
             return False
         try:
