@@ -476,6 +476,32 @@ def test_a_pair_asked_the_other_way_round_is_answered_from_the_same_comparison()
     assert look.calls == [("/r/a.jpg", "/r/b.jpg"), ("/r/a.jpg", "/r/c.jpg")]
 
 
+def test_a_comparison_forgotten_after_its_component_is_recalled_from_the_ledger(tmp_path):
+    """A whole library's plan forgets each component's comparisons once it is planned (memory
+    stays bounded); one asked again comes back from the ledger, its pixels not looked at again."""
+    from shared.store.comparisons import comparison_key
+    from shared.store.sqlite_ledger import SQLiteLedger
+
+    async def run():
+        ledger = SQLiteLedger(tmp_path / "ledger.sqlite")
+        try:
+            look = Looks((Agreement(score=0.99, orientation=1), None), (Agreement(score=0.98, orientation=1), None))
+            remembering = RememberingLook(look, ledger)
+            a, b, c = (("/r/" + n, 1, 1) for n in "abc")
+            await remembering(a, b, True)
+            await remembering.forget()
+            assert remembering._known == {} and remembering._new == {}
+            await remembering.recall([(b, a), (a, c)], True)
+            turned, back = await remembering(b, a, True)
+            assert (turned.score, turned.orientation, back) == (0.99, 3, None), "seen from the other picture"
+            assert (await remembering(a, c, True))[0].score == 0.98
+            assert look.calls == [("/r/a", "/r/b"), ("/r/a", "/r/c")] and (await ledger.recall([comparison_key(a, b, True)]))
+        finally:
+            await ledger.close()
+
+    asyncio.run(run())
+
+
 # --------------------------------------------------------------------------------------------
 # one verdict for the matcher and for the actuator
 

@@ -347,6 +347,7 @@ class Judge:
         found = await plan_groups(leads, edges, self.settings.prioritization_rules, self.settings.use_exif_data, judge,
                                   {p: u.unit for p, u in units.items()}, self.settings.is_reference,
                                   Known(leads, remembering, self.thresholds.match_orientations, self.measure))
+        await remembering.forget()
         return await asyncio.to_thread(_with_units, found, units) if found else []  # most components hold none
 
 

@@ -55,7 +55,9 @@ class RememberingLook:
     async def recall(self, pairs: Iterable[tuple[FileVersion, FileVersion]], turns: bool) -> None:
         """Fetch what the ledger holds about ``pairs``, either way round."""
         keys = {comparison_key(x, y, turns) for a, b in pairs for x, y in ((a, b), (b, a))}
-        wanted = sorted(keys - self._known.keys())
+        # each key looked up: ``keys - self._known.keys()`` walks every pair known (quadratic
+        # over a whole library's plan)
+        wanted = sorted(k for k in keys if k not in self._known)
         if wanted and self._ledger is not None:
             self._known.update((k, _loaded(v)) for k, v in (await self._ledger.recall(wanted)).items())
 
@@ -75,3 +77,10 @@ class RememberingLook:
         new, self._new = self._new, {}
         if self._ledger is not None:
             await self._ledger.remember(new)
+
+    async def forget(self) -> None:
+        """Save what is new, then hold nothing: a whole library's plan judges one component
+        after another, and no pair is judged in two of them."""
+        await self.save()
+        if self._ledger is not None:  # without a ledger, what it holds is all it remembers
+            self._known.clear()
