@@ -54,6 +54,21 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def phase_peak_rss_mb(reset: bool = False) -> float | None:
+    """Peak resident memory in MB since the last reset (Linux's VmHWM, which writing 5 to
+    /proc/self/clear_refs sets back to the current size), so a phase's own peak is told apart
+    from what the phases before it reached; None where the kernel does not say."""
+    try:
+        if reset:
+            Path("/proc/self/clear_refs").write_text("5")
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
 def md_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     def cell(v: object) -> str:
         if v is None:

@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import command_line, machine_line, md_table, peak_rss_mb  # noqa: E402
+from bench.common import command_line, machine_line, md_table, peak_rss_mb, phase_peak_rss_mb  # noqa: E402
 from bench.matcher_scale import synthesize_chunks  # noqa: E402
 from bench.store_scale import SIG_LEN, near_signature, noisy_embedding, record, unit_embeddings  # noqa: E402
 
@@ -121,15 +121,19 @@ async def run(args: argparse.Namespace, work: Path) -> dict:
         out["insert_s"] = insert_s
         out["insert_per_s"] = args.records / insert_s
         group = np.concatenate(groups)
+        phase_peak_rss_mb(reset=True)
         cpu0, t0 = time.process_time(), time.perf_counter()
         decisions, _ = await match_library(paths, store, ledger, settings, _agrees, lambda n: None)
         out["plan_s"] = time.perf_counter() - t0
         out["plan_cpu_s"] = time.process_time() - cpu0
+        out["plan_peak_rss_mb"] = phase_peak_rss_mb(reset=True)
         out.update(score(decisions, group))
         t0 = time.perf_counter()
         again, _ = await match_library(paths, store, ledger, settings, _agrees, lambda n: None)
         out["rerun_s"] = time.perf_counter() - t0
         out["rerun_same"] = again == decisions
+        del again
+        out["rerun_peak_rss_mb"] = phase_peak_rss_mb(reset=True)
         if args.add:
             rng = np.random.default_rng(args.seed + 2)
             singles = np.flatnonzero(group < 0)
@@ -154,14 +158,17 @@ async def run(args: argparse.Namespace, work: Path) -> dict:
                                                lambda n: None)
             out["add_s"] = time.perf_counter() - t0
             out["add_cpu_s"] = time.process_time() - cpu0
+            out["add_peak_rss_mb"] = phase_peak_rss_mb(reset=True)
             added_score = score([d for d in decisions if any(group[index_of(p.path)] >= first_new
                                                               for p in (d.keep, *d.remove))], group)
             out["add_recall"] = added_score["found"] / len(originals)
             after = score(decisions, group)
             out["add_wrong"], out["recall_after_add"] = after["wrong"], after["recall"]
     finally:
-        await store.close()
+        phase_peak_rss_mb(reset=True)
+        await store.close()  # local mode saves its index beside the store here
         await ledger.close()
+        out["close_peak_rss_mb"] = phase_peak_rss_mb()
         if args.store == "elasticsearch" and not args.keep:
             from elasticsearch import AsyncElasticsearch
 
