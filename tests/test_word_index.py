@@ -49,3 +49,36 @@ def test_merge_keeps_stored_entries_before_new_ones_and_drops_the_dead():
     keys, ids = _sorted_whole([first, *later], {3, 17, 2005, 2140})
     assert np.array_equal(index.keys, keys) and np.array_equal(index.ids, ids)
     assert len(index) == 2150 - 4
+
+
+def test_saved_with_its_delta_and_dead_records_and_loaded_back_it_answers_the_same(tmp_path):
+    """Saving merges nothing (a merge holds two copies of the arrays); what is loaded back
+    answers each query as the index saved did, and merges into the same arrays."""
+    from shared.store.vectors import LocalIndex
+
+    rng = np.random.default_rng(8)
+    first = (np.arange(0, 2000), _signatures(rng, 2000))
+    index = LocalIndex.empty("store")
+    index.words = WordIndex.of([first])
+    later = (np.arange(2000, 2120), _signatures(rng, 120))
+    index.add(later[0], later[1], rng.integers(-127, 128, (120, 512)).astype(np.int8))
+    index.remove(np.array([3, 17, 2005]))
+    assert index.words._delta and index.words._dead  # neither merged by the save below
+    index.save(tmp_path / "s.sqlite")
+    assert index.words._delta and index.words._dead
+    loaded = LocalIndex.load(tmp_path / "s.sqlite", "store")
+    assert isinstance(loaded, LocalIndex)
+    queries = np.r_[first[1][:40], later[1][:40]]
+    owners, own = np.arange(80), np.full(80, -1)
+    for limit in (3, 50):
+        assert all(np.array_equal(a, b) for a, b in zip(index.words.query(queries, owners, own, queries, limit),
+                                                        loaded.words.query(queries, owners, own, queries, limit)))
+    assert len(loaded.words) == len(index.words) == 2120 - 3
+    index.words.compact()
+    loaded.words.compact()
+    assert np.array_equal(loaded.words.keys, index.words.keys) and np.array_equal(loaded.words.ids, index.words.ids)
+    # the embeddings come back with room: an eighth more is added without growing the matrix
+    matrix = loaded.embeddings.vectors
+    assert loaded.embeddings.get(np.array([2000, 2005, 2119]))[1].tolist() == [True, False, True]
+    loaded.embeddings.add(np.arange(3000, 3014), rng.integers(-127, 128, (14, 512)).astype(np.int8))
+    assert loaded.embeddings.vectors is matrix and len(loaded.embeddings) == 119 + 14

@@ -164,6 +164,24 @@ class WordIndex:
         if self._delta or self._dead:
             self._merge()
 
+    def saved(self) -> dict[str, np.ndarray]:
+        """The arrays ``restored`` takes back: the sorted ones, the sorted delta and the ids
+        masked, as they are. Saving merges nothing: a merge holds the old arrays and the new
+        ones (half a GB more at a million records)."""
+        delta_keys, delta_ids = self._parts()[1] if self._delta else (self.keys[:0], self.ids[:0])
+        return {"keys": self.keys, "ids": self.ids, "delta.keys": delta_keys, "delta.ids": delta_ids,
+                "dead": np.fromiter(sorted(self._dead), np.uint32, len(self._dead))}
+
+    @classmethod
+    def restored(cls, arrays: dict[str, np.ndarray]) -> WordIndex:
+        index = cls(arrays["keys"], arrays["ids"])
+        if len(arrays["delta.keys"]):
+            index._delta = [(arrays["delta.keys"], arrays["delta.ids"])]
+            index._delta_sorted = (arrays["delta.keys"], arrays["delta.ids"])
+            index._mark(arrays["delta.ids"])
+        index._dead = set(arrays["dead"].tolist())
+        return index
+
     def _parts(self) -> list[tuple[np.ndarray, np.ndarray]]:
         if self._delta_sorted is None:
             keys = np.concatenate([k for k, _ in self._delta])
@@ -277,7 +295,10 @@ class EmbeddingIndex:
         self._size = len(self.ids)
         self._dead = 0
         self._slots = _slots_by_id(self.ids)
-        self._norms = _norms(self.vectors)
+        self._norms = _norms(self.vectors[: self._size])
+        if len(self.vectors) > self._size:  # rows of room made by the caller (``LocalIndex.load``)
+            self.ids = np.r_[self.ids, np.full(len(self.vectors) - self._size, -1, np.int64)]
+            self._norms = np.r_[self._norms, np.zeros(len(self.vectors) - self._size)]
         self._lock = threading.RLock()
         self._end_pass()
 
@@ -337,9 +358,9 @@ class EmbeddingIndex:
         if self._dead and self._dead * 8 >= self._size:
             alive = self.ids[: self._size] >= 0
             self.ids, self.vectors = self.ids[: self._size][alive], self.vectors[: self._size][alive]
+            self._norms = self._norms[: self._size][alive]
             self._size, self._dead = len(self.ids), 0
             self._slots = _slots_by_id(self.ids)
-            self._norms = _norms(self.vectors)
 
     def get(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The embedding held under each id (zeros where none) and whether one is."""
@@ -418,6 +439,7 @@ class EmbeddingIndex:
         targets = targets[self._norms[targets] > 0]
         near_rows, near_slots, near_dots = [], [], []
         few = len(ask) <= self.FEW_QUERIES
+        room = np.empty(min(len(ask), self.QUERY_BLOCK) * min(len(targets), self.STORED_BLOCK), np.int32)
         for start in range(0, len(targets) if len(ask) else 0, self.STORED_BLOCK):
             block = targets[start : start + self.STORED_BLOCK]
             consecutive = block[-1] - block[0] == len(block) - 1
@@ -427,9 +449,9 @@ class EmbeddingIndex:
             for q0 in range(0, len(ask), self.QUERY_BLOCK):
                 part = ask[q0 : q0 + self.QUERY_BLOCK]
                 if stored is None:  # the stored rows on the left, as they lie: no transposed copy
-                    dots = products(vectors, np.ascontiguousarray(asked[part].T)).T
+                    dots = products(vectors, np.ascontiguousarray(asked[part].T), room).T
                 else:
-                    dots = products(asked[part], stored)
+                    dots = products(asked[part], stored, room)
                 bar = min_similarity * qnorms[part] * shortest
                 some = np.flatnonzero(dots.max(axis=1) >= bar)  # few rows meet anything
                 r, c = np.nonzero(dots[some] >= bar[some, None])
@@ -494,14 +516,24 @@ def _slots_by_id(ids: np.ndarray) -> np.ndarray:
 
 
 def _norms(vectors: np.ndarray) -> np.ndarray:
-    wide = vectors.astype(np.float64)
-    return np.sqrt(np.einsum("ij,ij->i", wide, wide))
+    """The length of each int8 row, a block at a time: the rows as float64 are 8 times their
+    int8 bytes (4 GB for a million embeddings at once)."""
+    out = np.empty(len(vectors))
+    for start in range(0, len(vectors), 8192):
+        wide = vectors[start : start + 8192].astype(np.float64)
+        out[start : start + len(wide)] = np.sqrt(np.einsum("ij,ij->i", wide, wide))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
 # persisted next to the SQLite store
 
-FORMAT = 2  # changes when the files' layout does: an older file is rebuilt
+FORMAT = 3  # changes when the files' layout does: an older file is rebuilt
+# A rebuilt or loaded embedding matrix gets room for this share more rows: zeros that are only
+# address space until written, so adding up to that many photos copies nothing (growing the
+# matrix copies it, the old one held meanwhile: 512 MB more at a million records).
+ROOM_SHARE = 1 / 8
+_WORD_FILES = ("keys", "ids", "delta.keys", "delta.ids", "dead")
 
 
 @dataclass
@@ -540,8 +572,7 @@ class LocalIndex:
         crash leaves the old files or the new ones, and a torn file fails its checksum."""
         folder = self.folder(store_path)
         folder.mkdir(mode=0o700, exist_ok=True)  # what the store knows of the photos is their owner's only
-        self.words.compact()
-        files = {"words.keys": self.words.keys, "words.ids": self.words.ids}
+        files = {f"words.{name}": array for name, array in self.words.saved().items()}
         meta: dict = {"format": FORMAT, "store_id": self.store_id, "seq": self.seq, "files": {}}
         if self.embeddings is not None:
             files["embeddings.ids"], files["embeddings.vectors"] = self.embeddings.stored()
@@ -578,19 +609,21 @@ class LocalIndex:
                 path = folder / name
                 if not path.is_file() or path.stat().st_size != facts["size"] or _crc(path) != facts["crc"]:
                     return f"damaged ({name} does not match its checksum)"
-            keys = np.fromfile(folder / "words.keys", np.uint32)
-            ids = np.fromfile(folder / "words.ids", np.uint32)
-            if len(keys) != len(ids) or len(keys) % WORD_COUNT:
-                return "damaged (the word arrays do not match)"
+            words = {name: np.fromfile(folder / f"words.{name}", np.uint32) for name in _WORD_FILES}
+            for part in ("", "delta."):
+                if len(words[f"{part}keys"]) != len(words[f"{part}ids"]) or len(words[f"{part}keys"]) % WORD_COUNT:
+                    return "damaged (the word arrays do not match)"
             embeddings = None
             if "embeddings.ids" in meta["files"]:
                 dims = int(meta["dims"])
                 vector_ids = np.fromfile(folder / "embeddings.ids", np.int64)
-                vectors = np.fromfile(folder / "embeddings.vectors", np.int8)
-                if len(vectors) != len(vector_ids) * dims:
+                if meta["files"]["embeddings.vectors"]["size"] != len(vector_ids) * dims:
                     return "damaged (the embedding arrays do not match)"
-                embeddings = EmbeddingIndex(dims, vector_ids, vectors.reshape(len(vector_ids), dims))
-            return cls(store_id, int(meta["seq"]), WordIndex(keys, ids), embeddings)
+                vectors = np.zeros((len(vector_ids) + int(len(vector_ids) * ROOM_SHARE), dims), np.int8)
+                with open(folder / "embeddings.vectors", "rb") as f:
+                    f.readinto(vectors[: len(vector_ids)])  # type: ignore[arg-type]
+                embeddings = EmbeddingIndex(dims, vector_ids, vectors)
+            return cls(store_id, int(meta["seq"]), WordIndex.restored(words), embeddings)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             return f"damaged ({' '.join(str(exc).split())})"
 
@@ -616,7 +649,7 @@ def rebuild(store_id: str, seq: int, rows: Rows, records: int = 0) -> LocalIndex
         for ids, signatures, embeddings in rows():
             if embeddings is not None and len(embeddings) and index.embeddings is None:
                 index.embeddings = EmbeddingIndex(embeddings.shape[1])
-                index.embeddings.reserve(records)
+                index.embeddings.reserve(records + int(records * ROOM_SHARE))
             index.add(ids, None, embeddings)
             if signatures is not None:
                 yield ids, signatures
