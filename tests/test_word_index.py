@@ -79,6 +79,8 @@ def test_saved_with_its_delta_and_dead_records_and_loaded_back_it_answers_the_sa
     assert np.array_equal(loaded.words.keys, index.words.keys) and np.array_equal(loaded.words.ids, index.words.ids)
     # the embeddings come back with room: an eighth more is added without growing the matrix
     matrix = loaded.embeddings.vectors
-    assert loaded.embeddings.get(np.array([2000, 2005, 2119]))[1].tolist() == [True, False, True]
+    asked = np.array([2000, 2005, 2119])
+    assert loaded.embeddings.get(asked)[1].tolist() == [True, False, True]
+    assert np.array_equal(loaded.embeddings.get(asked)[0], index.embeddings.get(asked)[0])
     loaded.embeddings.add(np.arange(3000, 3014), rng.integers(-127, 128, (14, 512)).astype(np.int8))
     assert loaded.embeddings.vectors is matrix and len(loaded.embeddings) == 119 + 14
