@@ -151,14 +151,22 @@ class WordIndex:
                 both = np.concatenate([both[:used], np.empty(max(len(words), used // 2), np.uint64)])
             both[used : used + len(words)] = words
             used += len(words)
-        both = both[:used]
+        if used < len(both):
+            both.resize(used, refcheck=False)  # shrunk where it lies (realloc): no copy
         both.sort()  # by key, then id: what a stable sort of the keys gives ids added in rising order
-        keys, ids = np.empty(len(both), np.uint32), np.empty(len(both), np.uint32)
-        for start in range(0, len(both), 1 << 22):
-            block = both[start : start + (1 << 22)]
-            keys[start : start + len(block)] = block >> np.uint64(32)
-            ids[start : start + len(block)] = block & np.uint64(0xFFFFFFFF)
-        return cls(keys, ids)
+        keys = np.empty(used, np.uint32)
+        for start in range(0, used, 1 << 22):
+            keys[start : start + (1 << 22)] = both[start : start + (1 << 22)] >> np.uint64(32)
+        # the ids to the front of the same memory, a block at a time (a block's ids land where
+        # integers already read lay), which is then given back: the arrays never take more than
+        # 12 bytes a word at once (16 with both halves split off into new arrays)
+        halves = both.view(np.uint32)
+        for start in range(0, used, 1 << 22):
+            block = (both[start : start + (1 << 22)] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+            halves[start : start + len(block)] = block
+        del halves
+        both.resize((used + 1) // 2, refcheck=False)
+        return cls(keys, both.view(np.uint32)[:used])
 
     def compact(self) -> None:
         if self._delta or self._dead:
