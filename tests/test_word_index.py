@@ -29,7 +29,7 @@ def test_built_at_once_as_added_chunk_after_chunk():
     added = WordIndex()
     for ids, signatures in chunks:
         added.add(ids, signatures)
-    added.compact()
+    added._merge()
     keys, ids = _sorted_whole(chunks, set())
     for index in (*built, added):
         assert np.array_equal(index.keys, keys) and np.array_equal(index.ids, ids)
@@ -45,7 +45,7 @@ def test_merge_keeps_stored_entries_before_new_ones_and_drops_the_dead():
         index.add(ids, signatures)  # a delta below an eighth of the stored words: not merged yet
     assert index._delta
     index.remove([3, 17, 2005, 2140])
-    index.compact()
+    index._merge()
     keys, ids = _sorted_whole([first, *later], {3, 17, 2005, 2140})
     assert np.array_equal(index.keys, keys) and np.array_equal(index.ids, ids)
     assert len(index) == 2150 - 4
@@ -74,8 +74,8 @@ def test_saved_with_its_delta_and_dead_records_and_loaded_back_it_answers_the_sa
         assert all(np.array_equal(a, b) for a, b in zip(index.words.query(queries, owners, own, queries, limit),
                                                         loaded.words.query(queries, owners, own, queries, limit)))
     assert len(loaded.words) == len(index.words) == 2120 - 3
-    index.words.compact()
-    loaded.words.compact()
+    index.words._merge()
+    loaded.words._merge()
     assert np.array_equal(loaded.words.keys, index.words.keys) and np.array_equal(loaded.words.ids, index.words.ids)
     # the embeddings come back with room: an eighth more is added without growing the matrix
     matrix = loaded.embeddings.vectors

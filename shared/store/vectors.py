@@ -168,10 +168,6 @@ class WordIndex:
         both.resize((used + 1) // 2, refcheck=False)
         return cls(keys, both.view(np.uint32)[:used])
 
-    def compact(self) -> None:
-        if self._delta or self._dead:
-            self._merge()
-
     def saved(self) -> dict[str, np.ndarray]:
         """The arrays ``restored`` takes back: the sorted ones, the sorted delta and the ids
         masked, as they are. Saving merges nothing: a merge holds the old arrays and the new
