@@ -56,10 +56,6 @@ PAGE = 5000  # hits per page when listing everything
 # Searches per msearch round trip: a few dozen keep the server's threads busy and one round
 # trip well inside the client's timeout (256 kNN searches took more than 30 s on a loaded node).
 MSEARCH = 32
-# How often the node makes new writes searchable on its own. Nothing waits for it (a matcher
-# refreshes before it plans); more often than the default 1 s only shortens how long a record
-# stays out of the searches of a service that does not refresh (the watcher's listing).
-REFRESH_INTERVAL = "200ms"
 # The concrete index behind each alias. A later mapping that an index cannot be changed to in
 # place gets a new number, and a migration.
 LAYOUT = "v1"
@@ -70,7 +66,6 @@ UNAVAILABLE_STATUS = (429, 502, 503, 504)
 _KEYWORD = {"type": "keyword"}
 _STORED_ONLY = {"type": "keyword", "index": False, "doc_values": False}
 IMAGES_SETTINGS: dict[str, Any] = {
-    "refresh_interval": REFRESH_INTERVAL,
     # one shard holds millions of records (sequence numbers count per shard, and a reader
     # catches up shard by shard); a replica only where a second node can hold it, so a single
     # node is green, never yellow
@@ -79,6 +74,11 @@ IMAGES_SETTINGS: dict[str, Any] = {
     # _source is rebuilt from the fields on reading: the embedding is kept once, as a vector,
     # not a second time as JSON in _source
     "mapping.source.mode": "synthetic",
+    # no refresh_interval: the node's default refreshes each second, and not at all while nobody
+    # searches (a shard idle for 30 s refreshes when a search comes, and that search waits for
+    # it, so it still sees every write). Nothing waits for these refreshes (a matcher refreshes
+    # before it plans); the 200 ms set before cost the node a third more CPU while the hashers
+    # wrote (docs/benchmarks.md).
 }
 IMAGES_MAPPING: dict[str, Any] = {
     "dynamic": "strict",
@@ -248,7 +248,7 @@ class _Index:
         self.url = url
         self.index = index
         self._mapping = mapping
-        self._settings = settings or {"refresh_interval": REFRESH_INTERVAL, "auto_expand_replicas": "0-1"}
+        self._settings = settings or {"auto_expand_replicas": "0-1"}
         self._es = _client(url, api_key, username, password, ca_certs)
         self._es.alias = index
         self._recreating = asyncio.Lock()
