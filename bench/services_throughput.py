@@ -179,6 +179,7 @@ def run_services(library: Path, work: Path, vhost: str, hashers: int, matchers: 
     base = work / f"svc-{hashers}-{matchers}{'-es' if es else ''}"
     services = Services(base, library, broker_url(vhost), f"bench-{uuid.uuid4().hex[:6]}",
                         dry_run="true", threads=str(threads), match_delay="1", concurrency=str(threads + 2),
+                        pictures_directory=str(base / "pictures"),  # as docker-compose.yml shares it
                         **SAME_AS_LOCAL, **es)
     try:
         for _ in range(hashers):

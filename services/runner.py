@@ -73,7 +73,7 @@ class Context:
         shared by its roles): the hasher's analysis and the matcher's pixel comparisons run
         there, off the event loop and on every core asked for."""
         if self._decoders is None:
-            self._decoders = ProcessSigner(self.settings.threads)
+            self._decoders = ProcessSigner(self.settings.threads, shared=self.settings.pictures_directory)
             self.on_close.append(self._decoders.close)
             await self._decoders.start()
         return self._decoders
@@ -226,7 +226,7 @@ async def start_matcher(ctx: Context, prefetch: int | None = None) -> None:
     size = prefetch or PREFETCH["image.signed"]
     measured = metrics.matcher()
     owner = f"matcher-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    look = (await ctx.decoders()).look  # the comparisons of a batch on every core, not one
+    decoders = await ctx.decoders()  # the comparisons of a batch on every core, not one
 
     async def publish(decision: Decision) -> None:
         await ctx.bus.publish(decision)
@@ -235,7 +235,9 @@ async def start_matcher(ctx: Context, prefetch: int | None = None) -> None:
     async def run(paths: list[str]) -> None:
         started = time.monotonic()
         decisions = await handle_signed(paths, store=ctx.store, settings=settings, ledger=ctx.ledger,
-                                        publish=publish, owner=owner, look=look)
+                                        publish=publish, owner=owner, look=decoders.look)
+        if decoders.shared is not None:  # planned: their pictures are not wanted any more
+            await asyncio.to_thread(decoders.shared.drop, paths)
         seconds = time.monotonic() - started
         measured.batch.observe(seconds)
         log.info("matched %d signed images: %d groups in %.2fs", len(paths), len(decisions), seconds)
@@ -252,6 +254,8 @@ async def start_matcher(ctx: Context, prefetch: int | None = None) -> None:
         async def sweep() -> None:
             if not batcher.idle or await ctx.bus.backlog("image.signed") or await hashing():
                 return
+            if decoders.shared is not None and (dropped := await asyncio.to_thread(decoders.shared.prune)):
+                log.info("dropped %d pictures left in pictures_directory for more than a day", dropped)
             await ctx.store.refresh()
             after, found = "", 0
             while page := await ctx.store.unplanned(mark, after, limit=size):

@@ -146,6 +146,11 @@ class Settings(BaseSettings):
     journal_directory: Path = Field(
         default_factory=lambda: data_dir() / "journals", description="Where each run's journal of actions is written."
     )
+    pictures_directory: Path | None = Field(
+        None, description="Services mode: a folder the hashers and matchers share (one host, or a shared volume), "
+        "where a hasher leaves the picture the pixel comparison needs of each image it signs (~0.2 MB an image "
+        "until it is matched), so the matcher does not decode the file again; unset: the matcher decodes it.",
+    )
     broker_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL (services mode).")
     broker_prefix: str = Field("image-dedup", description="Prefix of the exchange and queue names on the broker.")
     metrics_port: int = Field(9100, ge=0, le=65535, description="Port of /metrics, /healthz and /readyz (services).")
@@ -188,7 +193,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "source_directories", "reference_directories", "duplicates_target_directory", "store_path", "journal_directory",
-        "elasticsearch_ca_certs", mode="before",
+        "elasticsearch_ca_certs", "pictures_directory", mode="before",
     )
     @classmethod
     def _not_blank(cls, value: Any) -> Any:
@@ -200,7 +205,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "source_directories", "reference_directories", "duplicates_target_directory", "store_path", "journal_directory",
-        "elasticsearch_ca_certs",
+        "elasticsearch_ca_certs", "pictures_directory",
     )
     @classmethod
     def _absolute(cls, value: Any) -> Any:

@@ -145,7 +145,8 @@ class Services:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_DEDUP_")}
         values = {
             "source_directories": json.dumps([str(photos)]), "store_path": str(base / "store.sqlite"),
-            "journal_directory": str(base / "journals"), "dry_run": "false", "broker_url": url,
+            "journal_directory": str(base / "journals"), "pictures_directory": str(base / "pictures"),
+            "dry_run": "false", "broker_url": url,
             "broker_prefix": prefix, "threads": "1", "match_delay": "1", "watch_debounce": "0.5",
             "max_retries": "3", "concurrency": "4", "max_dist": str(FIXTURE_MAX_DIST),
             "action": "delete",  # explicit: the default, trash, would use the user's own trash
@@ -157,7 +158,7 @@ class Services:
 
     def start(self, role: str, *extra: str, host: Path | None = None, **settings: object) -> tuple[subprocess.Popen, int]:
         """``host``: a folder standing for a host of its own (HOME, temporary folder, store
-        file, journals and duplicates folder inside it), so that the process shares nothing on
+        file, journals, pictures and duplicates folder inside it), so that the process shares nothing on
         disk with the others but the photos. ``settings``: this process's own, over the others'."""
         port = free_port()
         env = dict(self.env, IMAGE_DEDUP_METRICS_PORT=str(port))
@@ -169,7 +170,7 @@ class Services:
             self.tmpdirs.append(tempfile.mkdtemp(prefix="idh-"))
             env.update(HOME=str(host / "home"), TMPDIR=self.tmpdirs[-1], XDG_CONFIG_HOME=str(host / "home" / ".config"),
                        XDG_DATA_HOME=str(host / "home" / ".local" / "share"), IMAGE_DEDUP_STORE_PATH=str(host / "store.sqlite"),
-                       IMAGE_DEDUP_JOURNAL_DIRECTORY=str(host / "journals"),
+                       IMAGE_DEDUP_JOURNAL_DIRECTORY=str(host / "journals"), IMAGE_DEDUP_PICTURES_DIRECTORY=str(host / "pictures"),
                        IMAGE_DEDUP_DUPLICATES_TARGET_DIRECTORY=str(host / "duplicates"))
         n = sum(1 for r, _, _ in self.procs if r == role)
         log = open(self.logs / f"{role}-{n}.log", "ab")

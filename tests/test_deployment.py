@@ -1,5 +1,6 @@
 """docker-compose.yml and k8s/ against their schemas (offline), and the promises the docs make
-about them: Elasticsearch as the store, no shared ReadWriteOnce volume, hashers scaled by KEDA
+about them: Elasticsearch as the store, no shared ReadWriteOnce volume, the hashers' pictures
+shared with the matchers, hashers scaled by KEDA
 on the real queue name."""
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def test_compose_file_follows_the_compose_specification():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_compose_runs_the_services_on_elasticsearch_without_a_shared_volume():
+def test_compose_runs_the_services_on_elasticsearch_sharing_only_the_pictures_for_the_matcher():
     text = (ROOT / "docker-compose.yml").read_text()
     compose = yaml.safe_load(text)
     services = compose["services"]
@@ -44,8 +45,11 @@ def test_compose_runs_the_services_on_elasticsearch_without_a_shared_volume():
         url = service["environment"]["IMAGE_DEDUP_ELASTICSEARCH_URL"]
         assert url.startswith("http://elastic:${ELASTIC_PASSWORD") and url.endswith("@elasticsearch:9200"), role
         assert "IMAGE_DEDUP_STORE_PATH" not in service["environment"], role
-        volumes = {v.split(":")[0] for v in service["volumes"]} & named
-        assert volumes == ({"journals"} if role == "actuator" else set()), role
+        volumes = {v.split(":")[0]: v.split(":")[1] for v in service["volumes"] if v.split(":")[0] in named}
+        # the actuator's journals; the pictures the hashers leave for the matcher, where both look
+        shared = {"actuator": {"journals": "/data"}, "hasher": {"pictures": "/pictures"}, "matcher": {"pictures": "/pictures"}}
+        assert volumes == shared.get(role, {}), role
+        assert service["environment"].get("IMAGE_DEDUP_PICTURES_DIRECTORY") == volumes.get("pictures"), role
     # the SQLite variant stays documented, commented out
     assert any(line.lstrip().startswith("#") and "IMAGE_DEDUP_STORE_PATH" in line for line in text.splitlines())
 
@@ -93,6 +97,11 @@ def test_kubernetes_store_is_elasticsearch_and_no_readwriteonce_claim_is_shared(
         pod = _one(docs, kind, role)["spec"]["template"]["spec"]
         claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
         assert not claims & rwo, role
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        if role in ("hasher", "matcher"):  # the pictures the hashers leave for the matchers
+            assert "pictures" in claims and mounts["pictures"] == config["pictures_directory"], role
+        else:
+            assert "pictures" not in claims, role
         env = {e["name"]: e for e in pod["containers"][0]["env"]}
         assert env["ELASTIC_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": f"{name}-es-elastic-user", "key": "elastic"}
         assert env["IMAGE_DEDUP_ELASTICSEARCH_URL"]["value"] == f"http://elastic:$(ELASTIC_PASSWORD)@{name}-es-http:9200"

@@ -96,6 +96,9 @@ def test_four_services_follow_a_watched_folder_like_local_mode(world):
     removed = set(files) - snapshot(services.photos)
     assert removed == expected
     _assert_removed_once(services, removed)
+    # the hashers left each picture for the matcher, which dropped them once matched
+    assert (services.base / "pictures").is_dir()
+    wait_for(lambda: not list((services.base / "pictures").iterdir()), 20, "pictures left after matching")
 
     letters = asyncio.run(dead_letters(services.env["IMAGE_DEDUP_BROKER_URL"], services.env["IMAGE_DEDUP_BROKER_PREFIX"]))
     assert [b"broken.jpg" in body for body, _ in letters] == [True]

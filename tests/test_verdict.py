@@ -325,6 +325,80 @@ async def test_a_matcher_decodes_each_file_once_whichever_worker_compares_it(tmp
     assert all(first.convincing for first, _ in looks)
 
 
+async def test_a_matcher_compares_the_pictures_a_hasher_left_without_decoding_the_files(tmp_path):
+    """Services mode with ``pictures_directory``: a hasher's analysis leaves each file's picture
+    there, a matcher's comparison takes it instead of decoding the file (the same answers as a
+    fresh decode), and the pictures of the planned images are then dropped."""
+    from services.hasher.handler import ProcessSigner
+    from shared.image import pixels
+
+    photo = make_photo(19, (1600, 1200))
+    paths = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
+    photo.save(paths[0], quality=92)
+    photo.resize((800, 600)).save(paths[1], quality=80)
+    a, b = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+    shared = tmp_path / "pictures"
+    hasher, matcher = ProcessSigner(1, shared=shared), ProcessSigner(1, shared=shared)
+    await asyncio.gather(hasher.start(), matcher.start())
+    decoded: list[str] = []
+    submit = matcher._pool.submit
+
+    def spied(fn, *args):
+        if fn is pixels.picture:
+            decoded.append(args[0][0])
+        return submit(fn, *args)
+
+    matcher._pool.submit = spied  # type: ignore[method-assign]
+    try:
+        analyses = [await hasher(str(p)) for p in paths]
+        assert len(list(shared.glob("*.grey"))) == 2
+        look = await matcher.look(a, b, True)
+    finally:
+        hasher.close()
+        matcher.close()
+    assert decoded == [], "the files were decoded again"
+    assert look == pixels.compare_files(a, b, True) and look[0].convincing
+    assert [x.signature.tobytes() for x in analyses] == [analyze(str(p)).signature.tobytes() for p in paths]
+    matcher.shared.drop([a[0], b[0]])
+    assert list(shared.iterdir()) == []
+
+
+def test_a_shared_picture_of_another_version_or_damaged_is_not_used(tmp_path):
+    """A file changed since its picture was left (another size or time), or a picture cut
+    short, reads as none: the matcher decodes the file then."""
+    from shared.image.pixels import SharedPictures
+
+    shared = SharedPictures(tmp_path / "pictures")
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    shared.put(("/photos/a.jpg", 10, 20), grey)
+    assert np.array_equal(shared.get(("/photos/a.jpg", 10, 20)), grey)
+    assert shared.get(("/photos/a.jpg", 10, 21)) is None and shared.get(("/photos/a.jpg", 11, 20)) is None
+    assert shared.get(("/photos/b.jpg", 10, 20)) is None
+    (left,) = shared.directory.iterdir()
+    left.write_bytes(left.read_bytes()[:-1])
+    assert shared.get(("/photos/a.jpg", 10, 20)) is None
+    assert shared.prune() == 0, "a picture left now is not old"
+    os.utime(left, (0, 0))
+    assert shared.prune() == 1 and list(shared.directory.iterdir()) == []
+
+
+async def test_a_pictures_directory_that_cannot_be_written_is_said_once_and_signing_goes_on(tmp_path, caplog):
+    from services.hasher.handler import ProcessSigner
+
+    (tmp_path / "pictures").write_text("a file, not a folder")
+    photo = tmp_path / "a.jpg"
+    make_photo(23, (800, 600)).save(photo)
+    signer = ProcessSigner(1, shared=tmp_path / "pictures")
+    try:
+        await signer.start()
+        analysis = await signer(str(photo))
+    finally:
+        signer.close()
+    assert [r.message.split(" (")[0] for r in caplog.records if "pictures_directory" in r.message] == [
+        f"pictures_directory {tmp_path / 'pictures'} cannot be written"]
+    assert analysis.signature.tobytes() == analyze(str(photo)).signature.tobytes()
+
+
 def test_the_kept_pictures_stay_within_their_budget(monkeypatch):
     from shared.image import pixels
     from shared.image.compare import Features

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import signal
@@ -12,6 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.connection import Connection
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from shared.bus import Reject
@@ -20,13 +22,17 @@ from shared.messages import FileEvent, ImageSigned
 from shared.core.safety import Unsafe, confine, root_of
 from shared.image import compare, lineage
 from shared.image.compare import BothWays, Features
-from shared.image.pixels import FileVersion, Pictures, analyze_with_picture, compare_files, picture
+from shared.image.pixels import (
+    FileVersion, Pictures, SharedPictures, analyze_and_share, analyze_with_picture, compare_files, picture,
+)
 from shared.image.signature import ANALYSIS_VERSION, Analysis, ImageError, analyze
 from shared.store import ImageRecord, Ledger, Store
 from services.hasher.companions import on_companion
 from services.watcher.handler import companion, wanted
 
 Sign = Callable[[str], Awaitable[Analysis]]
+
+log = logging.getLogger(__name__)
 
 
 class WorkersUnavailable(Exception):
@@ -58,11 +64,14 @@ class ProcessSigner:
     file is decoded once, whichever worker compares it (kept by the worker that compared it
     instead, half the comparisons of two workers decoded a file again). With ``keep_pixels``
     (when the same pool compares the pixels next, as in local mode) the pictures come from the
-    analysis itself, so an analysed file is not decoded again at all."""
+    analysis itself, so an analysed file is not decoded again at all. With ``shared`` (services
+    mode, ``pictures_directory``) each picture analysed is left in that folder for the matchers,
+    and a comparison takes a picture from there before it decodes the file."""
 
-    def __init__(self, processes: int, keep_pixels: bool = False):
+    def __init__(self, processes: int, keep_pixels: bool = False, shared: Path | None = None):
         self._kept = Pictures()
         self._keep_analysed = keep_pixels
+        self.shared = SharedPictures(shared) if shared is not None else None
         self._decoding: dict[FileVersion, asyncio.Future[Features | None]] = {}
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["__main__", *compare.PRELOAD])
@@ -78,9 +87,17 @@ class ProcessSigner:
             await asyncio.get_running_loop().run_in_executor(self._pool, os.getpid)
         except (OSError, RuntimeError) as exc:
             raise WorkersUnavailable(f"cannot start the decoder processes: {exc}") from None
+        if self.shared is not None:
+            try:
+                await asyncio.to_thread(self.shared.check)
+            except OSError as exc:
+                log.warning("pictures_directory %s cannot be written (%s): the matchers decode each file again",
+                            self.shared.directory, exc.strerror or exc)
 
     async def __call__(self, path: str) -> Analysis:
         loop = asyncio.get_running_loop()
+        if self.shared is not None:
+            return await loop.run_in_executor(self._pool, analyze_and_share, path, self.shared.directory)
         if not self._keep_analysed:
             return await loop.run_in_executor(self._pool, analyze, path)
         analysis, version, seen = await loop.run_in_executor(self._pool, analyze_with_picture, path)
@@ -88,17 +105,22 @@ class ProcessSigner:
         return analysis
 
     async def _picture(self, version: FileVersion) -> Features | None:
-        """The file's picture: kept here, or decoded once in the pool (the looks that want it
+        """The file's picture: kept here, or left by a hasher, or decoded once in the pool (the looks that want it
         meanwhile wait for that one decode) and kept."""
         found = self._kept.get(version)
         if found is not None:
             return found
         pending = self._decoding.get(version)
         if pending is None:
-            pending = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(self._pool, picture, version))
+            pending = asyncio.ensure_future(self._shared_or_decoded(version))
             self._decoding[version] = pending
             pending.add_done_callback(lambda done: self._settle(version, done))
         return await asyncio.shield(pending)  # a look cancelled does not cancel the others' decode
+
+    async def _shared_or_decoded(self, version: FileVersion) -> Features | None:
+        if self.shared is not None and (found := await asyncio.to_thread(self.shared.features, version)) is not None:
+            return found
+        return await asyncio.get_running_loop().run_in_executor(self._pool, picture, version)
 
     def _settle(self, version: FileVersion, done: asyncio.Future[Features | None]) -> None:
         self._decoding.pop(version, None)

@@ -9,8 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import os
+import struct
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
 
 from . import lineage
 from .compare import MAX_SIDE, Agreement, BothWays, Features, both_ways
@@ -80,6 +88,90 @@ def analyze_with_picture(path: str) -> tuple[Analysis, FileVersion, Features]:
     with the file's version, for a caller that sends it with the comparisons (ProcessSigner)."""
     analysis, version, grey = analyze_for_comparison(path, MAX_SIDE)
     return analysis, version, Features(grey, _colour(path))
+
+
+class SharedPictures:
+    """The comparison's pictures that hashers leave in a folder the matchers also reach
+    (services mode; messages carry no pixels), so the matcher that compares a file does not
+    decode it a second time: that decode was most of what the services cost beyond local mode
+    (docs/benchmarks.md). One file per image, named by its path and holding the version it was
+    made from, so a file changed since is decoded again. The matcher drops a picture once its
+    image was planned; one left by a crash goes after ``KEEP_SECONDS``."""
+
+    #: A picture not planned within a day waited through a crash or a backlog that long; it is
+    #: dropped, and the matcher that needs it decodes the file (nothing else is lost).
+    KEEP_SECONDS = 24 * 3600
+    _HEADER = struct.Struct("<qqII")  # size, mtime_ns, height, width
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def _file(self, path: str) -> Path:
+        name = hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
+        return self.directory / f"{name}.grey"
+
+    def put(self, version: FileVersion, grey: np.ndarray) -> None:
+        """Written whole or not at all (a reader never sees half a picture)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        target = self._file(version[0])
+        partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.part")
+        partial.write_bytes(self._HEADER.pack(version[1], version[2], *grey.shape) + np.ascontiguousarray(grey, np.uint8).tobytes())
+        os.replace(partial, target)
+
+    def check(self) -> None:
+        """Raises OSError when the folder cannot be written."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        probe = self.directory / f"probe.{os.getpid()}.part"
+        probe.write_bytes(b"")
+        probe.unlink()
+
+    def features(self, version: FileVersion) -> Features | None:
+        """What ``compare_files`` needs of this version of the file, from its picture here."""
+        grey = self.get(version)
+        return Features(grey, _colour(version[0])) if grey is not None else None
+
+    def get(self, version: FileVersion) -> np.ndarray | None:
+        """The picture of this version of the file; None when there is none (or another
+        version's, or a file that is not one of ours)."""
+        try:
+            data = self._file(version[0]).read_bytes()
+            size, mtime_ns, h, w = self._HEADER.unpack_from(data)
+        except (OSError, struct.error):
+            return None
+        if (size, mtime_ns) != version[1:] or len(data) != self._HEADER.size + h * w:
+            return None
+        return np.frombuffer(data, np.uint8, offset=self._HEADER.size).reshape(h, w)
+
+    def drop(self, paths: Iterable[str]) -> None:
+        for path in paths:
+            self._file(path).unlink(missing_ok=True)
+
+    def prune(self) -> int:
+        """Drop the pictures older than ``KEEP_SECONDS``; how many."""
+        old, dropped = time.time() - self.KEEP_SECONDS, 0
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.stat().st_mtime < old:
+                    os.unlink(entry.path)
+                    dropped += 1
+            except FileNotFoundError:  # another matcher dropped it
+                pass
+        return dropped
+
+
+def analyze_and_share(path: str, directory: Path) -> Analysis:
+    """``signature.analyze``, leaving the comparison's picture from the same decode in
+    ``directory`` for the matchers (``SharedPictures``)."""
+    analysis, version, grey = analyze_for_comparison(path, MAX_SIDE)
+    try:
+        SharedPictures(directory).put(version, grey)
+    except OSError:  # a full disk, say: the matcher decodes the file (the hasher said so at start)
+        pass
+    return analysis
 
 
 def _colour(path: str):
