@@ -119,6 +119,8 @@ def unplanned(store: Path, es: dict[str, str], mark: str) -> int:
         from shared.store.elasticsearch import SIGNED
 
         query = {"bool": {"filter": [SIGNED], "must_not": [{"term": {"planned": mark}}]}}
+        # the marks written so far, not those the node's once-a-second refresh made searchable
+        es_request(f"{es['elasticsearch_url']}/{es['elasticsearch_index']}/_refresh", "POST")
         request = urllib.request.Request(f"{es['elasticsearch_url']}/{es['elasticsearch_index']}/_count",
                                          data=json.dumps({"query": query}).encode(),
                                          headers={"Content-Type": "application/json"})
