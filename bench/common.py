@@ -49,24 +49,29 @@ def command_line() -> str:
     return " ".join(["python", str(script), *sys.argv[1:]])
 
 
+_phase_peaks: list[float] = []  # what each phase reached (a reset forgets it for the kernel)
+
+
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MB (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident memory of this process in MB: ru_maxrss (KiB on Linux), or the highest
+    phase peak, since a reset of the phase peak resets ru_maxrss too."""
+    return max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, *_phase_peaks])
 
 
 def phase_peak_rss_mb(reset: bool = False) -> float | None:
-    """Peak resident memory in MB since the last reset (Linux's VmHWM, which writing 5 to
-    /proc/self/clear_refs sets back to the current size), so a phase's own peak is told apart
-    from what the phases before it reached; None where the kernel does not say."""
+    """Peak resident memory in MB since the last reset (Linux's VmHWM), read before ``reset``
+    sets it back to the current size (writing 5 to /proc/self/clear_refs), so a phase's own
+    peak is told apart from what the phases before it reached; None where the kernel does not
+    say."""
     try:
+        peak = next(int(line.split()[1]) / 1024.0 for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("VmHWM:"))
         if reset:
             Path("/proc/self/clear_refs").write_text("5")
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
+    except (OSError, StopIteration):
+        return None
+    _phase_peaks.append(peak)
+    return peak
 
 
 def md_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
