@@ -84,3 +84,28 @@ def test_saved_with_its_delta_and_dead_records_and_loaded_back_it_answers_the_sa
     assert np.array_equal(loaded.embeddings.get(asked)[0], index.embeddings.get(asked)[0])
     loaded.embeddings.add(np.arange(3000, 3014), rng.integers(-127, 128, (14, 512)).astype(np.int8))
     assert loaded.embeddings.vectors is matrix and len(loaded.embeddings) == 119 + 14
+
+
+def test_searches_looked_up_a_few_hundred_at_a_time_find_what_one_query_finds(monkeypatch):
+    """``near_signatures`` bounds each word-index query to SEARCHES_PER_QUERY searches; split
+    anywhere (an owner's orientations never apart), the answers are those of one query."""
+    from shared.image.signature import orientations
+    from shared.store import vectors
+
+    rng = np.random.default_rng(8)
+    stored = _signatures(rng, 600)
+    index = WordIndex.of(iter([(np.arange(600), stored)]), 600)
+    asked = np.r_[np.arange(0, 600, 7), -np.ones(20, np.int64)]  # stored ones and new ones
+    signatures = np.concatenate([stored[asked[asked >= 0]], _signatures(rng, 20)])
+    signatures[:5] = stored[[1, 2, 3, 4, 5]]  # copies of other stored records
+    searches = [np.stack(orientations(s)) for s in signatures]
+    own_signatures = np.stack([stored[i] if i >= 0 else np.zeros(SIGNATURE_LENGTH, np.int8) for i in asked])
+
+    def near() -> dict:
+        return vectors.near_signatures(index, searches, asked, own_signatures, lambda ids: stored[ids], 0.6, 10)
+
+    whole = near()
+    assert len(whole) > 5 and all(whole[k] for k in range(5))
+    for size in (1, 7, 50):
+        monkeypatch.setattr(vectors, "SEARCHES_PER_QUERY", size)
+        assert near() == whole, size

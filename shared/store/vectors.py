@@ -470,21 +470,31 @@ class EmbeddingIndex:
         return rows[at[near]], hit[near], cosines[near]
 
 
+#: Searches (records, each in its orientations) per word-index query: a query's hits and their
+#: full signatures grow with the searches and with the library (a rare word's postings: up to
+#: STOP_SHARE of it), ~450 MB for a matcher's batch of 2000 at a million records; 500 keep it
+#: near 110 MB there, while the per-query overhead stays small beside the hits.
+SEARCHES_PER_QUERY = 500
+
+
 def near_signatures(words: WordIndex, searches: list[np.ndarray], own: np.ndarray, own_signatures: np.ndarray,
                     signatures_of: Callable[[np.ndarray], np.ndarray], max_dist: float,
                     limit: int) -> dict[int, dict[int, float]]:
     """The records within ``max_dist`` of each search (its signature's orientations, (k, 648)):
     search place -> {id: distance}. Every search's rows are looked up in one query of the word
     index; the full signatures of the best-sharing records (``signatures_of`` ids, one row
-    each) decide. ``own``/``own_signatures``: as ``WordIndex.query``, one per search."""
-    rows = np.concatenate(searches)
-    owners = np.repeat(np.arange(len(searches)), [len(q) for q in searches])
-    who, ids = words.query(rows, owners, own, own_signatures, limit + 1)
-    hits = signatures_of(ids)
+    each) decide. ``own``/``own_signatures``: as ``WordIndex.query``, one per search. The
+    searches are looked up ``SEARCHES_PER_QUERY`` at a time: the same answers, a bounded query."""
     near: dict[int, dict[int, float]] = {}
-    for owner, start, stop in _runs(who):
-        dists = signature_distances(searches[owner], hits[start:stop]).min(axis=0)
-        near[owner] = {int(i): float(d) for i, d in zip(ids[start:stop], dists) if d <= max_dist}
+    for first in range(0, len(searches), SEARCHES_PER_QUERY):
+        part = searches[first : first + SEARCHES_PER_QUERY]
+        owners = np.repeat(np.arange(len(part)), [len(q) for q in part])
+        mine = slice(first, first + len(part))
+        who, ids = words.query(np.concatenate(part), owners, own[mine], own_signatures[mine], limit + 1)
+        hits = signatures_of(ids)
+        for owner, start, stop in _runs(who):
+            dists = signature_distances(part[owner], hits[start:stop]).min(axis=0)
+            near[first + owner] = {int(i): float(d) for i, d in zip(ids[start:stop], dists) if d <= max_dist}
     return near
 
 
