@@ -291,6 +291,22 @@ def test_a_file_analysed_in_local_mode_is_compared_without_decoding_it_again(tmp
     assert pixels.compare_files(*versions, True) == fresh, "the worker kept what it was sent"
 
 
+def _decodes_of(signer) -> list[str]:
+    """The paths ``signer``'s pool is asked to decode for a comparison, as they are asked."""
+    from shared.image import pixels
+
+    decoded: list[str] = []
+    submit = signer._pool.submit
+
+    def spied(fn, *args):
+        if fn is pixels.picture:
+            decoded.append(args[0][0])
+        return submit(fn, *args)
+
+    signer._pool.submit = spied
+    return decoded
+
+
 async def test_a_matcher_decodes_each_file_once_whichever_worker_compares_it(tmp_path):
     """The services' matcher has no analysis to take pictures from: each file is decoded once
     in the pool (the looks that want it meanwhile wait for that decode), kept, and sent with
@@ -307,15 +323,7 @@ async def test_a_matcher_decodes_each_file_once_whichever_worker_compares_it(tmp
     pairs = [(a, b), (a, c), (b, c), (c, a), (a, b)]
     signer = ProcessSigner(2)
     await signer.start()
-    decoded: list[str] = []
-    submit = signer._pool.submit
-
-    def spied(fn, *args):
-        if fn is pixels.picture:
-            decoded.append(args[0][0])
-        return submit(fn, *args)
-
-    signer._pool.submit = spied  # type: ignore[method-assign]
+    decoded = _decodes_of(signer)
     try:
         looks = await asyncio.gather(*(signer.look(x, y, True) for x, y in pairs))
     finally:
@@ -340,15 +348,7 @@ async def test_a_matcher_compares_the_pictures_a_hasher_left_without_decoding_th
     shared = tmp_path / "pictures"
     hasher, matcher = ProcessSigner(1, shared=shared), ProcessSigner(1, shared=shared)
     await asyncio.gather(hasher.start(), matcher.start())
-    decoded: list[str] = []
-    submit = matcher._pool.submit
-
-    def spied(fn, *args):
-        if fn is pixels.picture:
-            decoded.append(args[0][0])
-        return submit(fn, *args)
-
-    matcher._pool.submit = spied  # type: ignore[method-assign]
+    decoded = _decodes_of(matcher)
     try:
         analyses = [await hasher(str(p)) for p in paths]
         assert len(list(shared.glob("*.grey"))) == 2
