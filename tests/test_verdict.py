@@ -382,6 +382,20 @@ def test_a_shared_picture_of_another_version_or_damaged_is_not_used(tmp_path):
     assert shared.prune() == 1 and list(shared.directory.iterdir()) == []
 
 
+def test_no_more_shared_pictures_wait_than_allowed(tmp_path):
+    """A matcher far behind a big import: past MOST_WAITING pictures the hasher leaves none
+    (the matcher decodes those files), and leaves them again once the matcher caught up."""
+    from shared.image.pixels import SharedPictures
+
+    shared = SharedPictures(tmp_path / "pictures")
+    shared.MOST_WAITING, shared.COUNT_EVERY = 2, 1
+    grey = np.zeros((3, 4), np.uint8)
+    assert [shared.put((f"/p/{k}.jpg", 1, 1), grey) for k in range(3)] == [True, True, False]
+    assert shared.waiting() == 2 and shared.get(("/p/2.jpg", 1, 1)) is None
+    shared.drop(["/p/0.jpg"])
+    assert shared.put(("/p/2.jpg", 1, 1), grey) and shared.get(("/p/2.jpg", 1, 1)) is not None
+
+
 async def test_a_pictures_directory_that_cannot_be_written_is_said_once_and_signing_goes_on(tmp_path, caplog):
     from services.hasher.handler import ProcessSigner
 

@@ -101,22 +101,41 @@ class SharedPictures:
     #: A picture not planned within a day waited through a crash or a backlog that long; it is
     #: dropped, and the matcher that needs it decodes the file (nothing else is lost).
     KEEP_SECONDS = 24 * 3600
+    #: Pictures left waiting at most (~4 GB at ~0.2 MB each): past that (matchers far behind a
+    #: big import) the files are compared from the disk, rather than fill the disk with pictures.
+    MOST_WAITING = 20_000
+    #: Pictures left between two counts of the folder (a count lists it: a few ms at the most).
+    COUNT_EVERY = 200
     _HEADER = struct.Struct("<qqII")  # size, mtime_ns, height, width
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
+        self._puts, self._full = 0, False
 
     def _file(self, path: str) -> Path:
         name = hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
         return self.directory / f"{name}.grey"
 
-    def put(self, version: FileVersion, grey: np.ndarray) -> None:
-        """Written whole or not at all (a reader never sees half a picture)."""
+    def put(self, version: FileVersion, grey: np.ndarray) -> bool:
+        """Written whole or not at all (a reader never sees half a picture); not written (False)
+        while ``MOST_WAITING`` pictures wait."""
+        if self._puts % self.COUNT_EVERY == 0:
+            self._full = self.waiting() >= self.MOST_WAITING
+        self._puts += 1
+        if self._full:
+            return False
         self.directory.mkdir(parents=True, exist_ok=True)
         target = self._file(version[0])
         partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.part")
         partial.write_bytes(self._HEADER.pack(version[1], version[2], *grey.shape) + np.ascontiguousarray(grey, np.uint8).tobytes())
         os.replace(partial, target)
+        return True
+
+    def waiting(self) -> int:
+        try:
+            return sum(1 for _ in os.scandir(self.directory))
+        except FileNotFoundError:
+            return 0
 
     def check(self) -> None:
         """Raises OSError when the folder cannot be written."""
@@ -163,12 +182,15 @@ class SharedPictures:
         return dropped
 
 
+_shared_here: dict[Path, SharedPictures] = {}  # a decoder process's folder, with its count
+
+
 def analyze_and_share(path: str, directory: Path) -> Analysis:
     """``signature.analyze``, leaving the comparison's picture from the same decode in
     ``directory`` for the matchers (``SharedPictures``)."""
     analysis, version, grey = analyze_for_comparison(path, MAX_SIDE)
     try:
-        SharedPictures(directory).put(version, grey)
+        _shared_here.setdefault(directory, SharedPictures(directory)).put(version, grey)
     except OSError:  # a full disk, say: the matcher decodes the file (the hasher said so at start)
         pass
     return analysis
