@@ -105,8 +105,8 @@ class ProcessSigner:
         return analysis
 
     async def _picture(self, version: FileVersion) -> Features | None:
-        """The file's picture: kept here, or left by a hasher, or decoded once in the pool (the looks that want it
-        meanwhile wait for that one decode) and kept."""
+        """The file's picture: kept here, or left by a hasher, or decoded once in the pool (the
+        looks that want it meanwhile wait for that one decode) and kept."""
         found = self._kept.get(version)
         if found is not None:
             return found

@@ -127,8 +127,12 @@ class SharedPictures:
         self.directory.mkdir(parents=True, exist_ok=True)
         target = self._file(version[0])
         partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.part")
-        partial.write_bytes(self._HEADER.pack(version[1], version[2], *grey.shape) + np.ascontiguousarray(grey, np.uint8).tobytes())
-        os.replace(partial, target)
+        try:
+            partial.write_bytes(self._HEADER.pack(version[1], version[2], *grey.shape) + np.ascontiguousarray(grey, np.uint8).tobytes())
+            os.replace(partial, target)
+        except OSError:  # a full disk, say: no half-written picture left behind
+            partial.unlink(missing_ok=True)
+            raise
         return True
 
     def waiting(self) -> int:
