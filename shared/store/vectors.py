@@ -481,10 +481,10 @@ def near_signatures(words: WordIndex, searches: list[np.ndarray], own: np.ndarra
                     signatures_of: Callable[[np.ndarray], np.ndarray], max_dist: float,
                     limit: int) -> dict[int, dict[int, float]]:
     """The records within ``max_dist`` of each search (its signature's orientations, (k, 648)):
-    search place -> {id: distance}. Every search's rows are looked up in one query of the word
-    index; the full signatures of the best-sharing records (``signatures_of`` ids, one row
-    each) decide. ``own``/``own_signatures``: as ``WordIndex.query``, one per search. The
-    searches are looked up ``SEARCHES_PER_QUERY`` at a time: the same answers, a bounded query."""
+    search place -> {id: distance}. The rows of ``SEARCHES_PER_QUERY`` searches are looked up in
+    one query of the word index (the same answers as one query of them all, its memory bounded);
+    the full signatures of the best-sharing records (``signatures_of`` ids, one row each)
+    decide. ``own``/``own_signatures``: as ``WordIndex.query``, one per search."""
     near: dict[int, dict[int, float]] = {}
     for first in range(0, len(searches), SEARCHES_PER_QUERY):
         part = searches[first : first + SEARCHES_PER_QUERY]
