@@ -286,9 +286,9 @@ async def match_library(
     base, fingerprint = ledger_key(*facts), ledger_key(*facts, files.hexdigest())
     key = "plan-" + ledger_key(*sorted(map(str, settings.source_directories)))
     last = (await ledger.recall([key])).get(key)
-    if last is not None and last["fingerprint"] == fingerprint:
+    if last is not None and last["fingerprint"] == fingerprint and (kept := await _recall_plan(ledger, key, last)) is not None:
         advance(len(paths))
-        return _decisions(last), last.get("across_roots_left_out", 0)
+        return kept, last.get("across_roots_left_out", 0)
 
     def stale(files: Iterable[str]) -> bool:
         return any(library.changed(p) or p not in library for p in files)
@@ -296,8 +296,8 @@ async def match_library(
     asked, standing, left_out = ordered, [], set()
     if last is not None and last.get("mark") == mark:  # the records read back bring no new pairs
         left_out = {frozenset(pair) for pair in last.get("left_out", []) if not stale(pair)}
-    if last is not None and last.get("base") == base:  # only files changed: plan them and what they meet
-        previous = _decisions(last)
+    previous = await _recall_plan(ledger, key, last) if last is not None and last.get("base") == base else None
+    if previous is not None:  # only files changed: plan them and what they meet
         met = (p for d in previous if stale(_paths(d)) for p in _paths(d) if p in library)
         asked = sorted({*(p for p, _ in library.all_changed()), *met})
         standing = [d for d in previous if not stale(_paths(d))]
@@ -309,9 +309,9 @@ async def match_library(
     decisions = sorted([*(d for d in standing if not any(p in replanned for p in _paths(d))), *map(to_decision, groups)],
                        key=lambda d: d.keep.path)
     del groups  # made into decisions: a million photos' groups are not held twice
-    await ledger.remember({key: {"fingerprint": fingerprint, "base": base, "mark": mark, "across_roots_left_out": len(left_out),
-                                 "left_out": sorted(sorted(pair) for pair in left_out),
-                                 "decisions": [json.dumps(d.model_dump(mode="json")) for d in decisions]}})
+    await _remember_plan(ledger, key, decisions, {
+        "fingerprint": fingerprint, "base": base, "mark": mark, "across_roots_left_out": len(left_out),
+        "left_out": sorted(sorted(pair) for pair in left_out)})
     # marked only once the plan that holds their groups is remembered: a run cut off before
     # that finds them unmarked and plans them again
     await _mark(store, planned, library, replanned, mark)
@@ -347,11 +347,43 @@ class _Library:
             yield self.ordered[at], tuple(self._revisions[at].tolist())
 
 
-def _decisions(remembered: dict) -> list[Decision]:
-    """The decisions of a remembered plan: each kept as its JSON text (a million photos' plan
-    is never held as dicts besides the decisions; ``json``, not pydantic's, writes and reads it,
-    as a name that is not UTF-8 needs), or as a dict by builds before."""
-    return [Decision.model_validate(json.loads(d) if isinstance(d, str) else d) for d in remembered["decisions"]]
+#: Decisions per ledger entry of a remembered plan. One entry of a million photos' plan (50,000
+#: groups) held every decision three times more at once, as JSON text, as one document and as
+#: its bytes for SQLite (+520 MB); a part of 2,000 holds ~20 MB of them, and a plan of a small
+#: library is still one part.
+PLAN_PART = 2000
+
+
+async def _remember_plan(ledger: Ledger, key: str, decisions: list[Decision], head: dict) -> None:
+    """The plan as parts of ``PLAN_PART`` decisions, each under the plan's fingerprint, then
+    its head (which says how many parts): a run cut off before the head leaves parts of
+    another plan than the head's, which ``_recall_plan`` refuses. Each decision is kept as
+    its JSON text: a part is never held as dicts besides the decisions (``json``, not
+    pydantic's, writes and reads it, as a name that is not UTF-8 needs)."""
+    starts = range(0, len(decisions), PLAN_PART)
+    for n, start in enumerate(starts):
+        await ledger.remember({f"{key}-part-{n}": {"fingerprint": head["fingerprint"], "decisions": [
+            json.dumps(d.model_dump(mode="json")) for d in decisions[start : start + PLAN_PART]]}})
+    await ledger.remember({key: {**head, "parts": len(starts)}})
+
+
+async def _recall_plan(ledger: Ledger, key: str, head: dict) -> list[Decision] | None:
+    """The decisions of the plan remembered under ``key``, a part at a time; None when a part
+    is missing or of another plan (a run cut off while writing it: the plan is made again).
+    Builds before parts kept them all in the head, as JSON text or as dicts."""
+    if "decisions" in head:
+        return [_decision(d) for d in head["decisions"]]
+    decisions: list[Decision] = []
+    for n in range(head["parts"]):
+        part = (await ledger.recall([f"{key}-part-{n}"])).get(f"{key}-part-{n}")
+        if part is None or part["fingerprint"] != head["fingerprint"]:
+            return None
+        decisions += map(_decision, part["decisions"])
+    return decisions
+
+
+def _decision(kept: str | dict) -> Decision:
+    return Decision.model_validate(json.loads(kept) if isinstance(kept, str) else kept)
 
 
 async def _mark(store: Store, planned: list[ImageRecord], library: _Library, replanned: set[str], mark: str) -> None:

@@ -289,19 +289,14 @@ def test_incremental_analysis_decodes_only_new_and_changed_files(lib, tmp_path, 
 
 def test_an_unchanged_rerun_plans_nothing_again_and_compares_no_pixels(lib, tmp_path, monkeypatch):
     looked: list[tuple[str, str]] = []
-    planned: list[int] = []
-    compare, plan = pixels.compare_files, local.plan
+    compare = pixels.compare_files
 
     def counting_compare(a, b, turns):
         looked.append((a[0], b[0]))
         return compare(a, b, turns)
 
-    async def counting_plan(paths, **kwargs):
-        planned.append(len(paths))
-        return await plan(paths, **kwargs)
-
     monkeypatch.setattr(pixels, "compare_files", counting_compare)
-    monkeypatch.setattr(local, "plan", counting_plan)
+    planned = _counting_plans(monkeypatch)
     settings = load_settings(source_directories=[lib], store_path=tmp_path / "s.sqlite", threads=2,
                              max_dist=FIXTURE_MAX_DIST)
     first = _run(settings)
@@ -327,23 +322,66 @@ def test_an_unchanged_rerun_plans_nothing_again_and_compares_no_pixels(lib, tmp_
     assert {d.keep.path for d in fourth.decisions} == {d.keep.path for d in first.decisions}
 
 
+def _remembered_plan(store: Path) -> tuple[str, dict, dict[str, dict]]:
+    """The key and head of the plan local mode remembered, and its parts by key."""
+    with sqlite3.connect(store) as db:
+        rows = dict(db.execute("SELECT key, result FROM comparisons WHERE key LIKE 'plan-%'").fetchall())
+    [key] = [k for k in rows if "-part-" not in k]
+    return key, json.loads(rows.pop(key)), {k: json.loads(v) for k, v in rows.items()}
+
+
+def _counting_plans(monkeypatch) -> list[int]:
+    planned: list[int] = []
+    plan = local.plan
+
+    async def counting_plan(paths, **kwargs):
+        planned.append(len(paths))
+        return await plan(paths, **kwargs)
+
+    monkeypatch.setattr(local, "plan", counting_plan)
+    return planned
+
+
+def test_a_plan_is_remembered_in_parts_and_a_torn_one_is_made_again(lib, tmp_path, monkeypatch):
+    """A million photos' plan is written a part at a time; a run cut off between the parts
+    and the head leaves parts of another plan, which are not taken for the plan."""
+    monkeypatch.setattr(local, "PLAN_PART", 2)
+    planned = _counting_plans(monkeypatch)
+    settings = load_settings(source_directories=[lib], store_path=tmp_path / "s.sqlite", threads=2,
+                             max_dist=FIXTURE_MAX_DIST)
+    first = _run(settings)
+    key, head, parts = _remembered_plan(tmp_path / "s.sqlite")
+    assert "decisions" not in head and head["parts"] == len(parts) == -(-len(first.decisions) // 2) > 1
+    assert all(len(p["decisions"]) <= 2 and p["fingerprint"] == head["fingerprint"] for p in parts.values())
+    assert _run(settings).decisions == first.decisions and planned == [N_IMAGES], "read back, part by part"
+
+    with sqlite3.connect(tmp_path / "s.sqlite") as db:  # the last part as another plan wrote it
+        last = f"{key}-part-{head['parts'] - 1}"
+        db.execute("UPDATE comparisons SET result = ? WHERE key = ?",
+                   (json.dumps({**parts[last], "fingerprint": "another plan"}), last))
+    assert _run(settings).decisions == first.decisions and planned == [N_IMAGES] * 2, "planned again"
+    assert _remembered_plan(tmp_path / "s.sqlite")[2][last] == parts[last], "and remembered whole"
+
+
 def test_a_plan_remembered_by_an_earlier_build_is_still_the_plan(lib, tmp_path, monkeypatch):
-    """Builds before decisions were kept as JSON text remembered them as dicts: read either."""
+    """Builds before parts kept the decisions in the plan's one entry, as JSON text or (before
+    that) as dicts: read either."""
     looked: list[tuple[str, str]] = []
     compare = pixels.compare_files
     monkeypatch.setattr(pixels, "compare_files", lambda a, b, turns: looked.append((a[0], b[0])) or compare(a, b, turns))
     settings = load_settings(source_directories=[lib], store_path=tmp_path / "s.sqlite", threads=2,
                              max_dist=FIXTURE_MAX_DIST)
     first = _run(settings)
-    with sqlite3.connect(tmp_path / "s.sqlite") as db:
-        [(key, text)] = db.execute("SELECT key, result FROM comparisons WHERE key LIKE 'plan-%'").fetchall()
-        remembered = json.loads(text)
-        assert remembered["decisions"] and all(isinstance(d, str) for d in remembered["decisions"])
-        remembered["decisions"] = [json.loads(d) for d in remembered["decisions"]]
-        db.execute("UPDATE comparisons SET result = ? WHERE key = ?", (json.dumps(remembered), key))
-    looked.clear()
-    second = _run(settings)
-    assert looked == [] and second.decisions == first.decisions
+    key, head, parts = _remembered_plan(tmp_path / "s.sqlite")
+    texts = [d for part in sorted(parts, key=lambda k: int(k.rsplit("-", 1)[1])) for d in parts[part]["decisions"]]
+    assert texts and all(isinstance(d, str) for d in texts)
+    for decisions in (texts, [json.loads(d) for d in texts]):
+        with sqlite3.connect(tmp_path / "s.sqlite") as db:
+            db.execute("DELETE FROM comparisons WHERE key LIKE ?", (f"{key}-part-%",))
+            db.execute("UPDATE comparisons SET result = ? WHERE key = ?", (json.dumps(
+                {k: v for k, v in head.items() if k != "parts"} | {"decisions": decisions}), key))
+        looked.clear()
+        assert _run(settings).decisions == first.decisions and looked == []
 
 
 def test_a_changed_library_plans_only_what_changed_and_what_it_meets(lib, tmp_path, monkeypatch):
