@@ -77,20 +77,20 @@ def _session_of():
         return _session
 
 
-def products(queries: np.ndarray, stored_t: np.ndarray, room: np.ndarray | None = None) -> np.ndarray:
-    """``queries`` (q x d, int8) times ``stored_t`` (d x s, int8, C-contiguous): the exact int32
-    dot products (q x s). A query is given as uint8 with a zero point of 128, which is how
-    the kernels take their left side. The product is written straight into the array returned
-    (an output bound to it): returned by ``run``, it was made in ONNX Runtime's memory and
-    copied, two 128 MB results at once for the scan's blocks. ``room``: a flat int32 array of
-    at least q x s to write it in, which a scan reuses block after block (a fresh 128 MB
-    array's first writes, the kernel's page faults, cost a third of the product's CPU here)."""
-    shifted = (queries.view(np.uint8) ^ np.uint8(0x80))  # int8 v as uint8 v + 128, bit for bit
-    shape = (len(queries), stored_t.shape[1])
+def products(left: np.ndarray, right: np.ndarray, room: np.ndarray | None = None) -> np.ndarray:
+    """``left`` (m x d, int8) times ``right`` (d x n, int8, C-contiguous): the exact int32 dot
+    products (m x n). The left side is given to the kernels as uint8 with a zero point of 128,
+    which is how they take it. The product is written straight into the array returned (an
+    output bound to it): returned by ``run``, it was made in ONNX Runtime's memory and copied.
+    ``room``: a flat int32 array of at least m x n to write it in, which a scan reuses block
+    after block (a fresh array's first writes, the kernel's page faults, cost a third of the
+    product's CPU here)."""
+    shifted = (left.view(np.uint8) ^ np.uint8(0x80))  # int8 v as uint8 v + 128, bit for bit
+    shape = (len(left), right.shape[1])
     out = np.empty(shape, np.int32) if room is None else room[: shape[0] * shape[1]].reshape(shape)
     session = _session_of()
     binding = session.io_binding()
-    for name, array in (("A", shifted), ("B", stored_t), ("a_zero_point", _ZERO)):
+    for name, array in (("A", shifted), ("B", right), ("a_zero_point", _ZERO)):
         binding.bind_cpu_input(name, array)
     binding.bind_output("Y", "cpu", 0, np.int32, out.shape, out.ctypes.data)
     session.run_with_iobinding(binding)
