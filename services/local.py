@@ -304,11 +304,13 @@ async def match_library(
         advance(len(paths) - len(asked))
     planned: list[ImageRecord] = []
     groups = await plan(asked, store=store, settings=settings, ledger=ledger, look=look, on_progress=advance,
-                        across_roots_left_out=left_out, measure=measure, mark=mark, planned=planned) if asked else []
+                        across_roots_left_out=left_out, measure=measure, mark=mark, planned=planned,
+                        set_aside=True) if asked else []
     replanned = {r.path for r in planned}
-    decisions = sorted([*(d for d in standing if not any(p in replanned for p in _paths(d))), *map(to_decision, groups)],
-                       key=lambda d: d.keep.path)
-    del groups  # made into decisions: a million photos' groups are not held twice
+    decisions = [d for d in standing if not any(p in replanned for p in _paths(d))]
+    while groups:  # each group given back as it is made a decision: a million photos' are 300 MB
+        decisions.append(to_decision(groups.pop()))
+    decisions.sort(key=lambda d: d.keep.path)
     await _remember_plan(ledger, key, decisions, {
         "fingerprint": fingerprint, "base": base, "mark": mark, "across_roots_left_out": len(left_out),
         "left_out": sorted(sorted(pair) for pair in left_out)})

@@ -269,6 +269,45 @@ async def test_similar_sees_writes_made_after_it_was_first_asked(backend, store)
     assert [c.record.path for c in await store.similar(record("/r/a.jpg", emb=base), 0.9)] == ["/r/c.jpg"]
 
 
+async def test_indexes_set_aside_are_taken_up_again_with_the_writes_made_meanwhile(backend, store):
+    """Local mode gives the indexes back once a whole library's lookups are done; a search
+    after that (this run's or the next's) answers as if they had been held all along."""
+    rng = np.random.default_rng(9)
+    base, sig = embedding(rng), signature(rng)
+    await store.upsert_many([record("/r/a.jpg", sig, base), record("/r/b.jpg", near(sig), base),
+                             *(record(f"/r/other{i}.jpg", signature(rng), embedding(rng)) for i in range(30))])
+    asked = record("/r/a.jpg", sig, base)
+    assert [c.record.path for c in await store.similar(asked, 0.9)] == ["/r/b.jpg"]
+    await store.set_aside()
+    await store.set_aside()  # twice: nothing held the second time
+    other = await backend.store()
+    await other.upsert(record("/r/c.jpg", near(sig), base))
+    await store.upsert(record("/r/d.jpg", near(sig), base))
+    await other.delete("/r/b.jpg")
+    await store.refresh()
+    assert sorted(c.record.path for c in await store.similar(asked, 0.9)) == ["/r/c.jpg", "/r/d.jpg"]
+    assert sorted(c.record.path for c in await store.candidates(asked, 0.4)) == ["/r/c.jpg", "/r/d.jpg"]
+
+
+async def test_sqlite_indexes_set_aside_are_saved_and_dropped(tmp_path, monkeypatch):
+    """Given back means saved beside the store and no longer held: the next search (here, a
+    new process's) loads the files instead of rebuilding them from the records."""
+    import shared.store.sqlite as sqlite_store
+
+    store = SQLiteStore(tmp_path / "s.sqlite")
+    rng = np.random.default_rng(10)
+    base = embedding(rng)
+    await store.upsert_many([record(f"/r/{i}.jpg", signature(rng), base) for i in range(3)])
+    assert len(await store.similar(record("/r/0.jpg", emb=base), 0.9)) == 2
+    await store.set_aside()
+    assert store._index is None
+    monkeypatch.setattr(sqlite_store, "rebuild", lambda *a, **k: pytest.fail("rebuilt, not loaded"))
+    again = SQLiteStore(tmp_path / "s.sqlite")
+    assert len(await again.similar(record("/r/0.jpg", emb=base), 0.9)) == 2
+    for s in (store, again):
+        await s.close()
+
+
 async def test_every_write_acknowledged_by_concurrent_writers_is_found_by_the_next_search(backend, store):
     """Two writers (as two hashers) write while a reader searches again and again: whatever was
     acknowledged before a search began is found by it, by signature and by embedding, and a

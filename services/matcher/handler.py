@@ -356,6 +356,7 @@ async def plan(
     look: Look = look_in_thread, on_progress: Callable[[int], None] = lambda n: None,
     seeds: Mapping[str, ImageRecord] | None = None, across_roots_left_out: set[frozenset[str]] | None = None,
     measure: Measure = measure_in_thread, mark: str | None = None, planned: list[ImageRecord] | None = None,
+    set_aside: bool = False,
 ) -> list[Group]:
     """Plan the components that contain ``paths``: stage 1 (the indexes) links candidates into
     components, and each component is planned with the verdict (stage 2) as its judge. With a
@@ -363,12 +364,16 @@ async def plan(
     ``seeds``: the stored records of ``paths``, when the caller has read them already;
     ``across_roots_left_out`` and ``mark``: as for ``retrieve``; ``planned`` receives the records
     of the components planned (``slim``, with their neighbours), for the caller to mark.
+    ``set_aside``: the caller searches no more for a while (local mode's plan of a whole
+    library): the store's indexes are given back once stage 1 is done, as stage 2 reads records.
 
     Only the records that have candidates are held, as components, and only one component's
     records at a time are read whole to be judged."""
     await store.refresh()  # every record written before this call is found
     found = await retrieve(paths, store=store, settings=settings, seeds=seeds, on_progress=on_progress,
                            across_roots_left_out=across_roots_left_out, mark=mark)
+    if set_aside:
+        await store.set_aside()
     judge = Judge(settings, ledger, look, measure)
     groups: list[Group] = []
     done: set[str] = set()  # the files of the units planned already

@@ -175,6 +175,12 @@ class Store(Protocol):
         """Make every write acknowledged so far, by any process, visible to the searches."""
         ...
 
+    async def set_aside(self) -> None:
+        """Give back the search indexes held in this process (a million photos' are 1.1 GB): the
+        caller searches no more for a while (local mode's whole-library plan once its lookups
+        are done). The next search takes them up again, with every write made meanwhile."""
+        ...
+
     async def mark_planned(self, records: Sequence[ImageRecord], mark: str | None) -> list[str]:
         """Set the plan mark ``mark`` and each record's ``neighbors`` on the stored records, but
         only where the stored one is still the same ``revision`` (a file signed again meanwhile

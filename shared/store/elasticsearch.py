@@ -607,6 +607,11 @@ class ElasticsearchStore(Batched, _Index):
                 mirror.index.seq = checkpoint
             return mirror
 
+    async def set_aside(self) -> None:
+        """The mirror dropped; the next search reads it from the node again."""
+        async with self._catching_up:
+            self._mirror = None
+
     async def _in_mirror(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn`` on the mirror's one thread, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._mirror_thread, fn, *args)

@@ -390,6 +390,15 @@ class SQLiteStore(Batched, SQLiteFile):
             except OSError as exc:  # the records are safe; the next run rebuilds the index
                 log.warning("%s: the index could not be saved (%s)", LocalIndex.folder(self.path), exc)
 
+    def _set_aside(self) -> None:
+        self._save_index()
+        if self._index is not None and self._index.seq == self._saved_seq:  # kept when it could not be saved
+            self._index = None
+
+    async def set_aside(self) -> None:
+        """Saved beside the store and dropped; the next search loads the files and catches up."""
+        await self._run(self._set_aside)
+
     async def close(self) -> None:
         await self._run(self._save_index)
         await super().close()
