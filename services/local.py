@@ -246,10 +246,6 @@ def local_mark(settings: Settings) -> str:
     return plan_mark(settings) + "-local"
 
 
-def _paths(decision: Decision) -> list[str]:
-    return [decision.keep.path, *(r.path for r in decision.remove)]
-
-
 async def match_library(
     paths: list[str], store: Store, ledger: Ledger, settings: Settings, look: Look, advance: Callable[[int], None],
     measure: Measure = measure_in_thread,
@@ -288,7 +284,7 @@ async def match_library(
     last = (await ledger.recall([key])).get(key)
     if last is not None and last["fingerprint"] == fingerprint and (kept := await _recall_plan(ledger, key, last)) is not None:
         advance(len(paths))
-        return kept, last.get("across_roots_left_out", 0)
+        return [_decision(d) for d in kept], last.get("across_roots_left_out", 0)
 
     def stale(files: Iterable[str]) -> bool:
         return any(library.changed(p) or p not in library for p in files)
@@ -298,16 +294,25 @@ async def match_library(
         left_out = {frozenset(pair) for pair in last.get("left_out", []) if not stale(pair)}
     previous = await _recall_plan(ledger, key, last) if last is not None and last.get("base") == base else None
     if previous is not None:  # only files changed: plan them and what they meet
-        met = (p for d in previous if stale(_paths(d)) for p in _paths(d) if p in library)
+        # the decisions that stand are held as they were kept (JSON text: 1 KB, where a
+        # Decision is 9) until the plan is made: with a million photos', the indexes are held
+        met: set[str] = set()
+        for kept in previous:
+            files = _kept_paths(kept)
+            if stale(files):
+                met.update(p for p in files if p in library)
+            else:
+                standing.append((files, kept))
         asked = sorted({*(p for p, _ in library.all_changed()), *met})
-        standing = [d for d in previous if not stale(_paths(d))]
         advance(len(paths) - len(asked))
+    del previous
     planned: list[ImageRecord] = []
     groups = await plan(asked, store=store, settings=settings, ledger=ledger, look=look, on_progress=advance,
                         across_roots_left_out=left_out, measure=measure, mark=mark, planned=planned,
                         set_aside=True) if asked else []
     replanned = {r.path for r in planned}
-    decisions = [d for d in standing if not any(p in replanned for p in _paths(d))]
+    decisions = [_decision(kept) for files, kept in standing if not any(p in replanned for p in files)]
+    del standing
     while groups:  # each group given back as it is made a decision: a million photos' are 300 MB
         decisions.append(to_decision(groups.pop()))
     decisions.sort(key=lambda d: d.keep.path)
@@ -369,23 +374,30 @@ async def _remember_plan(ledger: Ledger, key: str, decisions: list[Decision], he
     await ledger.remember({key: {**head, "parts": len(starts)}})
 
 
-async def _recall_plan(ledger: Ledger, key: str, head: dict) -> list[Decision] | None:
-    """The decisions of the plan remembered under ``key``, a part at a time; None when a part
-    is missing or of another plan (a run cut off while writing it: the plan is made again).
-    Builds before parts kept them all in the head, as JSON text or as dicts."""
+async def _recall_plan(ledger: Ledger, key: str, head: dict) -> list[str | dict] | None:
+    """The decisions of the plan remembered under ``key`` as they were kept (``_decision``
+    makes them Decisions), a part at a time; None when a part is missing or of another plan (a
+    run cut off while writing it: the plan is made again). Builds before parts kept them all
+    in the head, as JSON text or as dicts."""
     if "decisions" in head:
-        return [_decision(d) for d in head["decisions"]]
-    decisions: list[Decision] = []
+        return head["decisions"]
+    decisions: list[str | dict] = []
     for n in range(head["parts"]):
         part = (await ledger.recall([f"{key}-part-{n}"])).get(f"{key}-part-{n}")
         if part is None or part["fingerprint"] != head["fingerprint"]:
             return None
-        decisions += map(_decision, part["decisions"])
+        decisions += part["decisions"]
     return decisions
 
 
 def _decision(kept: str | dict) -> Decision:
     return Decision.model_validate(json.loads(kept) if isinstance(kept, str) else kept)
+
+
+def _kept_paths(kept: str | dict) -> list[str]:
+    """The files of a decision as it was kept, without making it a Decision."""
+    d = json.loads(kept) if isinstance(kept, str) else kept
+    return [d["keep"]["path"], *(r["path"] for r in d["remove"])]
 
 
 async def _mark(store: Store, planned: list[ImageRecord], library: _Library, replanned: set[str], mark: str) -> None:
