@@ -19,6 +19,7 @@ from services import local
 from shared.config import load_settings
 from shared.image import pixels
 from shared.image.signature import analyze
+from shared.store.sqlite import SQLiteStore
 
 from .conftest import FIXTURE_MAX_DIST, all_files, save_photo, summary_rows, tree_state
 
@@ -347,6 +348,14 @@ def test_a_plan_is_remembered_in_parts_and_a_torn_one_is_made_again(lib, tmp_pat
     and the head leaves parts of another plan, which are not taken for the plan."""
     monkeypatch.setattr(local, "PLAN_PART", 2)
     planned = _counting_plans(monkeypatch)
+    set_aside: list[int] = []
+    give_back = SQLiteStore.set_aside
+
+    async def counting_set_aside(self):
+        set_aside.append(1)
+        await give_back(self)
+
+    monkeypatch.setattr(SQLiteStore, "set_aside", counting_set_aside)
     settings = load_settings(source_directories=[lib], store_path=tmp_path / "s.sqlite", threads=2,
                              max_dist=FIXTURE_MAX_DIST)
     first = _run(settings)
@@ -354,6 +363,7 @@ def test_a_plan_is_remembered_in_parts_and_a_torn_one_is_made_again(lib, tmp_pat
     assert "decisions" not in head and head["parts"] == len(parts) == -(-len(first.decisions) // 2) > 1
     assert all(len(p["decisions"]) <= 2 and p["fingerprint"] == head["fingerprint"] for p in parts.values())
     assert _run(settings).decisions == first.decisions and planned == [N_IMAGES], "read back, part by part"
+    assert set_aside == [1], "the first plan gave the indexes back; the re-run searched nothing"
 
     with sqlite3.connect(tmp_path / "s.sqlite") as db:  # the last part as another plan wrote it
         last = f"{key}-part-{head['parts'] - 1}"
