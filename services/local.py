@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from services.actuator.handler import ActionOutcome, handle_decision
 from services.hasher.handler import HashOutcome, ProcessSigner, Sign, handle_file_event
-from services.matcher.handler import plan, plan_mark, slim, to_decision
+from services.matcher.handler import plan, plan_mark, to_decision
 from services.matcher.units import companion_facts
 from services.watcher.handler import FoundFile, clean_up, walk
 from shared.actions import Journal, recover, remove_empty_folders
@@ -406,10 +406,13 @@ async def _mark(store: Store, planned: list[ImageRecord], library: _Library, rep
     none."""
     for start in range(0, len(planned), FACTS_BATCH):
         await store.mark_planned(planned[start : start + FACTS_BATCH], mark)
-    alone = ((p, revision) for p, revision in library.all_changed() if p not in replanned)
-    while batch := dict(itertools.islice(alone, FACTS_BATCH)):
-        records = await store.get_many(list(batch))
-        await store.mark_planned([slim(r) for p, r in records.items() if r.revision == batch[p]], mark)
+    # the others by the path and revision planned, which is all the store reads of them (it
+    # marks a record only at that revision): reading them whole first cost a read of every
+    # record of a library without copies
+    alone = (ImageRecord(p, "", size, mtime_ns, analysis=analysis)
+             for p, (size, mtime_ns, analysis) in library.all_changed() if p not in replanned)
+    while batch := list(itertools.islice(alone, FACTS_BATCH)):
+        await store.mark_planned(batch, mark)
 
 
 async def act(

@@ -578,12 +578,63 @@ def test_a_comparison_forgotten_after_its_component_is_recalled_from_the_ledger(
             a, b, c = (("/r/" + n, 1, 1) for n in "abc")
             await remembering(a, b, True)
             await remembering.forget()
-            assert remembering._known == {} and remembering._new == {}
+            assert remembering._known == {} and not await ledger.recall([comparison_key(a, b, True)]), \
+                "a new comparison waits to be written with others"
+            await remembering.save()
             await remembering.recall([(b, a), (a, c)], True)
             turned, back = await remembering(b, a, True)
             assert (turned.score, turned.orientation, back) == (0.99, 3, None), "seen from the other picture"
             assert (await remembering(a, c, True))[0].score == 0.98
             assert look.calls == [("/r/a", "/r/b"), ("/r/a", "/r/c")] and (await ledger.recall([comparison_key(a, b, True)]))
+        finally:
+            await ledger.close()
+
+    asyncio.run(run())
+
+
+def test_the_ledger_is_asked_once_per_pair_and_written_once_enough_are_new(tmp_path, monkeypatch):
+    """A pair the ledger does not hold is not asked for again (the verdict asks for its own pair
+    after its component asked for all of them: a round trip to Elasticsearch each), and new
+    comparisons are written ``SAVE_EVERY`` at a time by ``save_some``, the rest by ``save``."""
+    from shared.store import comparisons
+    from shared.store.sqlite_ledger import SQLiteLedger
+
+    monkeypatch.setattr(comparisons, "SAVE_EVERY", 2)
+
+    class Counting(SQLiteLedger):
+        asked: list[int] = []
+        written: list[int] = []
+
+        async def recall(self, keys):
+            self.asked.append(len(keys))
+            return await super().recall(keys)
+
+        async def remember(self, found):
+            self.written.append(len(found))
+            await super().remember(found)
+
+    async def run():
+        ledger = Counting(tmp_path / "ledger.sqlite")
+        try:
+            look = Looks(*[(Agreement(score=0.99, orientation=1), None)] * 3)
+            remembering = RememberingLook(look, ledger)
+            a, b, c, d = (("/r/" + n, 1, 1) for n in "abcd")
+            await remembering.recall([(a, b), (a, c)], True)
+            await remembering.recall([(a, b)], True)
+            await remembering.recall([(b, a), (a, d)], True)
+            assert ledger.asked == [4, 2], "each way round of each pair asked once"
+            await remembering(a, b, True)
+            await remembering.save_some()
+            assert ledger.written == [], "one new comparison waits"
+            await remembering(a, c, True)
+            await remembering.save_some()
+            assert ledger.written == [2]
+            await remembering(a, d, True)
+            await remembering.forget()
+            assert ledger.written == [2]
+            await remembering.save()
+            await remembering.save()
+            assert ledger.written == [2, 1], "the rest written once, nothing written for nothing"
         finally:
             await ledger.close()
 

@@ -309,10 +309,13 @@ def _slimmed(group: Group) -> Group:
 
 class Judge:
     """Stage 2 for the components of one plan: the verdict on each pair (pixel comparisons
-    recalled from the ledger and kept there), folder listings read once."""
+    recalled from the ledger and kept there), folder listings and the pairs marked distinct
+    read once (people mark few pairs; asking the ledger for each component's was three round
+    trips to Elasticsearch per component)."""
 
     def __init__(self, settings: Settings, ledger: Ledger | None, look: Look, measure: Measure = measure_in_thread):
         self.settings, self.ledger, self.measure = settings, ledger, measure
+        self._distinct: set[frozenset[str]] | None = None
         self.thresholds = Thresholds.of(settings)
         self.remembering = RememberingLook(look, ledger)
         self.folders = Folders(bundles.unit_extensions(settings.file_extensions))
@@ -332,7 +335,9 @@ class Judge:
         is planned as one, by its lead."""
         edges = [e for e in edges if e[0] in records and e[1] in records]
         if self.ledger is not None:
-            edges = await drop_distinct(edges, records, self.ledger)
+            if self._distinct is None:
+                self._distinct = {frozenset(pair) for pair in await self.ledger.marked_distinct()}
+            edges = drop_distinct(edges, records, self._distinct)
         leads, edges = collapse(records, edges, units)
         remembering = self.remembering
 
@@ -341,7 +346,7 @@ class Judge:
                                       for image in (units[o].images if o in units else [leads[o]])],
                                      self.thresholds.match_orientations)
             found = await asyncio.gather(*(judge_unit(leads[keeper], units.get(o), leads[o], self.verdict) for o in others))
-            await remembering.save()
+            await remembering.save_some()
             return found
 
         found = await plan_groups(leads, edges, self.settings.prioritization_rules, self.settings.use_exif_data, judge,
@@ -377,17 +382,36 @@ async def plan(
     judge = Judge(settings, ledger, look, measure)
     groups: list[Group] = []
     done: set[str] = set()  # the files of the units planned already
-    for part, edges in found.parts():
-        records = await store.get_many([p for p in part if p not in done])
-        # a RAW and the camera's JPEG beside it are one unit: planned as one, by its lead
-        units = await judge.units(records, store)
-        # the files of the units planned here; an image of the same stem read only to tell
-        # (a photo.png beside photo.jpg, each a unit of its own) is planned in its own component
-        done.update(p for p, u in units.items() if any(i.path in records for i in u.images))
-        groups += map(_slimmed, await judge.groups(records, edges, units))
-        if planned is not None:
-            planned += map(slim, _marked(records, edges))
+    for parts in _read_together(found.parts()):
+        # the records of components holding up to BATCH files read at once: one read per
+        # component was a round trip to Elasticsearch for each of a library's groups
+        read = await store.get_many([p for part, _ in parts for p in part if p not in done])
+        for part, edges in parts:
+            records = {p: read[p] for p in part if p not in done and p in read}
+            # a RAW and the camera's JPEG beside it are one unit: planned as one, by its lead
+            units = await judge.units(records, store)
+            # the files of the units planned here; an image of the same stem read only to tell
+            # (a photo.png beside photo.jpg, each a unit of its own) is planned in its own component
+            done.update(p for p, u in units.items() if any(i.path in records for i in u.images))
+            groups += map(_slimmed, await judge.groups(records, edges, units))
+            if planned is not None:
+                planned += map(slim, _marked(records, edges))
+    await judge.remembering.save()  # the comparisons of the last components
     return groups
+
+
+def _read_together(parts: Iterable[tuple[list[str], Edges]]) -> Iterator[list[tuple[list[str], Edges]]]:
+    """The components in runs of at most ``BATCH`` files (a larger one alone)."""
+    run: list[tuple[list[str], Edges]] = []
+    files = 0
+    for part, edges in parts:
+        if run and files + len(part) > BATCH:
+            yield run
+            run, files = [], 0
+        run.append((part, edges))
+        files += len(part)
+    if run:
+        yield run
 
 
 def _with_units(groups: list[Group], units: Mapping[str, PlannedUnit]) -> list[Group]:
@@ -406,14 +430,13 @@ def _with_units(groups: list[Group], units: Mapping[str, PlannedUnit]) -> list[G
     return out
 
 
-async def drop_distinct(
-    edges: list[tuple[str, str, float]], records: Mapping[str, ImageRecord], ledger: Ledger
+def drop_distinct(
+    edges: list[tuple[str, str, float]], records: Mapping[str, ImageRecord], marked: set[frozenset[str]]
 ) -> list[tuple[str, str, float]]:
-    """``edges`` without the pairs whose two content digests the ledger has marked distinct: a
-    person said they show different photos, so they are never proposed again, whatever their
-    distance. One ledger query for all the edges; a file without a digest keeps its edges."""
+    """``edges`` without the pairs whose two content digests are ``marked`` distinct (in the
+    ledger): a person said they show different photos, so they are never proposed again,
+    whatever their distance. A file without a digest keeps its edges."""
     digest = {p: r.digest for p, r in records.items() if r.digest}
-    marked = await ledger.distinct(sorted({digest[p] for a, b, _ in edges for p in (a, b) if p in digest}))
     return [e for e in edges if frozenset((digest.get(e[0]), digest.get(e[1]))) not in marked]
 
 
@@ -515,6 +538,7 @@ async def handle_signed(
                     left |= {p for p in part if p in chunk}
                     continue
                 decisions = [to_decision(g) for g in await judge.groups(records, edges, units)]
+                await judge.remembering.save()  # an actuator's dry run recalls them rather than look again
                 for decision in decisions:
                     await publish(decision)
                 published += decisions

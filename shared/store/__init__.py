@@ -226,10 +226,6 @@ class Ledger(Protocol):
         """A person said these two (content digests) show different photos."""
         ...
 
-    async def distinct(self, digests: Sequence[str]) -> set[frozenset[str]]:
-        """The pairs among ``digests`` marked distinct."""
-        ...
-
     async def unmark_distinct(self, a: str, b: str) -> None:
         """Forget that a person said these two show different photos (they changed their mind)."""
         ...

@@ -839,14 +839,6 @@ class ElasticsearchLedger(_Index):
                 out += [(h["_source"]["a"], h["_source"]["b"]) for h in hits]
         return out
 
-    async def distinct(self, digests: Sequence[str]) -> set[frozenset[str]]:
-        """People mark few pairs: all of them are read, and those among ``digests`` kept (a terms
-        query of a library's digests outgrows the node's limit of 65,536 terms at that size)."""
-        wanted = set(digests)
-        if len(wanted) < 2:
-            return set()
-        return {frozenset(pair) for pair in await self.marked_distinct() if pair[0] in wanted and pair[1] in wanted}
-
     async def remember(self, found: Mapping[str, dict]) -> None:
         items = list(found.items())
         for start in range(0, len(items), 1000):  # read back by id only, which needs no refresh

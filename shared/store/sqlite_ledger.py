@@ -107,21 +107,6 @@ class SQLiteLedger(SQLiteFile):
     async def marked_distinct(self) -> list[tuple[str, str]]:
         return await self._run(lambda: [tuple(row) for row in self._db.execute("SELECT a, b FROM distinct_pairs ORDER BY a, b")])
 
-    def _distinct(self, digests: Sequence[str]) -> set[frozenset[str]]:
-        wanted = set(digests)
-        out: set[frozenset[str]] = set()
-        ordered = sorted(wanted)
-        for start in range(0, len(ordered), 500):  # every pair has its smaller digest in some chunk
-            chunk = ordered[start : start + 500]
-            rows = self._db.execute(
-                f"SELECT a, b FROM distinct_pairs WHERE a IN ({','.join('?' * len(chunk))})", chunk
-            )
-            out.update(frozenset(row) for row in rows if row[1] in wanted)
-        return out
-
-    async def distinct(self, digests: Sequence[str]) -> set[frozenset[str]]:
-        return await self._run(self._distinct, digests)
-
     async def remember(self, found: Mapping[str, dict]) -> None:
         if found:
             rows = [(k, json.dumps(v)) for k, v in found.items()]
