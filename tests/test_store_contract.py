@@ -289,6 +289,25 @@ async def test_indexes_set_aside_are_taken_up_again_with_the_writes_made_meanwhi
     assert sorted(c.record.path for c in await store.candidates(asked, 0.4)) == ["/r/c.jpg", "/r/d.jpg"]
 
 
+async def test_indexes_taken_up_again_a_chunk_at_a_time_answer_as_before(store, monkeypatch):
+    """Elasticsearch's mirror is built MIRROR_CHUNK documents at a time (a million at once
+    held 8 GB more); built in chunks of 7, or taken up again from SQLite's saved index, the
+    indexes answer every query as before."""
+    from shared.store import elasticsearch
+
+    library = _generated_library(np.random.default_rng(23))
+    await store.upsert_many(library)
+
+    async def answers():
+        return ([[c.record.path for c in found] for found in await store.candidates_many(library, 0.3, 10, turns=True)],
+                [[c.record.path for c in found] for found in await store.similar_many(library, 0.8, 10)])
+
+    before = await answers()
+    monkeypatch.setattr(elasticsearch, "MIRROR_CHUNK", 7)
+    await store.set_aside()
+    assert await answers() == before and sum(map(len, before[0])) >= 20 and sum(map(len, before[1])) >= 20
+
+
 async def test_sqlite_indexes_set_aside_are_saved_and_dropped(tmp_path, monkeypatch):
     """Given back means saved beside the store and no longer held: the next search (here, a
     new process's) loads the files instead of rebuilding them from the records."""
@@ -417,6 +436,48 @@ async def test_a_plan_of_the_whole_library_in_batches_gives_the_groups_one_at_a_
     some = next(g for g in batched if len(g[1]) >= 2)
     assert groups(await handler.plan([some[1][-1]], store=store, settings=settings, look=agrees)) == [some]
     assert len(batched) >= 10 and sum(len(r) for _, r in batched) >= 25
+
+
+async def test_a_plan_asks_the_ledger_once_for_a_run_of_small_components_and_again_compares_nothing(store, ledger,
+                                                                                                    tmp_path):
+    """The comparisons of every pair in each small component are asked for together (not a
+    round trip per component and per pair), the new ones written together, and a second plan
+    recalls them all: the same groups, no pixel looked at."""
+    from services.matcher import handler
+    from shared.config import Settings
+    from shared.image.compare import Agreement
+
+    looks, asked, written = [], [], []
+
+    async def agrees(a, b, turns):
+        looks.append((a, b))
+        return Agreement(score=1.0), None
+
+    recall, remember = ledger.recall, ledger.remember
+
+    async def counting_recall(keys):
+        asked.append(len(keys))
+        return await recall(keys)
+
+    async def counting_remember(found):
+        written.append(len(found))
+        await remember(found)
+
+    ledger.recall, ledger.remember = counting_recall, counting_remember
+    library = _generated_library(np.random.default_rng(22))
+    await store.upsert_many(library)
+    settings = Settings(source_directories=[tmp_path], max_dist=0.3, min_similarity=0.8)
+    paths = [r.path for r in library]
+
+    def groups(found):
+        return sorted((g.keep.path, sorted(r.path for r, _ in g.remove)) for g in found)
+
+    first = groups(await handler.plan(paths, store=store, settings=settings, ledger=ledger, look=agrees))
+    assert len(first) >= 10 and len(looks) >= 15
+    assert len(asked) == 1 and len(written) == 1 and written[0] == len(looks), (asked, written)
+    looks.clear()
+    assert groups(await handler.plan(paths, store=store, settings=settings, ledger=ledger, look=agrees)) == first
+    assert looks == [] and len(asked) == 2 and len(written) == 1
 
 
 # --------------------------------------------------------------------------------------------

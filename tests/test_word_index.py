@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from shared.image.signature import SIGNATURE_LENGTH
+from shared.image.signature import WORD_COUNT, word_array
+from shared.store import vectors
 from shared.store.vectors import WordIndex, _keys
 
 
@@ -34,6 +36,17 @@ def test_built_at_once_as_added_chunk_after_chunk():
     for index in (*built, added):
         assert np.array_equal(index.keys, keys) and np.array_equal(index.ids, ids)
         assert index.keys.dtype == index.ids.dtype == np.uint32 and len(index) == 3500
+
+
+def test_keys_made_a_block_at_a_time_are_each_word_at_its_position(monkeypatch):
+    """Made KEYS_BLOCK signatures at a time (a million at once took 8 GB): every key is its
+    word offset by its position, whatever the block size."""
+    signatures = _signatures(np.random.default_rng(8), 1000)
+    expected = word_array(signatures) + np.arange(WORD_COUNT) * vectors._WORD_SPACE
+    for block in (4096, 64, 7):
+        monkeypatch.setattr(vectors, "KEYS_BLOCK", block)
+        keys = _keys(signatures)
+        assert keys.dtype == np.uint32 and np.array_equal(keys, expected), block
 
 
 def test_merge_keeps_stored_entries_before_new_ones_and_drops_the_dead():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import os
 import random
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
@@ -58,6 +59,11 @@ CLAIM_SECONDS = 30.0
 # claimed at once, so a second matcher finds most of the others free, while each round still
 # asks the indexes about many records together.
 CHUNK = 50
+# Components of up to this many records have what the ledger holds about every pair of their
+# records asked for with the others read beside them (one round trip for a run of components);
+# nearly all are this small (copies come in twos and threes, bursts in tens). A larger one asks
+# for the pairs it judges: its n² pairs would outgrow them.
+RECALL_WITHIN = 8
 
 
 def plan_mark(settings: Settings) -> str:
@@ -324,6 +330,13 @@ class Judge:
         await self.remembering.recall([(version(a), version(b))], self.thresholds.match_orientations)
         return await same_photo(a, b, self.thresholds, self.remembering)
 
+    async def recall_within(self, components: Iterable[Mapping[str, ImageRecord]]) -> None:
+        """What the ledger holds about every pair of records of each component of up to
+        ``RECALL_WITHIN``, asked at once."""
+        await self.remembering.recall([(version(a), version(b)) for records in components if len(records) <= RECALL_WITHIN
+                                       for a, b in itertools.combinations(records.values(), 2)],
+                                      self.thresholds.match_orientations)
+
     async def units(self, records: Mapping[str, ImageRecord], store: Store) -> dict[str, PlannedUnit]:
         """The unit of every file of a component (a RAW and the camera's JPEG beside it are
         one), its other images read from the store."""
@@ -352,7 +365,6 @@ class Judge:
         found = await plan_groups(leads, edges, self.settings.prioritization_rules, self.settings.use_exif_data, judge,
                                   {p: u.unit for p, u in units.items()}, self.settings.is_reference,
                                   Known(leads, remembering, self.thresholds.match_orientations, self.measure))
-        await remembering.forget()
         return await asyncio.to_thread(_with_units, found, units) if found else []  # most components hold none
 
 
@@ -386,6 +398,7 @@ async def plan(
         # the records of components holding up to BATCH files read at once: one read per
         # component was a round trip to Elasticsearch for each of a library's groups
         read = await store.get_many([p for part, _ in parts for p in part if p not in done])
+        await judge.recall_within({p: read[p] for p in part if p in read} for part, _ in parts)
         for part, edges in parts:
             records = {p: read[p] for p in part if p not in done and p in read}
             # a RAW and the camera's JPEG beside it are one unit: planned as one, by its lead
@@ -396,7 +409,10 @@ async def plan(
             groups += map(_slimmed, await judge.groups(records, edges, units))
             if planned is not None:
                 planned += map(slim, _marked(records, edges))
-    await judge.remembering.save()  # the comparisons of the last components
+        # nothing recalled is held from one run to the next (no pair is judged in two
+        # components); the last run's new comparisons are written
+        await judge.remembering.forget()
+    await judge.remembering.save()
     return groups
 
 
@@ -545,6 +561,7 @@ async def handle_signed(
                 await store.mark_planned(_marked(records, edges), mark)
                 await claims.release([*part, *units])
             await store.mark_planned([r for r in found.alone() if r.path not in left], mark)
+            await judge.remembering.forget()  # a chunk's comparisons are not held through the next
             await claims.release(list(claims.held))  # those of the components left to another matcher
             deferred += sorted(left)
     return published

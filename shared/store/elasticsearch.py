@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 EMBEDDING_DIMS = 512
 PAGE = 5000  # hits per page when listing everything
+MIRROR_CHUNK = 20000  # documents a mirror's build hands its indexes at once (as SQLite's rows come)
 # Searches per msearch round trip: a few dozen keep the server's threads busy and one round
 # trip well inside the client's timeout (256 kNN searches took more than 30 s on a loaded node).
 MSEARCH = 32
@@ -510,8 +511,15 @@ class _Mirror:
         mirror = cls(uuid)
         numbers = mirror.numbers(keys)
         mirror.signatures, mirror.signed = signatures, signed
-        mirror.index = rebuild(uuid, seq, lambda: [(numbers[signed], signatures[signed], None),
-                                                   (numbers[embedded], None, embeddings[embedded])], len(keys))
+
+        def rows() -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+            # a chunk at a time, as SQLite's rows come: the word index turns each chunk into
+            # its (key, id) words (8 bytes each, 63 a record) before it keeps them
+            for at in (slice(start, start + MIRROR_CHUNK) for start in range(0, len(keys), MIRROR_CHUNK)):
+                yield numbers[at][signed[at]], signatures[at][signed[at]], None
+                yield numbers[at][embedded[at]], None, embeddings[at][embedded[at]]
+
+        mirror.index = rebuild(uuid, seq, rows, len(keys))
         return mirror
 
 
@@ -600,6 +608,7 @@ class ElasticsearchStore(Batched, _Index):
                 pages = [await self._in_mirror(_decode, hits) async for hits in self._pages(
                     {"range": {"_seq_no": {"gt": since}}}, [{"_shard_doc": "asc"}], ["signature", "embedding"])]
             read = _joined(pages)
+            del pages  # a million documents' descriptors are 1.2 GB: not held twice while the indexes are built
             if mirror is None:
                 mirror = self._mirror = await self._in_mirror(_Mirror.of, uuid, checkpoint, *read)
             else:
