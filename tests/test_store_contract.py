@@ -413,28 +413,33 @@ async def test_the_batched_queries_give_the_one_at_a_time_answers(store):
         assert same[k] == await store.same_digest(q)
 
 
+async def _stored_library(store, tmp_path):
+    """The generated library stored: its paths, and settings under which its copies group."""
+    from shared.config import Settings
+
+    library = _generated_library(np.random.default_rng(22))
+    await store.upsert_many(library)
+    return [r.path for r in library], Settings(source_directories=[tmp_path], max_dist=0.3, min_similarity=0.8)
+
+
+def _groups(found):
+    return sorted((g.keep.path, sorted(r.path for r, _ in g.remove)) for g in found)
+
+
 async def test_a_plan_of_the_whole_library_in_batches_gives_the_groups_one_at_a_time_gives(store, monkeypatch, tmp_path):
     from services.matcher import handler
-    from shared.config import Settings
     from shared.image.compare import Agreement
 
     async def agrees(a, b, turns):
         return Agreement(score=1.0), None
 
-    library = _generated_library(np.random.default_rng(22))
-    await store.upsert_many(library)
-    settings = Settings(source_directories=[tmp_path], max_dist=0.3, min_similarity=0.8)
-    paths = [r.path for r in library]
-
-    def groups(found):
-        return sorted((g.keep.path, sorted(r.path for r, _ in g.remove)) for g in found)
-
-    batched = groups(await handler.plan(paths, store=store, settings=settings, look=agrees))
+    paths, settings = await _stored_library(store, tmp_path)
+    batched = _groups(await handler.plan(paths, store=store, settings=settings, look=agrees))
     monkeypatch.setattr(handler, "BATCH", 1)
-    assert groups(await handler.plan(paths, store=store, settings=settings, look=agrees)) == batched
+    assert _groups(await handler.plan(paths, store=store, settings=settings, look=agrees)) == batched
     # and from any one file: its component, as the whole-library plan found it
     some = next(g for g in batched if len(g[1]) >= 2)
-    assert groups(await handler.plan([some[1][-1]], store=store, settings=settings, look=agrees)) == [some]
+    assert _groups(await handler.plan([some[1][-1]], store=store, settings=settings, look=agrees)) == [some]
     assert len(batched) >= 10 and sum(len(r) for _, r in batched) >= 25
 
 
@@ -444,7 +449,6 @@ async def test_a_plan_asks_the_ledger_once_for_a_run_of_small_components_and_aga
     round trip per component and per pair), the new ones written together, and a second plan
     recalls them all: the same groups, no pixel looked at."""
     from services.matcher import handler
-    from shared.config import Settings
     from shared.image.compare import Agreement
 
     looks, asked, written = [], [], []
@@ -464,19 +468,12 @@ async def test_a_plan_asks_the_ledger_once_for_a_run_of_small_components_and_aga
         await remember(found)
 
     ledger.recall, ledger.remember = counting_recall, counting_remember
-    library = _generated_library(np.random.default_rng(22))
-    await store.upsert_many(library)
-    settings = Settings(source_directories=[tmp_path], max_dist=0.3, min_similarity=0.8)
-    paths = [r.path for r in library]
-
-    def groups(found):
-        return sorted((g.keep.path, sorted(r.path for r, _ in g.remove)) for g in found)
-
-    first = groups(await handler.plan(paths, store=store, settings=settings, ledger=ledger, look=agrees))
+    paths, settings = await _stored_library(store, tmp_path)
+    first = _groups(await handler.plan(paths, store=store, settings=settings, ledger=ledger, look=agrees))
     assert len(first) >= 10 and len(looks) >= 15
     assert len(asked) == 1 and len(written) == 1 and written[0] == len(looks), (asked, written)
     looks.clear()
-    assert groups(await handler.plan(paths, store=store, settings=settings, ledger=ledger, look=agrees)) == first
+    assert _groups(await handler.plan(paths, store=store, settings=settings, ledger=ledger, look=agrees)) == first
     assert looks == [] and len(asked) == 2 and len(written) == 1
 
 
