@@ -402,8 +402,8 @@ def _kept_paths(kept: str | dict) -> list[str]:
 
 async def _mark(store: Store, planned: list[ImageRecord], library: _Library, replanned: set[str], mark: str) -> None:
     """Local mode's plan mark on the records planned: those of the components with their
-    neighbours, the others not planned before (read again, only at the revision planned) with
-    none."""
+    neighbours, the others not planned before (only at the revision planned, which the store
+    checks) with none."""
     for start in range(0, len(planned), FACTS_BATCH):
         await store.mark_planned(planned[start : start + FACTS_BATCH], mark)
     # the others by the path and revision planned, which is all the store reads of them (it

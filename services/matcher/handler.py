@@ -384,8 +384,8 @@ async def plan(
     ``set_aside``: the caller searches no more for a while (local mode's plan of a whole
     library): the store's indexes are given back once stage 1 is done, as stage 2 reads records.
 
-    Only the records that have candidates are held, as components, and only one component's
-    records at a time are read whole to be judged."""
+    Only the records that have candidates are held, as components, and only a run of
+    components of up to ``BATCH`` files at a time is read whole to be judged."""
     await store.refresh()  # every record written before this call is found
     found = await retrieve(paths, store=store, settings=settings, seeds=seeds, on_progress=on_progress,
                            across_roots_left_out=across_roots_left_out, mark=mark)
