@@ -443,6 +443,34 @@ async def test_a_plan_of_the_whole_library_in_batches_gives_the_groups_one_at_a_
     assert len(batched) >= 10 and sum(len(r) for _, r in batched) >= 25
 
 
+async def test_a_batch_scans_the_embeddings_beside_its_word_lookups(store, monkeypatch, tmp_path):
+    """The scan is the longest part of a batch at a million records: the word lookups must not
+    keep it from starting (SQLite's one thread served them first, so it waited for them)."""
+    import importlib
+    import threading
+
+    from services.matcher import handler
+
+    adapter = importlib.import_module(type(store).__module__)
+    scan, look_up = adapter.near_embeddings, adapter.near_signatures
+    scanning, beside = threading.Event(), []
+
+    def scan_started(*args):
+        scanning.set()
+        return scan(*args)
+
+    def look_up_once_scanning(*args):
+        beside.append(scanning.wait(timeout=5))
+        return look_up(*args)
+
+    monkeypatch.setattr(adapter, "near_embeddings", scan_started)
+    monkeypatch.setattr(adapter, "near_signatures", look_up_once_scanning)
+    paths, settings = await _stored_library(store, tmp_path)
+    records = list((await store.get_many(paths)).values())
+    found = await handler._candidates(records, store, settings)
+    assert beside == [True] and sum(map(len, found)) >= 25
+
+
 async def test_a_plan_asks_the_ledger_once_for_a_run_of_small_components_and_again_compares_nothing(store, ledger,
                                                                                                     tmp_path):
     """The comparisons of every pair in each small component are asked for together (not a

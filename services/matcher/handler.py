@@ -113,12 +113,16 @@ async def _candidates(
     only across_dirs keeps apart is added to ``across_roots_left_out`` when the same content or
     a near signature proposed it (the embedding alone also proposes mere look-alikes of a series:
     not counted)."""
-    # all at once: a store on a server (Elasticsearch) answers them side by side
-    same, *near = await asyncio.gather(
+    # All at once, the embedding scan asked first: it is the longest and runs on threads of its
+    # own once its queries are read, while the other two take the store's (SQLite's one thread
+    # served them in the order asked: the scan began only after the word lookups, and a plan
+    # at a million records waited for the two one after the other).
+    similar, same, signed = await asyncio.gather(
+        store.similar_many(records, settings.min_similarity, SIMILAR_LIMIT),
         store.same_digest_many(records),
         store.candidates_many(records, settings.max_dist, CANDIDATE_LIMIT, turns=settings.match_orientations),
-        store.similar_many(records, settings.min_similarity, SIMILAR_LIMIT),
     )
+    near = (signed, similar)
     out = []
     for k, record in enumerate(records):
         found: dict[str, ImageRecord] = {r.path: r for r in same[k]}
