@@ -78,19 +78,17 @@ def _session_of():
 
 
 def products(left: np.ndarray, right: np.ndarray, room: np.ndarray | None = None) -> np.ndarray:
-    """``left`` (m x d, int8) times ``right`` (d x n, int8, C-contiguous): the exact int32 dot
-    products (m x n). The left side is given to the kernels as uint8 with a zero point of 128,
-    which is how they take it. The product is written straight into the array returned (an
-    output bound to it): returned by ``run``, it was made in ONNX Runtime's memory and copied.
-    ``room``: a flat int32 array of at least m x n to write it in, which a scan reuses block
-    after block (a fresh array's first writes, the kernel's page faults, cost a third of the
-    product's CPU here)."""
-    shifted = (left.view(np.uint8) ^ np.uint8(0x80))  # int8 v as uint8 v + 128, bit for bit
+    """``left`` (m x d, uint8: int8 values plus 128, as the kernels take them) times ``right``
+    (d x n, int8, C-contiguous): the exact int32 dot products of the int8 values (m x n). The
+    product is written straight into the array returned (an output bound to it): returned by
+    ``run``, it was made in ONNX Runtime's memory and copied. ``room``: a flat int32 array of
+    at least m x n to write it in, which a scan reuses block after block (a fresh array's first
+    writes, the kernel's page faults, cost a third of the product's CPU here)."""
     shape = (len(left), right.shape[1])
     out = np.empty(shape, np.int32) if room is None else room[: shape[0] * shape[1]].reshape(shape)
     session = _session_of()
     binding = session.io_binding()
-    for name, array in (("A", shifted), ("B", right), ("a_zero_point", _ZERO)):
+    for name, array in (("A", left), ("B", right), ("a_zero_point", _ZERO)):
         binding.bind_cpu_input(name, array)
     binding.bind_output("Y", "cpu", 0, np.int32, out.shape, out.ctypes.data)
     session.run_with_iobinding(binding)
