@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.store.vectors import EmbeddingIndex
+from shared.store.vectors import EmbeddingIndex, _offset
 
 
 def _int8(x: np.ndarray) -> np.ndarray:
@@ -117,8 +117,7 @@ def test_the_int8_products_are_the_exact_dot_products_over_the_whole_int8_range(
     stored = rng.integers(-128, 128, (300, 512), dtype=np.int8)
     queries[0], stored[0] = -128, -128  # the corners: 512 x 16384 fits int32
     want = queries.astype(np.int64) @ stored.astype(np.int64).T
-    offset = queries.view(np.uint8) ^ np.uint8(0x80)  # as the index holds them: plus 128
-    assert np.array_equal(products(offset, np.ascontiguousarray(stored.T)), want)
+    assert np.array_equal(products(_offset(queries), np.ascontiguousarray(stored.T)), want)  # as the index holds them
 
 
 def test_an_all_zero_embedding_is_near_nothing_and_hides_nothing():

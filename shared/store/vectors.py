@@ -559,9 +559,10 @@ def _slots_by_id(ids: np.ndarray) -> np.ndarray:
     return slots
 
 
-def _offset(vectors: np.ndarray) -> np.ndarray:
-    """int8 values as uint8 plus 128 (bit for bit: the sign bit flipped), and back: ``_int8``."""
-    return vectors.view(np.uint8) ^ np.uint8(0x80)
+def _offset(vectors: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """int8 values as uint8 plus 128 (bit for bit: the sign bit flipped), into ``out`` if given
+    (it may be ``vectors``' own memory); and back: ``_int8``."""
+    return np.bitwise_xor(vectors.view(np.uint8), np.uint8(0x80), out=out)
 
 
 def _int8(offset: np.ndarray) -> np.ndarray:
@@ -678,7 +679,8 @@ class LocalIndex:
                 offset = np.zeros((len(vector_ids) + int(len(vector_ids) * ROOM_SHARE), dims), np.uint8)
                 with open(folder / "embeddings.vectors", "rb") as f:
                     f.readinto(offset[: len(vector_ids)])  # type: ignore[arg-type]
-                np.bitwise_xor(offset[: len(vector_ids)], 0x80, out=offset[: len(vector_ids)])  # int8 -> plus 128, in place
+                read = offset[: len(vector_ids)]
+                _offset(read.view(np.int8), out=read)  # the file's int8 -> plus 128, in place
                 embeddings = EmbeddingIndex(dims, vector_ids, offset=offset)
             return cls(store_id, int(meta["seq"]), WordIndex.restored(words), embeddings)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
