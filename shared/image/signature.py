@@ -304,6 +304,19 @@ _WORD_POSITIONS = np.linspace(0, SIGNATURE_LENGTH, WORD_COUNT, endpoint=False).a
 # gather index per word; past the end points at an appended 0 (image-match pads with zeros)
 _WORD_INDEX = np.minimum(_WORD_POSITIONS[:, None] + np.arange(WORD_LENGTH)[None, :], SIGNATURE_LENGTH)
 _WORD_CODING = 3 ** np.arange(WORD_LENGTH, dtype=np.int64)
+_HALF = WORD_LENGTH // 2
+
+
+def _word_weights() -> tuple[np.ndarray, np.ndarray]:
+    """(649, 63) float32: what each value (and the zero past the end) weighs in each word, the
+    low 8 digits' powers of 3 in the first matrix, the high 8 digits' (over 3**8) in the second."""
+    low, high = np.zeros((2, SIGNATURE_LENGTH + 1, WORD_COUNT), np.float32)
+    for j in range(WORD_LENGTH):
+        (low if j < _HALF else high)[_WORD_INDEX[:, j], np.arange(WORD_COUNT)] += _WORD_CODING[j % _HALF]
+    return low, high
+
+
+_WORD_LOW, _WORD_HIGH = _word_weights()
 
 
 def words(signature: np.ndarray) -> tuple[int, ...] | list[tuple[int, ...]]:
@@ -322,10 +335,20 @@ def words(signature: np.ndarray) -> tuple[int, ...] | list[tuple[int, ...]]:
 
 
 def word_array(signatures: np.ndarray) -> np.ndarray:
-    """The words of signatures of shape (k, 648) as an int64 array of shape (k, 63)."""
-    clipped = np.clip(np.asarray(signatures), -1, 1).astype(np.int8)
-    digits = np.pad(clipped, ((0, 0), (0, 1)))[:, _WORD_INDEX] + 1
-    return digits.astype(np.int64) @ _WORD_CODING
+    """The words of signatures of shape (k, 648) as an int64 array of shape (k, 63): two float32
+    products, the low and the high 8 digits of every word (each sum below 3**8: exact in
+    float32), in place of the 16 digits gathered and multiplied as int64, which numpy does
+    without BLAS: 44 against 164 ms for 16,000 signatures (a whole-library plan makes the words
+    of every query in all 8 orientations)."""
+    signatures = np.asarray(signatures)
+    digits = np.empty((len(signatures), SIGNATURE_LENGTH + 1), np.float32)
+    np.clip(signatures, -1, 1, out=digits[:, :SIGNATURE_LENGTH], casting="unsafe")
+    digits[:, SIGNATURE_LENGTH] = 0  # image-match pads with zeros
+    digits += 1
+    high = (digits @ _WORD_HIGH).astype(np.int64)
+    high *= _WORD_CODING[_HALF]
+    high += (digits @ _WORD_LOW).astype(np.int64)
+    return high
 
 
 def distance(a: np.ndarray, b: np.ndarray) -> float:

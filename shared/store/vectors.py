@@ -227,14 +227,17 @@ class WordIndex:
         if q == 0 or len(self.keys) + sum(len(k) for k, _ in self._delta) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         keys = _keys(signatures)
-        flat = keys.ravel()
+        # each word looked up once: half of a batch's are held by other rows of it too (the
+        # common patterns of smooth pictures), and a lookup is two binary searches of an array
+        # of 63 keys a record
+        needles, back = np.unique(keys.ravel(), return_inverse=True)
         parts = self._parts()
-        ranges = [(np.searchsorted(k, flat, "left"), np.searchsorted(k, flat, "right")) for k, _ in parts]
+        ranges = [(np.searchsorted(k, needles, "left")[back], np.searchsorted(k, needles, "right")[back]) for k, _ in parts]
         counts = sum(hi - lo for lo, hi in ranges).reshape(q, WORD_COUNT)
         own_keys = _keys(own_signatures)[owners]
         own = own[owners]
         own_keys[own < 0] = np.iinfo(np.uint32).max
-        mine = (keys[:, :, None] == own_keys[:, None, :]).any(axis=2)
+        mine = keys == own_keys  # a key holds its word's position: it can only be the same word there
         effective = counts - mine
         stop = max(STOP_MIN, int(STOP_SHARE * len(self)))
         usable = (effective > 0) & (counts <= stop)
@@ -259,10 +262,11 @@ class WordIndex:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         codes, shared = np.unique(r.astype(np.int64) << 32 | i, return_counts=True)
         r, i = codes >> 32, codes & 0xFFFFFFFF
-        # per row the ``limit`` best-sharing ids: sort by row, most shared first, then id; in a
-        # row with more hits than that, one shared word is chance, not a lead
-        order = np.lexsort((i, -shared, r))
-        r, i, shared = r[order], i[order], shared[order]
+        # per row the ``limit`` best-sharing ids: sort by row, most shared first, then id (one
+        # integer each, sorted: a tenth of ``lexsort``'s time over the three arrays); in a row
+        # with more hits than that, one shared word is chance, not a lead
+        ranked = np.sort(r << 38 | (WORD_COUNT - shared) << 32 | i)
+        r, shared, i = ranked >> 38, WORD_COUNT - (ranked >> 32 & 63), ranked & 0xFFFFFFFF
         first = np.r_[0, np.flatnonzero(r[1:] != r[:-1]) + 1]
         sizes = np.diff(np.r_[first, len(r)])
         place = np.arange(len(r)) - np.repeat(first, sizes)
