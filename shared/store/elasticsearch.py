@@ -592,19 +592,21 @@ class ElasticsearchStore(Batched, _Index):
         holds are read (all of them the first time, or when the index was made again)."""
         async with self._catching_up:
             with self._reachable():
-                stats = (await self._es.indices.stats(index=self.index, level="shards"))["indices"]
+                # the shards' sequence numbers come with any metric: the cheapest one (all of
+                # them are ten times the bytes, and the node gathers each, its segments' among them)
+                stats = (await self._es.indices.stats(index=self.index, metric="docs", level="shards"))["indices"]
                 [(uuid, shards)] = [(i["uuid"], i["shards"]) for i in stats.values()]
                 # Every operation up to a shard's global checkpoint is in all its copies, so the
                 # refresh after reading it makes them visible to any search; a later one may not
                 # be visible yet and is read next time (reading one again changes nothing). Sequence
                 # numbers count per shard: the least checkpoint holds for every shard.
                 checkpoint = min(copy["seq_no"]["global_checkpoint"] for copies in shards.values() for copy in copies)
-                await self._es.indices.refresh(index=self.index)
-                self._es.unrefreshed = False
                 mirror = self._mirror if self._mirror is not None and self._mirror.index.store_id == uuid else None
                 since = -1 if mirror is None else mirror.index.seq
                 if since >= checkpoint and mirror is not None:
-                    return mirror
+                    return mirror  # nothing to read: no refresh (a round trip, and the node's work)
+                await self._es.indices.refresh(index=self.index)
+                self._es.unrefreshed = False
                 pages = [await self._in_mirror(_decode, hits) async for hits in self._pages(
                     {"range": {"_seq_no": {"gt": since}}}, [{"_shard_doc": "asc"}], ["signature", "embedding"])]
             read = _joined(pages)
