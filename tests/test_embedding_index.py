@@ -66,7 +66,10 @@ def test_changed_and_removed_vectors_are_answered_as_they_are_now():
     ids = np.arange(len(vectors))
     index = EmbeddingIndex(512)
     index.add(ids, vectors)
+    rows, found, _ = index.query(vectors[[0, 100]], 0.99, 10)  # what is searched is kept from here
+    assert found.tolist() == [0, 100]
     index.remove([0, 1, 2])
+    assert index.query(vectors[[0]], 0.99, 10)[1].tolist() == []  # until a write
     index.add(np.array([5]), vectors[[100]])  # record 5 changed: now a twin of record 100
     assert len(index) == len(vectors) - 3
     rows, found, _ = index.query(vectors[[0, 100]], 0.99, 10)
