@@ -476,10 +476,11 @@ class EmbeddingIndex:
     def _scan(self, queries: np.ndarray, rows: np.ndarray, targets: np.ndarray,
               min_similarity: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every pair of query ``rows`` and stored ``targets`` (searchable slots, rising) at
-        ``min_similarity`` or more: (rows, slots, cosines). The int8 products are the exact dot products; a block's
-        shortest stored vector gives each query one bar that no pair above the threshold is
-        under (the norms of int8 unit vectors differ by a few percent), so a pass over the
-        block's maxima finds the few rows to look at, and their exact cosines decide."""
+        ``min_similarity`` or more: (rows, slots, cosines). The int8 products are the exact dot
+        products; a block's shortest stored vector gives each query one bar that no pair above
+        the threshold is under (the norms of int8 unit vectors differ by a few percent), so a
+        pass over the block's maxima finds the few rows to look at, and their exact cosines
+        decide."""
         from .int8_products import products
 
         asked = queries[rows]
