@@ -265,6 +265,7 @@ class WordIndex:
         # per row the ``limit`` best-sharing ids: sort by row, most shared first, then id (one
         # integer each, sorted: a tenth of ``lexsort``'s time over the three arrays); in a row
         # with more hits than that, one shared word is chance, not a lead
+        # (rows of a query below 2**25, ids below 2**32, shared at most 63)
         ranked = np.sort(r << 38 | (WORD_COUNT - shared) << 32 | i)
         r, shared, i = ranked >> 38, WORD_COUNT - (ranked >> 32 & 63), ranked & 0xFFFFFFFF
         first = np.r_[0, np.flatnonzero(r[1:] != r[:-1]) + 1]
@@ -351,10 +352,14 @@ class EmbeddingIndex:
         with self._lock:
             self._add(ids, embeddings)
 
-    def _add(self, ids: np.ndarray, embeddings: np.ndarray) -> None:
-        self._remove(ids)  # a record changed in place: its old vector goes
+    def _written(self) -> None:
+        """After a write: a new pass, and the searchable slots found again at the next query."""
         self._end_pass()
         self._searchable = None
+
+    def _add(self, ids: np.ndarray, embeddings: np.ndarray) -> None:
+        self._remove(ids)  # a record changed in place: its old vector goes
+        self._written()
         need = self._size + len(ids)
         if need > len(self.ids):  # grown by half at a time: appends cost little on average
             self.reserve(max(need, len(self.ids) * 3 // 2, 1024))
@@ -390,8 +395,7 @@ class EmbeddingIndex:
                 self._slots[i] = -1
                 self.ids[slot] = -1
                 self._dead += 1
-                self._end_pass()
-                self._searchable = None
+                self._written()
         if self._dead and self._dead * 8 >= self._size:
             alive = self.ids[: self._size] >= 0
             self.ids, self.vectors = self.ids[: self._size][alive], self.vectors[: self._size][alive]
