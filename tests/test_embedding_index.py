@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.store.vectors import EmbeddingIndex, _offset
+from shared.store.int8_products import products_with as _products_with
+from shared.store.vectors import EmbeddingIndex, _Maxima, _offset
 
 
 def _int8(x: np.ndarray) -> np.ndarray:
@@ -42,13 +43,21 @@ def _answers(rows, ids, cosines):
     return out
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["as a single query", "as a batch of a whole library"])
 @pytest.mark.parametrize("floor", [0.35, 0.55, 0.9])
-def test_the_scan_finds_exactly_what_every_pair_compared_finds(floor, monkeypatch):
+def test_the_scan_finds_exactly_what_every_pair_compared_finds(floor, packed, monkeypatch):
+    from shared.store import int8_products
+
     rng = np.random.default_rng(7)
     vectors = _library(rng, 3000)
     ids = np.arange(10, 10 + len(vectors))
     monkeypatch.setattr(EmbeddingIndex, "STORED_BLOCK", 700)  # several blocks each way
     monkeypatch.setattr(EmbeddingIndex, "QUERY_BLOCK", 128)
+    monkeypatch.setattr(EmbeddingIndex, "_packs_once", lambda self, queries, times: packed)
+    if packed:  # and the maxima taken in parts on threads, as for a whole library's batches
+        monkeypatch.setattr(_Maxima, "PARALLEL_CELLS", 1)
+    sessions = []
+    monkeypatch.setattr(int8_products, "products_with", lambda right: sessions.append(right) or _products_with(right))
     index = EmbeddingIndex(512)
     index.add(ids[:1700], vectors[:1700])
     index.add(ids[1700:], vectors[1700:])
@@ -58,6 +67,7 @@ def test_the_scan_finds_exactly_what_every_pair_compared_finds(floor, monkeypatc
     assert {r: [i for i, _ in v] for r, v in got.items()} == {r: [i for i, _ in v] for r, v in want.items() if v}
     assert all(np.allclose([c for _, c in got[r]], [c for _, c in want[r]], atol=1e-12) for r in got)
     assert sum(len(v) for v in got.values()) > len(queries)  # copies found, not only each query itself
+    assert len(sessions) == (4 if packed else 0)  # a session for each batch of queries (429: 4 of 128)
 
 
 def test_changed_and_removed_vectors_are_answered_as_they_are_now():
@@ -121,6 +131,7 @@ def test_the_int8_products_are_the_exact_dot_products_over_the_whole_int8_range(
     queries[0], stored[0] = -128, -128  # the corners: 512 x 16384 fits int32
     want = queries.astype(np.int64) @ stored.astype(np.int64).T
     assert np.array_equal(products(_offset(queries), np.ascontiguousarray(stored.T)), want)  # as the index holds them
+    assert np.array_equal(_products_with(np.ascontiguousarray(stored.T))(_offset(queries)), want)
 
 
 def test_an_all_zero_embedding_is_near_nothing_and_hides_nothing():
@@ -133,3 +144,48 @@ def test_an_all_zero_embedding_is_near_nothing_and_hides_nothing():
     with np.errstate(invalid="ignore"):
         want = {i for i, _ in _one_at_a_time(vectors[[1]], np.arange(50), vectors, 0.35, 10)[0]}
     assert set(ids[rows == 0].tolist()) == want and 3 not in want and {0, 1} <= want
+
+
+def test_a_wide_batch_of_queries_over_many_stored_blocks_gets_its_own_session(monkeypatch):
+    """Packing the queries once pays only when they are many and meet many stored blocks; the
+    answers are the same either way (above)."""
+    from shared.store import int8_products
+
+    rng = np.random.default_rng(11)
+    vectors = _library(rng, 64 * 256)
+    monkeypatch.setattr(EmbeddingIndex, "QUERY_BLOCK", 128)
+    monkeypatch.setattr(EmbeddingIndex, "PRODUCT_CELLS", 128 * 256)  # 256 stored rows a product: 64 products
+    sessions = []
+    monkeypatch.setattr(int8_products, "products_with", lambda right: sessions.append(right.shape) or _products_with(right))
+    index = EmbeddingIndex(512, np.arange(len(vectors)), vectors)
+    # 200 queries: two batches (128, 72) of 64 products each; 130: the batch of 2 too narrow to pay;
+    # 64: a product of 512 stored rows, 32 of them
+    for asked, made in ((vectors[:200], [(512, 128), (512, 72)]), (vectors[:130], [(512, 128)]), (vectors[:64], [])):
+        sessions.clear()
+        rows, found, _ = index.query(asked, 0.99, 1)
+        assert found.tolist() == list(range(len(asked)))
+        assert sessions == made
+    index.remove(range(1000))  # 61 products of 256 rows: fewer than it takes to pay
+    sessions.clear()
+    index.query(vectors[1000:1200], 0.99, 1)
+    assert sessions == []
+
+
+def test_the_maxima_of_a_product_taken_in_parts_are_its_column_maxima(monkeypatch):
+    from shared.store import vectors
+
+    rng = np.random.default_rng(12)
+    dots = rng.integers(-(2**31), 2**31 - 1, (1000, 37), dtype=np.int32)
+    dots[999, :10] = 2**31 - 1  # some columns peak in the last part, some in the first
+    dots[0, 10:20] = 2**31 - 1
+    monkeypatch.setattr(vectors.os, "sched_getaffinity", lambda pid: {0, 1, 2})  # three parts, two threads
+    monkeypatch.setattr(_Maxima, "PARALLEL_CELLS", 1000)
+    with _Maxima(dots.size) as maxima:
+        assert maxima._pool is not None
+        assert np.array_equal(maxima(dots), dots.max(axis=0))
+        assert np.array_equal(maxima(dots[:5]), dots[:5].max(axis=0))  # fewer cells than it takes: one pass
+        wide = rng.integers(-9, 9, (2, 600), dtype=np.int32)
+        assert np.array_equal(maxima(wide), wide.max(axis=0))  # fewer rows than parts: one pass
+    with _Maxima(999) as maxima:  # products too small to be worth a thread
+        assert maxima._pool is None
+        assert np.array_equal(maxima(dots[:20]), dots[:20].max(axis=0))
