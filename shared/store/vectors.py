@@ -289,7 +289,8 @@ class EmbeddingIndex:
     faiss, hnswlib) has no slope to follow and found only 94 % of the kit's real copies among
     100,000 (docs/benchmarks.md), while the verdict takes pairs from a cosine of 0.35. The scan
     finds every pair above any threshold at 512 multiply-adds a pair, which ONNX Runtime's int8
-    kernels do at about 1.3e11 a CPU-second here (three times float32 BLAS).
+    kernels do at about 1.3e11 a CPU-second with AVX-512 VNNI (three times float32 BLAS) and
+    4-6e11 with AMX (docs/benchmarks.md).
 
     A whole library asks every stored record in turn, so each pair is met twice. Within a
     *pass* (no write in between, one threshold), a stored record asked is compared only with
