@@ -22,7 +22,7 @@ def _run(*args: str, timeout: float = 60) -> str:
 
 @pytest.mark.parametrize("script", ["matcher_scale.py", "accuracy.py", "end_to_end.py", "reference_tools.py", "store_scale.py",
                                     "raw.py", "library_plan.py", "library_scale.py", "ann_choice.py",
-                                    "command_overhead.py", "compare_cost.py"])
+                                    "command_overhead.py", "compare_cost.py", "scan.py"])
 def test_help(script: str) -> None:
     assert "usage" in _run(f"bench/{script}", "--help").lower()
 
@@ -35,6 +35,15 @@ def test_matcher_scale_tiny() -> None:
             cells = [c.strip() for c in line.strip("|").split("|")]
             assert cells[-1] == "0", line  # no wrong removals on planted groups
             assert float(cells[-2]) > 0.9, line  # recall
+
+
+def test_scan_tiny() -> None:
+    """Each query of the batch meets at least itself, with a busy thread beside the scan or not."""
+    for extra in ((), ("--busy",)):
+        row = _run("bench/scan.py", "--records", "3000", "--queries", "300", "--repeat", "1", *extra).splitlines()[-1]
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[:2] == ["3,000", "300"] and int(cells[4]) >= 300, row
+        assert (cells[5] == "-") == (not extra), row
 
 
 def test_library_scale_tiny(tmp_path: Path) -> None:

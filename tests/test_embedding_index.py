@@ -3,11 +3,14 @@ one at a time answers, at any threshold, through additions, changes and removals
 
 from __future__ import annotations
 
+import functools
+import threading
+
 import numpy as np
 import pytest
 
 from shared.store.int8_products import products_with as _products_with
-from shared.store.vectors import EmbeddingIndex, _Maxima, _offset
+from shared.store.vectors import EmbeddingIndex, _offset
 
 
 def _int8(x: np.ndarray) -> np.ndarray:
@@ -36,6 +39,13 @@ def _one_at_a_time(queries: np.ndarray, ids: np.ndarray, vectors: np.ndarray, fl
     return out
 
 
+@functools.cache
+def _every_seventh_compared(floor: float) -> dict:
+    """The answers for every seventh vector of the library below (seed 7), compared one at a time."""
+    vectors = _library(np.random.default_rng(7), 3000)
+    return _one_at_a_time(vectors[::7], np.arange(10, 10 + len(vectors)), vectors, floor, 4)
+
+
 def _answers(rows, ids, cosines):
     out: dict[int, list] = {}
     for r, i, c in zip(rows.tolist(), ids.tolist(), cosines.tolist()):
@@ -43,31 +53,35 @@ def _answers(rows, ids, cosines):
     return out
 
 
+@pytest.mark.parametrize("cores", [1, 2, 3])
 @pytest.mark.parametrize("packed", [False, True], ids=["as a single query", "as a batch of a whole library"])
 @pytest.mark.parametrize("floor", [0.35, 0.55, 0.9])
-def test_the_scan_finds_exactly_what_every_pair_compared_finds(floor, packed, monkeypatch):
-    from shared.store import int8_products
+def test_the_scan_finds_exactly_what_every_pair_compared_finds(floor, packed, cores, monkeypatch):
+    from shared.store import int8_products, vectors as module
 
-    rng = np.random.default_rng(7)
-    vectors = _library(rng, 3000)
+    vectors = _library(np.random.default_rng(7), 3000)
     ids = np.arange(10, 10 + len(vectors))
     monkeypatch.setattr(EmbeddingIndex, "STORED_BLOCK", 700)  # several blocks each way
     monkeypatch.setattr(EmbeddingIndex, "QUERY_BLOCK", 128)
     monkeypatch.setattr(EmbeddingIndex, "_packs_once", lambda self, queries, times: packed)
-    if packed:  # and the maxima taken in parts on threads, as for a whole library's batches
-        monkeypatch.setattr(_Maxima, "PARALLEL_CELLS", 1)
+    monkeypatch.setattr(module.os, "sched_getaffinity", lambda pid: set(range(cores)))  # a worker per core
     sessions = []
     monkeypatch.setattr(int8_products, "products_with", lambda right: sessions.append(right) or _products_with(right))
+    scanned_on = set()
+    products = int8_products.products
+    monkeypatch.setattr(int8_products, "products", lambda left, right, room=None: scanned_on.add(
+        threading.current_thread().name.split("_")[0]) or products(left, right, room))
     index = EmbeddingIndex(512)
     index.add(ids[:1700], vectors[:1700])
     index.add(ids[1700:], vectors[1700:])
     queries = vectors[::7]
     got = _answers(*index.query(queries, floor, 4))
-    want = _one_at_a_time(queries, ids, vectors, floor, 4)
+    want = _every_seventh_compared(floor)
     assert {r: [i for i, _ in v] for r, v in got.items()} == {r: [i for i, _ in v] for r, v in want.items() if v}
     assert all(np.allclose([c for _, c in got[r]], [c for _, c in want[r]], atol=1e-12) for r in got)
     assert sum(len(v) for v in got.values()) > len(queries)  # copies found, not only each query itself
     assert len(sessions) == (4 if packed else 0)  # a session for each batch of queries (429: 4 of 128)
+    assert scanned_on == (set() if packed else {"MainThread"} if cores == 1 else {"scan"})
 
 
 def test_changed_and_removed_vectors_are_answered_as_they_are_now():
@@ -169,23 +183,3 @@ def test_a_wide_batch_of_queries_over_many_stored_blocks_gets_its_own_session(mo
     sessions.clear()
     index.query(vectors[1000:1200], 0.99, 1)
     assert sessions == []
-
-
-def test_the_maxima_of_a_product_taken_in_parts_are_its_column_maxima(monkeypatch):
-    from shared.store import vectors
-
-    rng = np.random.default_rng(12)
-    dots = rng.integers(-(2**31), 2**31 - 1, (1000, 37), dtype=np.int32)
-    dots[999, :10] = 2**31 - 1  # some columns peak in the last part, some in the first
-    dots[0, 10:20] = 2**31 - 1
-    monkeypatch.setattr(vectors.os, "sched_getaffinity", lambda pid: {0, 1, 2})  # three parts, two threads
-    monkeypatch.setattr(_Maxima, "PARALLEL_CELLS", 1000)
-    with _Maxima(dots.size) as maxima:
-        assert maxima._pool is not None
-        assert np.array_equal(maxima(dots), dots.max(axis=0))
-        assert np.array_equal(maxima(dots[:5]), dots[:5].max(axis=0))  # fewer cells than it takes: one pass
-        wide = rng.integers(-9, 9, (2, 600), dtype=np.int32)
-        assert np.array_equal(maxima(wide), wide.max(axis=0))  # fewer rows than parts: one pass
-    with _Maxima(999) as maxima:  # products too small to be worth a thread
-        assert maxima._pool is None
-        assert np.array_equal(maxima(dots[:20]), dots[:20].max(axis=0))

@@ -13,7 +13,6 @@ make them.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 
@@ -71,11 +70,12 @@ def _new_session(right: np.ndarray | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = len(os.sched_getaffinity(0))  # the scan is the process's work then
+    # a product runs on the thread that asks for it: the scan shares its stored blocks out to
+    # one thread per core (``EmbeddingIndex._scan``), each product on one core, no pool
+    # threads handing a product's halves over (or spinning between products, as OpenBLAS's
+    # did: docs/benchmarks.md)
+    options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    # its threads sleep between products instead of spinning (as OpenBLAS's did, burning
-    # more CPU than local mode's main process: docs/benchmarks.md)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(_model(right), options, providers=["CPUExecutionProvider"])
 
 

@@ -495,81 +495,62 @@ class EmbeddingIndex:
         products; a block's shortest stored vector gives each query one bar that no pair above
         the threshold is under (the norms of int8 unit vectors differ by a few percent), so a
         pass over the block's maxima finds the few rows to look at, and their exact cosines
-        decide."""
+        decide.
+
+        The stored blocks are shared out to one worker per core, each multiplying its block by
+        every batch of queries and taking the maxima of each product itself, on one thread
+        (``int8_products``' sessions run on their caller's): a plan's batch of queries over
+        400,000 rows took 25-35 % less wall time, over a million 15-25 % in most rounds, than
+        each product and its maxima split over both cores, which met twice a product and
+        read half the result on the other core (``bench/scan.py``, docs/benchmarks.md)."""
         from .int8_products import products, products_with
 
         asked = queries[rows]
         qnorms = _norms(asked)
         ask = np.flatnonzero(qnorms > 0)  # an all-zero embedding is near nothing
-        near_rows, near_slots, near_dots = [], [], []
         most = min(len(ask), self.QUERY_BLOCK)
         step = min(self.STORED_BLOCK, 1 << max(8, (self.PRODUCT_CELLS // max(most, 1)).bit_length() - 1))
-        room = np.empty(most * min(len(targets), step), np.int32)
+        starts = range(0, len(targets) if len(ask) else 0, step)
         # the stored rows are the product's left side, as they lie in memory, and the queries
         # its right, transposed once: a transposed copy of each stored block, made for every
         # batch of queries, cost half again (0.37 against 0.24 CPU-s for 2,000 queries over
         # 100,000)
         batches = [ask[q0 : q0 + self.QUERY_BLOCK] for q0 in range(0, len(ask), self.QUERY_BLOCK)]
         batches_t = [np.ascontiguousarray(asked[batch].T) for batch in batches]
-        times = -(-len(targets) // step)  # products per batch of queries
-        multiply = [products_with(batch_t) if self._packs_once(len(batch), times) else partial(products, right=batch_t)
+        multiply = [products_with(batch_t) if self._packs_once(len(batch), len(starts)) else partial(products, right=batch_t)
                     for batch, batch_t in zip(batches, batches_t)]
-        with _Maxima(most * step) as maxima:
-            for start in range(0, len(targets) if len(ask) else 0, step):
-                block = targets[start : start + step]
-                consecutive = block[-1] - block[0] == len(block) - 1
-                span = slice(block[0], block[-1] + 1)
-                vectors = self.vectors[span] if consecutive else self.vectors[block]
-                shortest = (self._norms[span] if consecutive else self._norms[block]).min()
-                for batch, product in zip(batches, multiply):
-                    dots = product(vectors, room=room)  # (stored, queries)
-                    bar = min_similarity * qnorms[batch] * shortest
-                    some = np.flatnonzero(maxima(dots) >= bar)  # few queries meet anything
-                    c, r = np.nonzero(dots[:, some] >= bar[some])
-                    near_rows.append(batch[some[r]])
-                    near_slots.append(block[c])
-                    near_dots.append(dots[c, some[r]])
-        if not near_rows:
+        rooms = threading.local()  # each worker's result array, reused block after block
+
+        def scan_block(start: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            room = getattr(rooms, "array", None)
+            if room is None:
+                room = rooms.array = np.empty(most * min(len(targets), step), np.int32)
+            block = targets[start : start + step]
+            consecutive = block[-1] - block[0] == len(block) - 1
+            span = slice(block[0], block[-1] + 1)
+            vectors = self.vectors[span] if consecutive else self.vectors[block]
+            shortest = (self._norms[span] if consecutive else self._norms[block]).min()
+            near = []
+            for batch, product in zip(batches, multiply):
+                dots = product(vectors, room=room)  # (stored, queries)
+                bar = min_similarity * qnorms[batch] * shortest
+                some = np.flatnonzero(dots.max(axis=0) >= bar)  # few queries meet anything
+                c, r = np.nonzero(dots[:, some] >= bar[some])
+                near.append((batch[some[r]], block[c], dots[c, some[r]]))
+            return near
+
+        workers = min(len(starts), len(os.sched_getaffinity(0)))
+        if workers > 1:
+            with ThreadPoolExecutor(workers, thread_name_prefix="scan") as pool:
+                found = [part for parts in pool.map(scan_block, starts) for part in parts]
+        else:
+            found = [part for start in starts for part in scan_block(start)]
+        if not found:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-        at, hit, dots = (np.concatenate(parts) for parts in (near_rows, near_slots, near_dots))
+        at, hit, dots = (np.concatenate(parts) for parts in zip(*found))
         cosines = dots / (qnorms[at] * self._norms[hit])
         near = cosines >= min_similarity
         return rows[at[near]], hit[near], cosines[near]
-
-
-class _Maxima:
-    """The largest value of each column of a product's result, its rows cut in as many parts as
-    the process has cores, the parts but the first on threads of their own: one pass on one
-    core left the others idle for a fifth of a scan. By rows, not by columns: each part is then
-    read on the core whose kernel thread wrote it (by columns: no gain; by rows: 13 % less
-    wall time and 8 % less CPU a product of 2,048 by 1,024). Worth a thread's hand-off (tens
-    of microseconds) from products of ``PARALLEL_CELLS`` up, the size of a batch's: a single
-    query's products (65,536 cells) are not cut."""
-
-    PARALLEL_CELLS = 1 << 20
-
-    def __init__(self, cells: int):
-        parts = len(os.sched_getaffinity(0))
-        worth = parts > 1 and cells >= self.PARALLEL_CELLS
-        self._pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="maxima") if worth else None
-        self._parts = parts
-
-    def __enter__(self) -> _Maxima:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-
-    def __call__(self, dots: np.ndarray) -> np.ndarray:
-        if self._pool is None or dots.size < self.PARALLEL_CELLS or len(dots) < self._parts:
-            return dots.max(axis=0)
-        cuts = np.linspace(0, len(dots), self._parts + 1).astype(int)
-        rest = [self._pool.submit(np.max, dots[a:b], 0) for a, b in zip(cuts[1:-1], cuts[2:])]
-        peak = dots[: cuts[1]].max(axis=0)
-        for part in rest:
-            np.maximum(peak, part.result(), out=peak)
-        return peak
 
 
 #: Searches (records, each in its orientations) per word-index query: a query's hits and their
