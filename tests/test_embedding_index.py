@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from shared.store.int8_products import products_with as _products_with
-from shared.store.vectors import EmbeddingIndex, _offset
+from shared.store.vectors import EmbeddingIndex, _offset, _single, _sums
 
 
 def _int8(x: np.ndarray) -> np.ndarray:
@@ -149,6 +149,22 @@ def test_the_int8_products_are_the_exact_dot_products_over_the_whole_int8_range(
     want = queries.astype(np.int64) @ stored.astype(np.int64).T
     assert np.array_equal(products(_offset(queries), np.ascontiguousarray(stored.T)), want)  # as the index holds them
     assert np.array_equal(_products_with(np.ascontiguousarray(stored.T))(_offset(queries)), want)
+
+    query = queries[:2].copy()
+    query[1, ::2] = 127  # the other corner beside the lowest
+    for q in query:  # a single query's products, read by simsimd from the rows as they lie
+        single = _single(_offset(q[None]), 512)(_offset(stored), _sums(_offset(stored)), np.empty(0, np.int32))
+        assert np.array_equal(single, stored.astype(np.int64) @ q.astype(np.int64)[:, None])
+
+
+@pytest.mark.parametrize("floor", [0.35, 0.9])
+def test_a_single_query_finds_exactly_what_every_pair_compared_finds(floor):
+    """One query (the services' search) is multiplied another way than a batch (``_single``)."""
+    vectors = _library(np.random.default_rng(7), 3000)
+    index = EmbeddingIndex(512, np.arange(10, 10 + len(vectors)), vectors)
+    want = _every_seventh_compared(floor)
+    for row in range(0, len(vectors), 7 * 25):
+        assert _answers(*index.query(vectors[[row]], floor, 4)) == {0: want[row // 7]}
 
 
 def test_an_all_zero_embedding_is_near_nothing_and_hides_nothing():

@@ -289,8 +289,9 @@ class EmbeddingIndex:
     faiss, hnswlib) has no slope to follow and found only 94 % of the kit's real copies among
     100,000 (docs/benchmarks.md), while the verdict takes pairs from a cosine of 0.35. The scan
     finds every pair above any threshold at 512 multiply-adds a pair, which ONNX Runtime's int8
-    kernels do at about 1.3e11 a CPU-second with AVX-512 VNNI (three times float32 BLAS) and
-    4-6e11 with AMX (docs/benchmarks.md).
+    kernels do at 1.3-2.5e11 a CPU-second with AVX-512 VNNI (the machines measured here; three
+    times float32 BLAS) and 4-6e11 with AMX (docs/benchmarks.md). That makes a whole library
+    quadratic: a million records are 5e11 pairs, 1,000-2,000 CPU-s of scan without AMX.
 
     A whole library asks every stored record in turn, so each pair is met twice. Within a
     *pass* (no write in between, one threshold), a stored record asked is compared only with
@@ -334,9 +335,11 @@ class EmbeddingIndex:
         self._dead = 0
         self._slots = _slots_by_id(self.ids)
         self._norms = _norms(self.vectors[: self._size])
+        self._sums = _sums(self.vectors[: self._size])
         if len(self.vectors) > self._size:  # rows of room made by the caller (``LocalIndex.load``)
             self.ids = np.r_[self.ids, np.full(len(self.vectors) - self._size, -1, np.int64)]
             self._norms = np.r_[self._norms, np.zeros(len(self.vectors) - self._size)]
+            self._sums = np.r_[self._sums, np.zeros(len(self.vectors) - self._size, np.int32)]
         self._lock = threading.RLock()
         self._searchable: np.ndarray | None = None
         self._end_pass()
@@ -370,6 +373,7 @@ class EmbeddingIndex:
         self.ids[self._size : need] = ids
         self.vectors[self._size : need] = _offset(block)
         self._norms[self._size : need] = _norms(block)
+        self._sums[self._size : need] = _sums(self.vectors[self._size : need])
         top = int(np.max(ids)) + 1
         if top > len(self._slots):
             self._slots = np.concatenate([self._slots, np.full(max(top, len(self._slots) * 3 // 2) - len(self._slots), -1,
@@ -385,6 +389,7 @@ class EmbeddingIndex:
             grown[: self._size] = self.vectors[: self._size]
             self.vectors = grown
             self._norms = np.concatenate([self._norms[: self._size], np.zeros(room - self._size)])
+            self._sums = np.concatenate([self._sums[: self._size], np.zeros(room - self._size, np.int32)])
 
     def remove(self, ids: Iterable[int]) -> None:
         """Marked dead (id -1); the matrix is compacted when an eighth of it is."""
@@ -403,6 +408,7 @@ class EmbeddingIndex:
             alive = self.ids[: self._size] >= 0
             self.ids, self.vectors = self.ids[: self._size][alive], self.vectors[: self._size][alive]
             self._norms = self._norms[: self._size][alive]
+            self._sums = self._sums[: self._size][alive]
             self._size, self._dead = len(self.ids), 0
             self._slots = _slots_by_id(self.ids)
 
@@ -516,9 +522,17 @@ class EmbeddingIndex:
         # batch of queries, cost half again (0.37 against 0.24 CPU-s for 2,000 queries over
         # 100,000)
         batches = [ask[q0 : q0 + self.QUERY_BLOCK] for q0 in range(0, len(ask), self.QUERY_BLOCK)]
-        batches_t = [np.ascontiguousarray(asked[batch].T) for batch in batches]
-        multiply = [products_with(batch_t) if self._packs_once(len(batch), len(starts)) else partial(products, right=batch_t)
-                    for batch, batch_t in zip(batches, batches_t)]
+        # A single query (a search of the services' matcher) is multiplied by reading the stored
+        # rows as they lie (``_single``): ONNX Runtime's kernels first pack a stored block,
+        # whatever the queries (5.8 CPU-ms a 65,536 rows for one query or sixteen, without AMX),
+        # simsimd only reads it (2.0): one search over a million took 32 ms, not 72 (two
+        # queries: 77 against 80, not worth a second way)
+        if len(ask) == 1:
+            multiply = [_single(_offset(asked[ask]), self.dims)]
+        else:
+            multiply = [partial(_packed, products_with(batch_t) if self._packs_once(len(batch), len(starts))
+                                else partial(products, right=batch_t))
+                        for batch, batch_t in ((batch, np.ascontiguousarray(asked[batch].T)) for batch in batches)]
         rooms = threading.local()  # each worker's result array, reused block after block
 
         def scan_block(start: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -530,9 +544,10 @@ class EmbeddingIndex:
             span = slice(block[0], block[-1] + 1)
             vectors = self.vectors[span] if consecutive else self.vectors[block]
             shortest = (self._norms[span] if consecutive else self._norms[block]).min()
+            sums = self._sums[span] if consecutive else self._sums[block]
             near = []
             for batch, product in zip(batches, multiply):
-                dots = product(vectors, room=room)  # (stored, queries)
+                dots = product(vectors, sums, room)  # (stored, queries)
                 bar = min_similarity * qnorms[batch] * shortest
                 some = np.flatnonzero(dots.max(axis=0) >= bar)  # few queries meet anything
                 c, r = np.nonzero(dots[:, some] >= bar[some])
@@ -551,6 +566,25 @@ class EmbeddingIndex:
         cosines = dots / (qnorms[at] * self._norms[hit])
         near = cosines >= min_similarity
         return rows[at[near]], hit[near], cosines[near]
+
+
+def _packed(product: Callable[..., np.ndarray], vectors: np.ndarray, sums: np.ndarray, room: np.ndarray) -> np.ndarray:
+    """A block of stored rows times a batch of queries by ``int8_products`` (into ``room``)."""
+    return product(vectors, room=room)
+
+
+def _single(query: np.ndarray, dims: int) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """A block of stored rows times one query (1 x dims, uint8: int8 plus 128) by simsimd, which
+    reads the rows as they lie: the uint8 dot products, less 128 times the sums of both rows,
+    plus 128 x 128 a dimension, are the int8 values' (exact: float64 holds them whole)."""
+    from simsimd import cdist
+
+    shift = 128 * 128 * dims - 128 * int(_sums(query)[0])
+
+    def product(vectors: np.ndarray, sums: np.ndarray, room: np.ndarray) -> np.ndarray:
+        raw = np.asarray(cdist(query, vectors, metric="dot", dtype="uint8")).reshape(-1, 1)
+        return raw - 128 * sums[:, None] + shift
+    return product
 
 
 #: Searches (records, each in its orientations) per word-index query: a query's hits and their
@@ -620,6 +654,12 @@ def _offset(vectors: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 def _int8(offset: np.ndarray) -> np.ndarray:
     return (offset ^ np.uint8(0x80)).view(np.int8)
+
+
+def _sums(offset: np.ndarray) -> np.ndarray:
+    """The sum of each row of uint8 values (int8 plus 128; at most 255 x 512, an int32): what
+    turns their dot products with another such row into the int8 values' (``_single``)."""
+    return offset.sum(axis=1, dtype=np.int32)
 
 
 def _norms(vectors: np.ndarray) -> np.ndarray:
