@@ -530,9 +530,11 @@ class EmbeddingIndex:
         if len(ask) == 1:
             multiply = [_single(_offset(asked[ask]), self.dims)]
         else:
-            multiply = [partial(_packed, products_with(batch_t) if self._packs_once(len(batch), len(starts))
-                                else partial(products, right=batch_t))
-                        for batch, batch_t in ((batch, np.ascontiguousarray(asked[batch].T)) for batch in batches)]
+            multiply = []
+            for batch in batches:
+                batch_t = np.ascontiguousarray(asked[batch].T)
+                packed = self._packs_once(len(batch), len(starts))
+                multiply.append(partial(_packed, products_with(batch_t) if packed else partial(products, right=batch_t)))
         rooms = threading.local()  # each worker's result array, reused block after block
 
         def scan_block(start: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
